@@ -1,0 +1,22 @@
+"""OmniBridge: one model for multimodal understanding, generation, editing and retrieval.
+
+A pretrained vision-language LLM (Qwen2-VL) plus a light bidirectional latent-alignment module (the
+BiLM, with learned queries) that conditions a HunyuanDiT decoder and produces retrieval embeddings
+(arXiv 2509.19018). The public API is the pipeline:
+
+    from omnibridge import OmniBridgePipeline
+    pipe = OmniBridgePipeline.from_pretrained("assets/omnibridge-shapes")
+"""
+
+from .inputs import InvalidInputError
+from .modeling.config import OmniBridgeConfig
+from .modeling.decoder import DecoderNumericalError, GenerationCancelled
+from .modeling.loading import ModelFolderError
+from .pipeline import ChatAnswer, GenerationResult, OmniBridgePipeline
+
+DEFAULT_MODEL = "assets/omnibridge-shapes"
+
+__all__ = [
+    "DEFAULT_MODEL", "ChatAnswer", "DecoderNumericalError", "GenerationCancelled", "GenerationResult",
+    "InvalidInputError", "ModelFolderError", "OmniBridgeConfig", "OmniBridgePipeline",
+]

@@ -1,0 +1,320 @@
+"""The image decoder: stock diffusers HunyuanDiT (transformer + VAE + scheduler) and its two text encoders.
+
+OmniBridge keeps this decoder frozen and swaps only what enters its T5 slot: the BiLM output
+replaces the T5 encoder's states, while the BERT ("CLIP") slot still encodes the caption text and
+the T5 slot keeps the caption's own T5 mask. The folder layout is diffusers' HunyuanDiT layout
+(`transformer/ vae/ scheduler/ text_encoder/ tokenizer/ text_encoder_2/ tokenizer_2/`), so the
+same class loads HunyuanDiT-v1.2-Diffusers and the built-in tiny decoder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, HunyuanDiT2DModel, SchedulerMixin
+from diffusers.models.embeddings import get_2d_rotary_pos_embed
+from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
+from PIL import Image
+from transformers import AutoTokenizer, BertModel, PreTrainedModel, PreTrainedTokenizerBase, T5EncoderModel
+
+# diffusers-style step callback: callback(decoder, step_index, timestep, {"latents": ...}) -> dict | None
+StepCallback = Callable[["HunyuanDecoder", int, int, dict], "dict | None"]
+
+DECODER_SUBFOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+
+
+class GenerationCancelled(Exception):
+    """Raised by a step callback to stop denoising between two steps."""
+
+
+class DecoderNumericalError(RuntimeError):
+    """The decoder produced NaN/inf or an all-black image instead of a picture."""
+
+
+@dataclass
+class CaptionEncoding:
+    """What HunyuanDiT is conditioned on: the BERT slot and the T5 slot, each with its mask."""
+
+    embeds: torch.Tensor  # [B, text_len, cross_attention_dim]
+    mask: torch.Tensor  # [B, text_len]
+    embeds_2: torch.Tensor  # [B, text_len_t5, cross_attention_dim_t5]
+    mask_2: torch.Tensor  # [B, text_len_t5]
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def repeat(self, n: int) -> "CaptionEncoding":
+        return CaptionEncoding(*(t.repeat_interleave(n, 0) for t in (self.embeds, self.mask, self.embeds_2, self.mask_2)))
+
+    @staticmethod
+    def cat(parts: list["CaptionEncoding"]) -> "CaptionEncoding":
+        return CaptionEncoding(*(torch.cat(ts) for ts in zip(*((p.embeds, p.mask, p.embeds_2, p.mask_2) for p in parts))))
+
+
+class HunyuanDecoder:
+    """The seven HunyuanDiT components plus text encoding, a denoising loop and VAE decoding."""
+
+    def __init__(
+        self,
+        transformer: HunyuanDiT2DModel,
+        vae: AutoencoderKL,
+        scheduler: SchedulerMixin,
+        text_encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        text_encoder_2: PreTrainedModel,
+        tokenizer_2: PreTrainedTokenizerBase,
+        rope_base_size: int | None = None,
+    ):
+        self.transformer = transformer.eval()
+        self.vae = vae.eval()
+        self.scheduler = scheduler
+        self.text_encoder = text_encoder.eval()
+        self.tokenizer = tokenizer
+        self.text_encoder_2 = text_encoder_2.eval()
+        self.tokenizer_2 = tokenizer_2
+        # HunyuanDiT's pipeline centres its RoPE grid on a 512 px base (32 tokens at patch 2);
+        # the tiny decoder uses its own full grid instead.
+        self.rope_base_size = rope_base_size or 512 // self.vae_scale_factor // transformer.config.patch_size
+        self._negative_cache: dict[str, CaptionEncoding] = {}
+
+    # ----------------------------------------------------------------------------------------- io
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, **hub
+    ) -> "HunyuanDecoder":
+        """Load a diffusers HunyuanDiT folder or hub id (HunyuanDiT-v1.2-Diffusers or the built-in one)."""
+        path = str(path)
+        kw = dict(**hub)
+        transformer = HunyuanDiT2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype, **kw)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **kw)
+        scheduler_config = DPMSolverMultistepScheduler.load_config(path, subfolder="scheduler", **kw)
+        scheduler = make_sampler(scheduler_config)
+        text_encoder = BertModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, add_pooling_layer=False, **kw)
+        text_encoder_2 = T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", dtype=dtype, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **kw)
+        tokenizer_2 = AutoTokenizer.from_pretrained(path, subfolder="tokenizer_2", **kw)
+        extra = _read_json(Path(path) / "omnibridge_decoder.json") if Path(path).is_dir() else {}
+        decoder = cls(transformer, vae, scheduler, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
+                      rope_base_size=extra.get("rope_base_size"))
+        return decoder.to(device)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        self.transformer.save_pretrained(path / "transformer")
+        self.vae.save_pretrained(path / "vae")
+        self.scheduler.save_config(path / "scheduler")
+        self.text_encoder.save_pretrained(path / "text_encoder")
+        self.tokenizer.save_pretrained(path / "tokenizer")
+        self.text_encoder_2.save_pretrained(path / "text_encoder_2")
+        self.tokenizer_2.save_pretrained(path / "tokenizer_2")
+        model_index = {
+            "_class_name": "HunyuanDiTPipeline",
+            "transformer": ["diffusers", "HunyuanDiT2DModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            "scheduler": ["diffusers", type(self.scheduler).__name__],
+            "text_encoder": ["transformers", "BertModel"],
+            "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+            "text_encoder_2": ["transformers", "T5EncoderModel"],
+            "tokenizer_2": ["transformers", "PreTrainedTokenizerFast"],
+            "safety_checker": [None, None],
+            "feature_extractor": [None, None],
+        }
+        (path / "model_index.json").write_text(json.dumps(model_index, indent=2))
+        (path / "omnibridge_decoder.json").write_text(json.dumps({"rope_base_size": self.rope_base_size}))
+
+    def to(self, device: torch.device | str) -> "HunyuanDecoder":
+        for module in self.modules().values():
+            module.to(device)
+        self._negative_cache.clear()
+        return self
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"transformer": self.transformer, "vae": self.vae, "text_encoder": self.text_encoder,
+                "text_encoder_2": self.text_encoder_2}
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def sample_size(self) -> int:
+        """The native image side in pixels."""
+        return self.transformer.config.sample_size * self.vae_scale_factor
+
+    @property
+    def t5_length(self) -> int:
+        return self.transformer.config.text_len_t5
+
+    # ------------------------------------------------------------------------------- text encoding
+    def tokenize_t5(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.tokenizer_2(captions, padding="max_length", max_length=self.t5_length, truncation=True,
+                                  return_tensors="pt")
+        return tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
+
+    def t5_input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The T5 token-embedding table (the BiLM's non-query input when editing)."""
+        return self.text_encoder_2.get_input_embeddings()(input_ids)
+
+    def encode_captions(self, captions: list[str]) -> CaptionEncoding:
+        """Both text slots for captions, exactly as HunyuanDiT's own pipeline computes them.
+
+        Gradients flow when called outside inference mode (stage 0 trains the text encoders).
+        """
+        tokens = self.tokenizer(captions, padding="max_length", max_length=self.transformer.config.text_len,
+                                truncation=True, return_tensors="pt").to(self.device)
+        embeds = self.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+        ids_2, mask_2 = self.tokenize_t5(captions)
+        embeds_2 = self.text_encoder_2(ids_2, attention_mask=mask_2)[0]
+        return CaptionEncoding(embeds, tokens.attention_mask, embeds_2, mask_2)
+
+    def negative_encoding(self, negative_prompt: str = "") -> CaptionEncoding:
+        """Computed once per negative prompt and cached: every guided generation needs it."""
+        if negative_prompt not in self._negative_cache:
+            with torch.inference_mode():
+                self._negative_cache[negative_prompt] = self.encode_captions([negative_prompt])
+        return self._negative_cache[negative_prompt]
+
+    # ----------------------------------------------------------------------------------- sampling
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        factor = self.vae_scale_factor * self.transformer.config.patch_size
+        if height % factor or width % factor:
+            raise ValueError(f"height and width must be multiples of {factor}, got {height}x{width}")
+        return self.transformer.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def initial_latents(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
+        """One generator per image, on the CPU, so an image depends only on its own seed."""
+        shape = self.latent_shape(height, width)
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        return torch.stack(noise).to(self.device, self.dtype)
+
+    def _rotary_embedding(self, latent_height: int, latent_width: int):
+        patch = self.transformer.config.patch_size
+        grid = (latent_height // patch, latent_width // patch)
+        crops = get_resize_crop_region_for_grid(grid, self.rope_base_size)
+        head_dim = self.transformer.inner_dim // self.transformer.num_heads
+        return get_2d_rotary_pos_embed(head_dim, crops, grid, device=self.device, output_type="pt")
+
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: CaptionEncoding, rotary=None) -> torch.Tensor:
+        """One transformer call: the model output (v, epsilon or x0, by the scheduler's prediction type)."""
+        batch, _, height, width = latents.shape
+        meta_size = style = None
+        if self.transformer.config.use_style_cond_and_image_meta_size:
+            side = [height * self.vae_scale_factor, width * self.vae_scale_factor]
+            meta_size = torch.tensor([side + side + [0, 0]] * batch, device=self.device, dtype=latents.dtype)
+            style = torch.zeros(batch, dtype=torch.long, device=self.device)
+        output = self.transformer(
+            latents,
+            timesteps.to(latents.dtype),
+            encoder_hidden_states=cond.embeds.to(latents.dtype),
+            text_embedding_mask=cond.mask,
+            encoder_hidden_states_t5=cond.embeds_2.to(latents.dtype),
+            text_embedding_mask_t5=cond.mask_2,
+            image_meta_size=meta_size,
+            style=style,
+            image_rotary_emb=rotary if rotary is not None else self._rotary_embedding(height, width),
+            return_dict=False,
+        )[0]
+        if output.shape[1] != latents.shape[1]:  # learn_sigma: the second half is the variance
+            output = output[:, : latents.shape[1]]
+        return output
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        cond: CaptionEncoding,
+        seeds: list[int],
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        negative: CaptionEncoding | None = None,
+        callback: StepCallback | None = None,
+        init_latents: torch.Tensor | None = None,
+        strength: float = 1.0,
+    ) -> torch.Tensor:
+        """Classifier-free-guided sampling; returns scaled latents [B, C, h, w].
+
+        With `init_latents` and `strength` < 1, sampling starts from those latents noised to the
+        matching timestep (SDEdit) and runs only the last `strength` share of the steps.
+        """
+        noise = self.initial_latents(seeds, height, width)
+        batch = noise.shape[0]
+        guided = guidance_scale > 1.0
+        if guided:
+            negative = negative or self.negative_encoding()
+            cond = CaptionEncoding.cat([negative.repeat(batch) if len(negative) == 1 else negative, cond])
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        timesteps = self.scheduler.timesteps
+        if init_latents is not None and strength < 1.0:
+            start = min(len(timesteps) - 1, int(round(len(timesteps) * (1.0 - strength))))
+            timesteps = timesteps[start:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(start)
+            latents = self.scheduler.add_noise(init_latents.expand_as(noise), noise, timesteps[:1].repeat(batch))
+        else:
+            latents = noise * self.scheduler.init_noise_sigma
+        rotary = self._rotary_embedding(latents.shape[-2], latents.shape[-1])
+        for step, timestep in enumerate(timesteps):
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = self.scheduler.scale_model_input(model_input, timestep)
+            t = torch.full((model_input.shape[0],), float(timestep), device=self.device)
+            prediction = self.predict(model_input, t, cond, rotary)
+            if guided:
+                uncond, text = prediction.chunk(2)
+                prediction = uncond + guidance_scale * (text - uncond)
+            latents = self.scheduler.step(prediction, timestep, latents, return_dict=False)[0]
+            if callback is not None:
+                outputs = callback(self, step, int(timestep), {"latents": latents})
+                if outputs:
+                    latents = outputs.get("latents", latents)
+        return latents
+
+    # --------------------------------------------------------------------------------------- vae
+    @torch.inference_mode()
+    def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
+        config = self.vae.config
+        if not torch.isfinite(latents).all():
+            raise DecoderNumericalError(
+                "the decoder produced NaN/inf latents; run it in float32 (or float16 on CUDA), not bfloat16"
+            )
+        shift = getattr(config, "shift_factor", None) or 0.0
+        pixels = self.vae.decode(latents / config.scaling_factor + shift, return_dict=False)[0]
+        pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        arrays = pixels.permute(0, 2, 3, 1).cpu().numpy()
+        if not np.isfinite(pixels.float().cpu().numpy()).all() or (arrays.max(axis=(1, 2, 3)) == 0).any():
+            raise DecoderNumericalError("the decoder returned an all-black image (numerical overflow)")
+        return [Image.fromarray(a, mode="RGB") for a in arrays]
+
+    def encode_images(self, pixels: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Pixels in [-1, 1], [B, 3, H, W] -> scaled latents (training and tests)."""
+        config = self.vae.config
+        posterior = self.vae.encode(pixels).latent_dist
+        latents = posterior.sample() if sample else posterior.mode()
+        shift = getattr(config, "shift_factor", None) or 0.0
+        return (latents - shift) * config.scaling_factor
+
+
+def make_sampler(config: dict) -> SchedulerMixin:
+    """DPM-Solver++ (2nd order) on the training noise schedule: as good at 20 steps as DDPM at 100."""
+    config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    config.setdefault("algorithm_type", "dpmsolver++")
+    config.setdefault("solver_order", 2)
+    config.setdefault("timestep_spacing", "trailing")
+    return DPMSolverMultistepScheduler.from_config(config)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,490 @@
+"""OmniBridgePipeline: one model for chat, generation, editing and retrieval.
+
+    from omnibridge import OmniBridgePipeline
+    pipe = OmniBridgePipeline.from_pretrained("assets/omnibridge-shapes")
+    pipe.chat([{"role": "user", "content": "How many circles are there?"}], images=["scene.png"])
+    result = pipe.generate("draw two red circles", seed=1)      # result.images[0], result.caption
+    vectors = pipe.embed_texts(["a red circle"])                   # [1, D] unit-norm float32
+
+How each task flows (see docs in architecture.md):
+- chat: Qwen2-VL with M-RoPE positions for images, tokens streamed.
+- generate: the LLM rewrites the prompt into a caption (`<img> ... </img>`); one teacher-forced pass
+  over that caption gives its hidden states; projector + BiLM turn them, through learned queries
+  only, into the decoder's T5-slot conditioning; HunyuanDiT denoises with the caption's BERT slot
+  and T5 mask.
+- edit: the LLM, seeing the image, writes the target caption; the BiLM reads that caption's T5
+  token embeddings while cross-attending to the image-token states; then the decoder as above.
+- retrieval: LLM states of an image's tokens or a text's tokens -> retrieval queries through the
+  BiLM -> attention pooling -> fused, unit-norm vectors.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from .inputs import InvalidInputError, clean_text, load_image, normalize_messages
+from .modeling.chat_format import ChatFormat, EncodedPrompt, Message, SpanText, gather_spans
+from .modeling.decoder import CaptionEncoding, GenerationCancelled, StepCallback
+from .modeling.devices import Placement, placement as choose_placement
+from .modeling.loading import (
+    LoadedModel,
+    detect_layout,
+    load_official_layout,
+    load_our_layout,
+    resolve_folder,
+    save_our_layout,
+)
+
+MAX_SEED = 2**31 - 1
+
+__all__ = ["OmniBridgePipeline", "GenerationResult", "ChatAnswer", "GenerationCancelled", "InvalidInputError"]
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    prompt: str  # what the user asked for (or the edit instruction)
+    caption: str  # what the decoder was conditioned on (the LLM's rewrite, or the prompt itself)
+    seeds: list[int]
+    timings: dict[str, float]
+    parameters: dict = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
+
+
+@dataclass
+class ChatAnswer:
+    """A chat reply as the model meant it: plain text, a drawing request, or an edit of the last image."""
+
+    kind: str  # "text", "draw" or "edit"
+    text: str  # the visible answer (the caption for drawings and edits)
+    caption: str | None = None
+
+
+class _StopOnEvent(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class OmniBridgePipeline:
+    """Owns every component; methods are thread-safe (one model job runs at a time)."""
+
+    def __init__(self, model: LoadedModel, placement: Placement):
+        self.model = model
+        self.config = model.config
+        self.placement = placement
+        self.llm = model.llm
+        self.tokenizer = model.tokenizer
+        self.alignment = model.alignment
+        self.decoder = model.decoder
+        self.format = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
+        self._lock = threading.RLock()
+        self.jobs_running = 0
+        self.max_jobs_running = 0  # stays 1 when callers are serialised (checked by the concurrency test)
+
+    # ------------------------------------------------------------------------------------- io
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None, decoder: str | Path | None = None) -> "OmniBridgePipeline":
+        """Our folder layout, or the official release (with `decoder`: HunyuanDiT-v1.2 diffusers folder/id)."""
+        where = choose_placement(device, dtype)
+        folder = resolve_folder(path_or_id)
+        if detect_layout(folder) == "omnibridge":
+            loaded = load_our_layout(folder, where)
+        else:
+            loaded = load_official_layout(folder, decoder, where)
+        return cls(loaded, where)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        save_our_layout(self.model, path)
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
+
+    def _job(self):
+        pipeline = self
+
+        class _Job:
+            def __enter__(self):
+                pipeline._lock.acquire()
+                pipeline.jobs_running += 1
+                pipeline.max_jobs_running = max(pipeline.max_jobs_running, pipeline.jobs_running)
+
+            def __exit__(self, *exc):
+                pipeline.jobs_running -= 1
+                pipeline._lock.release()
+
+        return _Job()
+
+    def _to_device(self, batch: dict) -> dict:
+        moved = {}
+        for key, value in batch.items():
+            if key == "pixel_values":
+                moved[key] = value.to(self.device, self.placement.llm_dtype)
+            else:
+                moved[key] = value.to(self.device)
+        return moved
+
+    # ------------------------------------------------------------------------------------ chat
+    def prepare_conversation(self, messages: list[dict], images: list | None = None,
+                             max_new_tokens: int = 256) -> list[Message]:
+        """Normalise, then drop the oldest turns (and surplus images) to fit the token budget."""
+        conversation = normalize_messages(messages, images)
+        system = [m for m in conversation if m.role == "system"][:1]
+        turns = [m for m in conversation if m.role != "system"]
+        turns = self._limit_images(turns)
+        budget = self.config.max_context_tokens - max_new_tokens - 16
+        budget -= sum(self._message_tokens(m) for m in system)
+        kept: list[Message] = []
+        used = 0
+        for message in reversed(turns):
+            cost = self._message_tokens(message)
+            if used + cost > budget:
+                if not kept:  # the newest message alone is too long: keep its end
+                    kept.append(self._truncate_message(message, budget))
+                break
+            kept.append(message)
+            used += cost
+        kept.reverse()
+        while kept and kept[0].role != "user":  # a conversation restarts at a user turn
+            kept.pop(0)
+        if not kept:
+            raise InvalidInputError("the message is too long for the model's context")
+        return system + kept
+
+    def _limit_images(self, turns: list[Message]) -> list[Message]:
+        allowed = self.config.max_images_in_context
+        total = sum(isinstance(p, Image.Image) for m in turns for p in m.parts)
+        to_drop = max(0, total - allowed)
+        limited = []
+        for message in turns:
+            parts = []
+            for part in message.parts:
+                if isinstance(part, Image.Image) and to_drop:
+                    to_drop -= 1
+                    continue
+                parts.append(part)
+            limited.append(Message(message.role, parts or ["(image omitted)"]))
+        return limited
+
+    def _message_tokens(self, message: Message) -> int:
+        count = 6
+        for part in message.parts:
+            if isinstance(part, Image.Image):
+                count += self.format.image_token_count(part) + 2
+            else:
+                count += len(self.format.text_ids(part if isinstance(part, str) else part.text))
+        return count
+
+    def _truncate_message(self, message: Message, budget: int) -> Message:
+        images = [p for p in message.parts if isinstance(p, Image.Image)]
+        text = " ".join(p for p in message.parts if isinstance(p, str))
+        left = budget - sum(self.format.image_token_count(i) + 2 for i in images) - 6
+        if left < 8:
+            raise InvalidInputError("the message is too long for the model's context")
+        ids = self.format.text_ids(text)[-left:]
+        return Message(message.role, images + [self.tokenizer.decode(ids)])
+
+    def _stop_ids(self) -> list[int]:
+        """End of turn, and the closing tags of captions (generation stops right after a caption)."""
+        prompts = self.config.prompts
+        closers = [self.format.token_id(tag) for tag in (prompts.image_close, prompts.edit_close) if tag]
+        return [self.format.im_end] + [i for i in closers if i is not None and i != self.tokenizer.unk_token_id]
+
+    def stream_chat(self, messages: list[dict], images: list | None = None, max_new_tokens: int = 256,
+                    temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
+        """Yield the answer so far as it is generated (closing the iterator stops generation)."""
+        max_new_tokens = int(np.clip(max_new_tokens, 1, 4096))
+        temperature = float(np.clip(temperature, 0.0, 2.0))
+        top_p = float(np.clip(top_p, 0.05, 1.0))
+        conversation = self.prepare_conversation(messages, images, max_new_tokens)
+        encoded = self.format.encode(conversation, add_generation_prompt=True)
+        batch = self._to_device(self.format.collate([encoded], "left")["inputs"])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=False, timeout=300)
+        stop = threading.Event()
+        sampling = temperature > 0
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                if seed is not None:
+                    torch.manual_seed(int(seed))
+                with torch.inference_mode():
+                    self.llm.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sampling,
+                                      temperature=temperature if sampling else None,
+                                      top_p=top_p if sampling else None, top_k=None, eos_token_id=self._stop_ids(),
+                                      pad_token_id=self.format.pad_id, streamer=streamer,
+                                      stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
+            except BaseException as error:  # surfaced to the caller below
+                errors.append(error)
+                streamer.end()
+
+        with self._job():
+            worker = threading.Thread(target=run, daemon=True)
+            worker.start()
+            text = ""
+            try:
+                for piece in streamer:
+                    text += piece
+                    yield self.clean_answer(text)
+            finally:
+                stop.set()
+                worker.join()
+        if errors:
+            raise errors[0]
+
+    def chat(self, messages: list[dict], images: list | None = None, max_new_tokens: int = 256,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> str:
+        answer = ""
+        for answer in self.stream_chat(messages, images, max_new_tokens, temperature, top_p, seed):
+            pass
+        return answer
+
+    def clean_answer(self, text: str) -> str:
+        for token in ("<|im_end|>", "<|endoftext|>", "<|im_start|>"):
+            text = text.replace(token, "")
+        return text.strip()
+
+    def parse_answer(self, text: str) -> ChatAnswer:
+        """Read the model's own routing: `<img>caption</img>` draws, `<edit>caption</edit>` edits."""
+        prompts = self.format.prompts
+        for kind, opener, closer in (("draw", prompts.image_open, prompts.image_close),
+                                     ("edit", prompts.edit_open, prompts.edit_close)):
+            if opener and text.lstrip().startswith(opener):
+                caption = text.lstrip()[len(opener):].split(closer)[0].strip()
+                return ChatAnswer(kind, caption, caption)
+        return ChatAnswer("text", text)
+
+    # ------------------------------------------------------------------------------ generation
+    def _generate_after(self, prompts: list[EncodedPrompt], forced_prefix: str | None, max_new_tokens: int) -> list[str]:
+        """Greedy continuation of prompts, optionally after a forced first token (e.g. `<img>`)."""
+        prefix = [self.format.token_id(forced_prefix)] if forced_prefix else []
+        prompts = [EncodedPrompt(p.input_ids + prefix, p.images, p.spans) for p in prompts]
+        batch = self._to_device(self.format.collate(prompts, "left")["inputs"])
+        with torch.inference_mode():
+            output = self.llm.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                       top_p=None, top_k=None, eos_token_id=self._stop_ids(),
+                                       pad_token_id=self.format.pad_id)
+        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+
+    def rewrite_prompts(self, prompts: list[str]) -> list[str]:
+        """The OmniBridge prompt rewrite: free-form prompts -> captions in the decoder's language."""
+        template = self.config.prompts.rewrite
+        encoded = [self.format.encode([Message("user", [template.format(prompt=p)])]) for p in prompts]
+        captions = self._generate_after(encoded, self.config.prompts.image_open, self.config.generation.max_new_tokens)
+        return [caption or prompt for caption, prompt in zip(captions, prompts)]
+
+    def _caption_states(self, prompts: list[EncodedPrompt], captions: list[str], opener: str):
+        """One teacher-forced pass over `<img>caption</img>` after each prompt: the hidden states of the
+        caption tokens, and those of the first image in the prompt (editing conditions on them)."""
+        forced = [self.format.with_caption(p, c, opener, self._closer(opener)) for p, c in zip(prompts, captions)]
+        collated = self.format.collate(forced, "right")
+        with torch.inference_mode():
+            states = self.llm.model(**self._to_device(collated["inputs"])).last_hidden_state
+        spans = collated["spans"]
+        caption_states = gather_spans(states, [s["caption"] for s in spans])
+        image_states = gather_spans(states, [s["image0"] for s in spans]) if all("image0" in s for s in spans) else None
+        return caption_states, image_states
+
+    def _closer(self, opener: str) -> str:
+        prompts = self.config.prompts
+        return prompts.edit_close if opener == prompts.edit_open else prompts.image_close
+
+    def _resolve_settings(self, num_inference_steps, guidance_scale, height, width, num_images, seed):
+        defaults = self.config.generation
+        steps = int(np.clip(num_inference_steps or defaults.num_inference_steps, 1, 200))
+        guidance = float(np.clip(defaults.guidance_scale if guidance_scale is None else guidance_scale, 1.0, 20.0))
+        height = int(height or defaults.height)
+        width = int(width or defaults.width)
+        if height not in defaults.allowed_sizes or width not in defaults.allowed_sizes:
+            raise InvalidInputError(f"size {width}x{height} is not supported; choose from {defaults.allowed_sizes}")
+        count = int(np.clip(num_images, 1, 4))
+        if seed is None or int(seed) < 0:
+            seed = random.randrange(MAX_SEED)
+        seed = int(seed) % (MAX_SEED + 1)
+        return steps, guidance, height, width, [(seed + i) % (MAX_SEED + 1) for i in range(count)]
+
+    def _condition(self, captions: list[str], states=None, t5_inputs=False) -> CaptionEncoding:
+        """Decoder conditioning: BERT slot from the caption, T5 slot from the BiLM (or the decoder's T5)."""
+        with torch.inference_mode():
+            encoding = self.decoder.encode_captions(captions)
+            if states is None:  # the decoder's own text conditioning (the reference path)
+                return encoding
+            llm_states, llm_mask = states
+            inputs = None
+            if t5_inputs:
+                ids, _ = self.decoder.tokenize_t5(captions)
+                inputs = self.decoder.t5_input_embeddings(ids).to(self.placement.llm_dtype)
+            condition = self.alignment.condition(llm_states, llm_mask, inputs_embeds=inputs)
+        return CaptionEncoding(encoding.embeds, encoding.mask, condition.to(self.decoder.dtype), encoding.mask_2)
+
+    def _decode(self, cond, seeds, steps, guidance, height, width, callback, negative_prompt, init_image=None,
+                strength=1.0):
+        negative = self.decoder.negative_encoding(negative_prompt or self.config.generation.negative_prompt)
+        init_latents = None
+        if init_image is not None and strength < 1.0:
+            init_latents = self._encode_image_latents(init_image, height, width)
+        latents = self.decoder.denoise(cond.repeat(len(seeds)) if len(cond) == 1 else cond, seeds, height, width,
+                                       steps, guidance, negative, callback, init_latents=init_latents,
+                                       strength=strength)
+        return self.decoder.decode_latents(latents)
+
+    def _encode_image_latents(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
+        pixels = np.asarray(image.resize((width, height), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device, self.decoder.dtype)
+        with torch.inference_mode():
+            return self.decoder.encode_images(tensor)
+
+    def generate(self, prompt: str, rewrite: bool = True, seed: int | None = None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 height: int | None = None, width: int | None = None, num_images: int = 1,
+                 negative_prompt: str | None = None, callback: StepCallback | None = None,
+                 use_learned_queries: bool = True) -> GenerationResult:
+        """Text to image through OmniBridge (or, with use_learned_queries=False, the decoder alone)."""
+        prompt = clean_text(prompt)
+        steps, guidance, height, width, seeds = self._resolve_settings(
+            num_inference_steps, guidance_scale, height, width, num_images, seed)
+        timings: dict[str, float] = {}
+        with self._job():
+            start = time.perf_counter()
+            caption = self.rewrite_prompts([prompt])[0] if rewrite else prompt
+            timings["rewrite_s"] = time.perf_counter() - start
+            mark = time.perf_counter()
+            states = None
+            if use_learned_queries:
+                template = self.config.prompts.rewrite.format(prompt=prompt)
+                encoded = self.format.encode([Message("user", [template])])
+                states, _ = self._caption_states([encoded], [caption], self.config.prompts.image_open)
+            cond = self._condition([caption], states)
+            timings["condition_s"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            images = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt)
+            timings["denoise_decode_s"] = time.perf_counter() - mark
+            timings["total_s"] = time.perf_counter() - start
+        parameters = {"mode": "generate", "prompt": prompt, "caption": caption, "rewrite": rewrite,
+                      "num_inference_steps": steps, "guidance_scale": guidance, "height": height, "width": width,
+                      "seeds": seeds, "conditioning": "learned_queries" if use_learned_queries else "decoder_text",
+                      "model": self.model_id}
+        return GenerationResult(images, prompt, caption, seeds, timings, parameters)
+
+    def edit(self, image, instruction: str, seed: int | None = None, num_inference_steps: int | None = None,
+             guidance_scale: float | None = None, num_images: int = 1, strength: float = 1.0,
+             negative_prompt: str | None = None, callback: StepCallback | None = None,
+             height: int | None = None, width: int | None = None) -> GenerationResult:
+        """Edit by regeneration, as OmniBridge does: image + instruction -> target caption -> decoder.
+
+        `strength` < 1 starts denoising from the source image's noised latents (SDEdit), which keeps
+        more of its layout; 1.0 is the paper's setting.
+        """
+        source = load_image(image)
+        instruction = clean_text(instruction, what="instruction")
+        strength = float(np.clip(strength, 0.05, 1.0))
+        steps, guidance, height, width, seeds = self._resolve_settings(
+            num_inference_steps, guidance_scale, height, width, num_images, seed)
+        prompts = self.config.prompts
+        opener = prompts.edit_open or prompts.image_open
+        timings: dict[str, float] = {}
+        with self._job():
+            start = time.perf_counter()
+            encoded = self.format.encode([Message("user", [source, prompts.edit.format(instruction=instruction)])])
+            caption = self._generate_after([encoded], prompts.edit_open or None,
+                                           self.config.generation.max_new_tokens)[0]
+            caption = caption.split("\n")[0].strip()
+            if not caption or caption.startswith("I'm unable to see the image"):
+                caption = instruction
+            timings["rewrite_s"] = time.perf_counter() - start
+            mark = time.perf_counter()
+            _, image_states = self._caption_states([encoded], [caption], opener)
+            cond = self._condition([caption], image_states, t5_inputs=True)
+            timings["condition_s"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            images = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
+                                  init_image=source, strength=strength)
+            timings["denoise_decode_s"] = time.perf_counter() - mark
+            timings["total_s"] = time.perf_counter() - start
+        parameters = {"mode": "edit", "instruction": instruction, "caption": caption, "num_inference_steps": steps,
+                      "guidance_scale": guidance, "strength": strength, "height": height, "width": width,
+                      "seeds": seeds, "model": self.model_id}
+        return GenerationResult(images, instruction, caption, seeds, timings, parameters)
+
+    # ------------------------------------------------------------------------------- retrieval
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.retrieval.embed_dim
+
+    def embed_texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """[N, D] float32 unit vectors; a text's vector is the same alone or in any batch."""
+        texts = [clean_text(t, what="text") for t in texts]
+        vectors = []
+        with self._job():
+            for start in range(0, len(texts), batch_size):
+                chunk = texts[start:start + batch_size]
+                prompts = [self.format.encode([Message("user", [SpanText("text", t)])]) for t in chunk]
+                collated = self.format.collate(prompts, "right")
+                with torch.inference_mode():
+                    states = self.llm.model(**self._to_device(collated["inputs"])).last_hidden_state
+                    span_states, mask = gather_spans(states, [s["text"] for s in collated["spans"]])
+                    vectors.append(self.alignment.embed_text_states(span_states, mask).cpu().numpy())
+        return np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, self.embedding_dim), np.float32)
+
+    def embed_images(self, images: list, batch_size: int = 64) -> np.ndarray:
+        """[N, D] float32 unit vectors from the LLM states of each image's tokens."""
+        loaded = [load_image(image) for image in images]
+        vectors = []
+        with self._job():
+            for start in range(0, len(loaded), batch_size):
+                chunk = loaded[start:start + batch_size]
+                prompts = [self.format.encode([Message("user", [image])]) for image in chunk]
+                collated = self.format.collate(prompts, "right")
+                with torch.inference_mode():
+                    states = self.llm.model(**self._to_device(collated["inputs"])).last_hidden_state
+                    span_states, mask = gather_spans(states, [s["image0"] for s in collated["spans"]])
+                    vectors.append(self.alignment.embed_image_states(span_states, mask).cpu().numpy())
+        return np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, self.embedding_dim), np.float32)
+
+    # ------------------------------------------------------------------------------------ info
+    def info(self) -> dict:
+        import psutil
+
+        def count(module) -> int:
+            return sum(p.numel() for p in module.parameters())
+
+        decoder_parts = {name: count(module) for name, module in self.decoder.modules().items()}
+        memory = {"process_rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1)}
+        if self.device.type == "cuda":
+            memory["cuda_allocated_mb"] = round(torch.cuda.memory_allocated(self.device) / 2**20, 1)
+            memory["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return {
+            "model_id": self.model_id,
+            "source": self.model.source,
+            "layout": self.model.layout,
+            "device": str(self.device),
+            "dtype": {"llm": str(self.placement.llm_dtype).replace("torch.", ""),
+                      "decoder": str(self.placement.decoder_dtype).replace("torch.", "")},
+            "parameters": {"llm": count(self.llm), "alignment": count(self.alignment), **decoder_parts,
+                           "total": count(self.llm) + count(self.alignment) + sum(decoder_parts.values())},
+            "memory": memory,
+            "embedding_dim": self.embedding_dim,
+            "image_size": self.config.generation.height,
+        }

@@ -1,0 +1,111 @@
+"""Questions about a scene with their exact answers (the understanding task of the built-in model)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .captions import NUMBER_WORDS, describe, format_caption
+from .world import COLOR_NAMES, RELATIONS, SHAPES, Scene, ShapeObject, relation_holds
+
+QUESTION_TYPES = ("count", "colour", "shape", "exist", "relation", "describe")
+DESCRIBE_QUESTIONS = (
+    "Describe the image.",
+    "Describe this image.",
+    "What is in the image?",
+    "What do you see?",
+    "What does this picture show?",
+)
+_RELATION_QUESTION_WORDS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
+
+
+@dataclass(frozen=True)
+class QuestionAnswer:
+    qtype: str
+    question: str
+    answer: str
+
+
+def _unique(scene: Scene, **attributes) -> ShapeObject | None:
+    matches = [o for o in scene.objects if all(getattr(o, k) == v for k, v in attributes.items())]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _count_question(rng: random.Random, scene: Scene) -> QuestionAnswer:
+    kind = rng.choice(("shape", "color", "both"))
+    shape, color = rng.choice(SHAPES), rng.choice(COLOR_NAMES)
+    if rng.random() < 0.6:  # mostly ask about something present, so answers are not mostly "zero"
+        obj = rng.choice(scene.objects)
+        shape, color = obj.shape, obj.color
+    if kind == "shape":
+        question, n = f"How many {shape}s are there?", sum(o.shape == shape for o in scene.objects)
+    elif kind == "color":
+        question, n = f"How many {color} objects are there?", sum(o.color == color for o in scene.objects)
+    else:
+        n = sum(o.shape == shape and o.color == color for o in scene.objects)
+        question = f"How many {color} {shape}s are there?"
+    return QuestionAnswer("count", question, NUMBER_WORDS[n])
+
+
+def _colour_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
+    candidates = [o for o in scene.objects if _unique(scene, shape=o.shape)]
+    if not candidates:
+        return None
+    obj = rng.choice(candidates)
+    return QuestionAnswer("colour", f"What color is the {obj.shape}?", obj.color)
+
+
+def _shape_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
+    candidates = [o for o in scene.objects if _unique(scene, color=o.color)]
+    if not candidates:
+        return None
+    obj = rng.choice(candidates)
+    return QuestionAnswer("shape", f"What shape is the {obj.color} object?", obj.shape)
+
+
+def _exist_question(rng: random.Random, scene: Scene) -> QuestionAnswer:
+    if rng.random() < 0.5:
+        obj = rng.choice(scene.objects)
+        shape, color = obj.shape, obj.color
+    else:
+        shape, color = rng.choice(SHAPES), rng.choice(COLOR_NAMES)
+    present = any(o.shape == shape and o.color == color for o in scene.objects)
+    return QuestionAnswer("exist", f"Is there a {color} {shape}?", "yes" if present else "no")
+
+
+def _relation_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
+    nameable = [o for o in scene.objects if _unique(scene, shape=o.shape, color=o.color)]
+    if len(nameable) < 2:
+        return None
+    a, b = rng.sample(nameable, 2)
+    holding = [r for r in RELATIONS if relation_holds(a, b, r)]
+    if rng.random() < 0.5 and holding:
+        return QuestionAnswer(
+            "relation",
+            f"Where is the {a.color} {a.shape} relative to the {b.color} {b.shape}?",
+            holding[0],
+        )
+    relation = rng.choice(holding) if holding and rng.random() < 0.5 else rng.choice(RELATIONS)
+    answer = "yes" if relation_holds(a, b, relation) else "no"
+    words = _RELATION_QUESTION_WORDS[relation]
+    return QuestionAnswer("relation", f"Is the {a.color} {a.shape} {words} the {b.color} {b.shape}?", answer)
+
+
+def _describe_question(rng: random.Random, scene: Scene) -> QuestionAnswer:
+    return QuestionAnswer("describe", rng.choice(DESCRIBE_QUESTIONS), format_caption(describe(scene)))
+
+
+_BUILDERS = {
+    "count": _count_question,
+    "colour": _colour_question,
+    "shape": _shape_question,
+    "exist": _exist_question,
+    "relation": _relation_question,
+    "describe": _describe_question,
+}
+
+
+def sample_question(rng: random.Random, scene: Scene, qtype: str | None = None) -> QuestionAnswer | None:
+    """A question of `qtype` (random when None) with its answer; None when the type cannot be asked."""
+    qtype = qtype or rng.choice(QUESTION_TYPES)
+    return _BUILDERS[qtype](rng, scene)

@@ -1,0 +1,56 @@
+"""`python -m omnibridge.train`: the built-in model's stages, each resumable, one command.
+
+    python -m omnibridge.train --preset shapes --out assets/omnibridge-shapes            # everything
+    python -m omnibridge.train --preset shapes --out assets/omnibridge-shapes --resume   # continue
+    python -m omnibridge.train --preset shapes --stages decoder --decoder-minutes 60 --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+STAGES = ("decoder", "llm", "align", "retrieval", "package")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m omnibridge.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="shapes", help="shapes (the built-in model) or quick (a micro model)")
+    parser.add_argument("--out", required=True, help="where the finished model folder is written")
+    parser.add_argument("--work-dir", help="training state and logs (default: <out>.train)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--resume", action="store_true", help="continue every stage from its last saved state")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the decoder stage is the one worth a GPU)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    parser.add_argument("--decoder-minutes", type=float, help="override the preset's DiT training time budget")
+    args = parser.parse_args(argv)
+    unknown = set(args.stages.split(",")) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from .presets import get_preset
+    from .stages import run_stages
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = get_preset(args.preset)
+    out = Path(args.out)
+    work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".train")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    report = run_stages(preset, out, work_dir, args.stages.split(","), resume=args.resume, seed=args.seed,
+                        device=torch.device(args.device), decoder_minutes=args.decoder_minutes)
+    report["wall_seconds"] = round(time.monotonic() - started, 1)
+    (work_dir / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return report

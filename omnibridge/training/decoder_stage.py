@@ -1,0 +1,206 @@
+"""Stage 0: train the tiny decoder (VAE, then HunyuanDiT with its two text encoders).
+
+This stands in for the pretrained HunyuanDiT that OmniBridge keeps frozen. Recipe, chosen from the
+measurements in `shared/research/decoder-feasibility.md`:
+- VAE: foreground-weighted MSE + L1 and a tiny KL; latents are then standardised (shift and scale
+  stored in the VAE config, as diffusers does for SD3/Flux).
+- DiT: v-prediction on a cosine schedule, plain MSE (no min-SNR weighting) with timesteps drawn
+  logit-normal towards high noise, where object count and layout are decided; EMA weights;
+  10% empty captions for classifier-free guidance; a short curriculum of simple layouts first.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..evaluation.generation import evaluate_generation, generation_cases
+from ..modeling.decoder import HunyuanDecoder
+from ..shapes.captions import describe
+from ..shapes.detect import image_matches
+from ..shapes.render import render_array
+from ..shapes.world import BACKGROUND, sample_scene
+from .builders import training_noise_schedule
+from .common import EMA, StageRun, images_to_tensor, step_rng
+from .decoder_data import sample_decoder_pair
+from .presets import DecoderPreset
+
+EARLY_CURRICULUM_STEPS = 800
+DEFAULT_GUIDANCE = 2.0
+DEFAULT_STEPS = 20
+
+
+def _foreground_weights(pixels: torch.Tensor) -> torch.Tensor:
+    background = torch.tensor(BACKGROUND, dtype=pixels.dtype).view(1, 3, 1, 1) / 127.5 - 1
+    is_object = ((pixels - background).abs().sum(1, keepdim=True) > 0.05).float()
+    return 1.0 + 4.0 * is_object
+
+
+def train_vae(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, seed: int, resume: bool) -> dict:
+    vae = decoder.vae.train()
+    run = StageRun(work_dir, "vae", preset.vae_steps, resume, seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=preset.vae_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, preset.vae_steps) / preset.vae_steps)))
+    if run.saved_state:
+        vae.load_state_dict(run.saved_state["vae"])
+        optimizer.load_state_dict(run.saved_state["optimizer"])
+        schedule.load_state_dict(run.saved_state["schedule"])
+    while run.progress.step < preset.vae_steps:
+        rng = step_rng(seed, "vae", run.progress.step)
+        pixels = images_to_tensor([render_array(sample_scene(rng)) for _ in range(preset.vae_batch)])
+        posterior = vae.encode(pixels).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        weights = _foreground_weights(pixels)
+        loss = (weights * (recon - pixels) ** 2).mean() + 0.2 * (weights * (recon - pixels).abs()).mean()
+        loss = loss + 1e-8 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        run.tick(preset.vae_batch, loss=loss.item())
+        if run.progress.step % 100 == 0:
+            run.save(vae=vae.state_dict(), optimizer=optimizer.state_dict(), schedule=schedule.state_dict())
+    vae.eval()
+    _standardise_latents(decoder, seed)
+    fidelity = vae_fidelity(decoder)
+    run.log(event="done", **fidelity)
+    run.save(vae=vae.state_dict(), optimizer=optimizer.state_dict(), schedule=schedule.state_dict())
+    return {**run.close(), **fidelity}
+
+
+@torch.no_grad()
+def _standardise_latents(decoder: HunyuanDecoder, seed: int, n: int = 512) -> None:
+    rng = random.Random(f"{seed}/vae-stats")
+    pixels = images_to_tensor([render_array(sample_scene(rng)) for _ in range(n)])
+    latents = decoder.vae.encode(pixels).latent_dist.mode()
+    decoder.vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=float(1.0 / latents.std()))
+
+
+@torch.no_grad()
+def vae_fidelity(decoder: HunyuanDecoder, n: int = 200, seed: int = 7_100_000) -> dict:
+    """Share of held-out scenes whose reconstruction the detector reads exactly as the original."""
+    rng = random.Random(seed)
+    scenes = [sample_scene(rng) for _ in range(n)]
+    pixels = images_to_tensor([render_array(s) for s in scenes])
+    images = decoder.decode_latents(decoder.encode_images(pixels))
+    exact = [image_matches(img, describe(scene)) for img, scene in zip(images, scenes)]
+    mse = float(((images_to_tensor([np.asarray(img) for img in images]) - pixels) ** 2).mean())
+    return {"vae_exact_reconstruction": round(sum(exact) / n, 4), "vae_mse": round(mse, 5)}
+
+
+def logit_normal_timesteps(batch: int, generator: torch.Generator, num_train_timesteps: int = 1000) -> torch.Tensor:
+    u = torch.sigmoid(0.4 + 1.2 * torch.randn(batch, generator=generator))
+    return (u * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
+
+
+class _Trainable(torch.nn.Module):
+    """The decoder parts stage 0 trains together (the VAE is frozen by then)."""
+
+    def __init__(self, decoder: HunyuanDecoder):
+        super().__init__()
+        self.transformer = decoder.transformer
+        self.text_encoder = decoder.text_encoder
+        self.text_encoder_2 = decoder.text_encoder_2
+
+
+def _with_modules(decoder: HunyuanDecoder, modules: _Trainable) -> HunyuanDecoder:
+    view = copy.copy(decoder)
+    view.transformer, view.text_encoder, view.text_encoder_2 = (
+        modules.transformer, modules.text_encoder, modules.text_encoder_2)
+    view._negative_cache = {}
+    return view
+
+
+def decoder_alone_generator(decoder: HunyuanDecoder, guidance: float = DEFAULT_GUIDANCE, steps: int = DEFAULT_STEPS):
+    """Prompts -> images through the decoder's own text encoders (the reference path)."""
+
+    def generate(prompts: list[str], seeds: list[int]):
+        size = decoder.sample_size
+        latents = decoder.denoise(decoder.encode_captions(prompts), seeds, size, size, steps, guidance)
+        return decoder.decode_latents(latents)
+
+    return generate
+
+
+def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, seed: int, resume: bool,
+              minutes: float | None = None) -> tuple[HunyuanDecoder, dict]:
+    """Train until the time budget (or step budget) is spent; returns the best EMA decoder."""
+    budget_seconds = (minutes if minutes is not None else preset.dit_minutes) * 60
+    run = StageRun(work_dir, "dit", preset.dit_steps or None, resume, seed)
+    trainable = _Trainable(decoder).train()
+    decoder.vae.requires_grad_(False)
+    optimizer = torch.optim.AdamW(trainable.parameters(), lr=preset.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ema = EMA(trainable)
+    if run.saved_state:
+        trainable.load_state_dict(run.saved_state["trainable"])
+        optimizer.load_state_dict(run.saved_state["optimizer"])
+        ema.load_state_dict(run.saved_state["ema"])
+    noise_schedule = training_noise_schedule()
+    cases = generation_cases(preset.eval_prompts_per_category)
+    best_dir = Path(work_dir) / "dit" / "best"
+    ema_modules = copy.deepcopy(trainable).eval()
+
+    def out_of_budget() -> bool:
+        if preset.dit_steps:
+            return run.progress.step >= preset.dit_steps
+        return run.progress.seconds >= budget_seconds
+
+    def evaluate_and_keep() -> None:
+        run.pause_clock()
+        ema.copy_to(ema_modules)
+        view = _with_modules(decoder, ema_modules)
+        scores = evaluate_generation(decoder_alone_generator(view), cases)
+        run.log(event="eval", **scores)
+        if scores["overall"] > run.progress.best_metric:
+            run.progress.best_metric = scores["overall"]
+            torch.save(ema_modules.state_dict(), best_dir.with_suffix(".pt"))
+        run.save(trainable=trainable.state_dict(), optimizer=optimizer.state_dict(), ema=ema.state_dict())
+        run.resume_clock()
+
+    rotary = None
+    while not out_of_budget():
+        step = run.progress.step
+        rng = step_rng(seed, "dit", step)
+        pairs = [sample_decoder_pair(rng, early=step < EARLY_CURRICULUM_STEPS) for _ in range(preset.dit_batch)]
+        captions = ["" if rng.random() < preset.caption_dropout else caption for _, caption in pairs]
+        pixels = images_to_tensor([render_array(scene) for scene, _ in pairs])
+        generator = torch.Generator().manual_seed(hash((seed, step)) % 2**31)
+        with torch.no_grad():
+            latents = decoder.encode_images(pixels)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = logit_normal_timesteps(len(pairs), generator)
+        noisy = noise_schedule.add_noise(latents, noise, timesteps)
+        target = noise_schedule.get_velocity(latents, noise, timesteps)
+        cond = decoder.encode_captions(captions)
+        if rotary is None:
+            rotary = decoder._rotary_embedding(latents.shape[-2], latents.shape[-1])
+        prediction = decoder.predict(noisy, timesteps.float(), cond, rotary)
+        loss = F.mse_loss(prediction, target)
+        for group in optimizer.param_groups:
+            group["lr"] = preset.dit_lr * min(1.0, (step + 1) / 200)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
+        optimizer.step()
+        ema.update(trainable)
+        run.tick(len(pairs), loss=loss.item())
+        if preset.eval_every and run.progress.step % preset.eval_every == 0:
+            evaluate_and_keep()
+        elif run.progress.step % 200 == 0:
+            run.save(trainable=trainable.state_dict(), optimizer=optimizer.state_dict(), ema=ema.state_dict())
+    evaluate_and_keep()
+    summary = run.close()
+    best_path = best_dir.with_suffix(".pt")
+    trainable.load_state_dict(torch.load(best_path, map_location="cpu") if best_path.exists() else ema.shadow)
+    trainable.eval()
+    summary["best_decoder_alone_overall"] = run.progress.best_metric
+    return decoder, summary
+

@@ -1,0 +1,161 @@
+"""Stage-1 (behaviour alignment) conversations for the LLM.
+
+The LLM learns every behaviour OmniBridge asks of it, in the chat format the pipeline uses:
+- understanding: an image and a question -> the exact answer (counts, colours, shapes, existence,
+  relations, full descriptions);
+- prompt rewriting: a free-form drawing request -> `<img>caption</img>` in the decoder's grammar;
+- edit captions: an image and an instruction -> `<edit>target caption</edit>`;
+- routing in multi-turn chat: the answer's first token decides between a text answer, a drawing
+  and an edit of the last image (uploaded or drawn earlier), so the UI never matches keywords.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from PIL import Image
+
+from ..modeling.chat_format import Message
+from ..shapes.captions import describe, format_caption, paraphrase_prompt
+from ..shapes.edits import sample_edit
+from ..shapes.qa import QUESTION_TYPES, sample_question
+from ..shapes.render import render
+from ..shapes.world import Scene, sample_scene
+from .decoder_data import sample_decoder_pair
+
+GREETINGS = ("hello", "hi", "hey", "hi there", "good morning", "hello!")
+GREETING_ANSWER = "Hello! Show me an image and ask about it, or ask me to draw shapes."
+CAPABILITY_QUESTIONS = ("what can you do?", "help", "what do you do?", "how does this work?")
+CAPABILITY_ANSWER = ("I can describe images of shapes, count them, tell colours and positions, draw new "
+                     "pictures of circles, squares and triangles, and edit the last picture.")
+NO_IMAGE_ANSWER = "Please add an image first, then ask me about it."
+
+TASK_MIX = {"vqa": 0.46, "rewrite": 0.20, "edit": 0.16, "draw_then_edit": 0.06, "draw_then_ask": 0.04,
+            "multi_qa": 0.05, "small_talk": 0.03}
+
+
+@dataclass
+class Conversation:
+    messages: list[Message]  # ends with the assistant answer the loss covers
+    task: str
+    answer: str
+
+
+def _draw_answer(caption: str) -> str:
+    return f"<img>{caption}</img>"
+
+
+def _edit_answer(caption: str) -> str:
+    return f"<edit>{caption}</edit>"
+
+
+def _vqa(rng: random.Random) -> Conversation:
+    scene = sample_scene(rng)
+    qa = None
+    while qa is None:
+        qa = sample_question(rng, scene, rng.choice(QUESTION_TYPES))
+        if qa is None:
+            scene = sample_scene(rng)
+    image = render(scene)
+    parts = [image, qa.question] if rng.random() < 0.85 else [qa.question, image]
+    return Conversation([Message("user", parts), Message("assistant", [qa.answer])], f"vqa/{qa.qtype}", qa.answer)
+
+
+def _rewrite(rng: random.Random) -> Conversation:
+    _, caption = sample_decoder_pair(rng)
+    messages = [Message("user", [paraphrase_prompt(rng, caption)])]
+    if rng.random() < 0.15:  # a drawing request while an unrelated image is on the table
+        messages[0].parts.insert(0, render(sample_scene(rng)))
+    answer = _draw_answer(caption)
+    return Conversation(messages + [Message("assistant", [answer])], "rewrite", answer)
+
+
+def _edit_example(rng: random.Random, scene: Scene | None = None):
+    while True:
+        source = scene or sample_scene(rng)
+        example = sample_edit(rng, source)
+        if example is not None:
+            return example
+        scene = None
+
+
+def _edit(rng: random.Random) -> Conversation:
+    example = _edit_example(rng)
+    instruction = example.instruction if rng.random() < 0.8 else "please " + example.instruction
+    answer = _edit_answer(example.target_caption)
+    messages = [Message("user", [render(example.source), instruction]), Message("assistant", [answer])]
+    return Conversation(messages, "edit", answer)
+
+
+def _drawn(rng: random.Random) -> tuple[Scene, list[Message]]:
+    """A first turn in which the assistant drew a scene (its image stays in the history)."""
+    scene = sample_scene(rng, rng.randint(1, 3))
+    caption = format_caption(describe(scene, with_size=rng.random() < 0.5))
+    return scene, [Message("user", [paraphrase_prompt(rng, caption)]),
+                   Message("assistant", [_draw_answer(caption), render(scene)])]
+
+
+def _draw_then_edit(rng: random.Random) -> Conversation:
+    scene, history = _drawn(rng)
+    example = _edit_example(rng, scene)
+    answer = _edit_answer(example.target_caption)
+    follow_up = rng.choice(("", "now ", "ok, now ")) + example.instruction
+    return Conversation(history + [Message("user", [follow_up]), Message("assistant", [answer])], "draw_then_edit",
+                        answer)
+
+
+def _draw_then_ask(rng: random.Random) -> Conversation:
+    scene, history = _drawn(rng)
+    qa = None
+    while qa is None:
+        qa = sample_question(rng, scene)
+    return Conversation(history + [Message("user", [qa.question]), Message("assistant", [qa.answer])],
+                        "draw_then_ask", qa.answer)
+
+
+def _multi_qa(rng: random.Random) -> Conversation:
+    scene = sample_scene(rng)
+    image = render(scene)
+    messages: list[Message] = []
+    for turn in range(rng.randint(2, 3)):
+        qa = None
+        while qa is None:
+            qa = sample_question(rng, scene)
+        messages.append(Message("user", [image, qa.question] if turn == 0 else [qa.question]))
+        messages.append(Message("assistant", [qa.answer]))
+    return Conversation(messages, "multi_qa", qa.answer)
+
+
+def _small_talk(rng: random.Random) -> Conversation:
+    kind = rng.random()
+    if kind < 0.4:
+        question, answer = rng.choice(GREETINGS), GREETING_ANSWER
+    elif kind < 0.7:
+        question, answer = rng.choice(CAPABILITY_QUESTIONS), CAPABILITY_ANSWER
+    else:
+        question, answer = sample_question(rng, sample_scene(rng), "count").question, NO_IMAGE_ANSWER
+    return Conversation([Message("user", [question]), Message("assistant", [answer])], "small_talk", answer)
+
+
+_BUILDERS = {"vqa": _vqa, "rewrite": _rewrite, "edit": _edit, "draw_then_edit": _draw_then_edit,
+             "draw_then_ask": _draw_then_ask, "multi_qa": _multi_qa, "small_talk": _small_talk}
+
+
+def sample_conversation(rng: random.Random, task: str | None = None) -> Conversation:
+    task = task or rng.choices(list(TASK_MIX), weights=list(TASK_MIX.values()))[0]
+    return _BUILDERS[task](rng)
+
+
+def tokenizer_corpus(rng: random.Random, n: int = 6000) -> list[str]:
+    """Texts the BPE is trained on: every word the model reads or writes, in context."""
+    texts = ["You are a helpful assistant.", "system\n", "user\n", "assistant\n", GREETING_ANSWER,
+             CAPABILITY_ANSWER, NO_IMAGE_ANSWER, *GREETINGS, *CAPABILITY_QUESTIONS]
+    for _ in range(n):
+        conversation = sample_conversation(rng)
+        texts.extend(p for m in conversation.messages for p in m.parts if isinstance(p, str))
+    return texts
+
+
+def contains_image(messages: list[Message]) -> bool:
+    return any(isinstance(p, Image.Image) for m in messages for p in m.parts)

@@ -1,0 +1,106 @@
+"""Model sizes and training budgets for the built-in `shapes` model and the micro `quick` model.
+
+The sizes were chosen by measurement on the 2-core CPU this project trains on (see
+`shared/research/decoder-feasibility.md` and the model card): the decoder's VAE keeps a 32x32x4
+latent (3x compression, so corners and small triangles survive) and the DiT reads it in 4x4 patches,
+so it still sees only 64 tokens per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class DecoderPreset:
+    vae_channels: tuple[int, ...] = (16, 32)  # two blocks: 64x64 pixels -> 32x32 latent
+    latent_channels: int = 4
+    image_size: int = 64
+    patch_size: int = 4
+    hidden_size: int = 192
+    num_layers: int = 6
+    num_heads: int = 4
+    text_dim: int = 128  # both text slots (HunyuanDiT: 1024 BERT, 2048 mT5)
+    text_len: int = 24
+    text_layers: int = 2
+    vae_steps: int = 900
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
+    dit_minutes: float = 100.0
+    dit_steps: int = 0  # 0: train for dit_minutes instead
+    dit_batch: int = 32
+    dit_lr: float = 5e-4
+    caption_dropout: float = 0.1
+    eval_every: int = 500
+    eval_prompts_per_category: int = 10
+
+
+@dataclass
+class LLMPreset:
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 704
+    vision_depth: int = 4
+    vision_dim: int = 128
+    vision_heads: int = 4
+    patch_size: int = 8  # 64x64 image -> 8x8 patches -> 16 LLM tokens after the 2x2 merge
+    vocab_size: int = 700
+    max_length: int = 160
+    steps: int = 4000
+    batch: int = 48
+    lr: float = 1e-3
+
+
+@dataclass
+class AlignPreset:
+    bilm_layers: int = 4
+    bilm_heads: int = 4
+    bilm_d_ff: int = 384
+    cross_attention_layers: tuple[int, ...] = (0, 2)
+    image_queries: int = 16
+    text_queries: int = 12
+    retrieval_dim: int = 128
+    stage2_steps: int = 3000
+    stage2_batch: int = 64
+    stage2_lr: float = 1e-3
+    stage3_steps: int = 1500
+    stage3_batch: int = 128
+    stage3_lr: float = 5e-4
+
+
+@dataclass
+class TrainPreset:
+    name: str
+    decoder: DecoderPreset = field(default_factory=DecoderPreset)
+    llm: LLMPreset = field(default_factory=LLMPreset)
+    align: AlignPreset = field(default_factory=AlignPreset)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def quick_preset() -> TrainPreset:
+    """A micro model that trains through every stage in well under a minute (tests)."""
+    return TrainPreset(
+        name="quick",
+        decoder=DecoderPreset(vae_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2, text_dim=32,
+                              text_layers=1, vae_steps=25, vae_batch=8, dit_minutes=0, dit_steps=30, dit_batch=8,
+                              dit_lr=1e-3, eval_every=0, eval_prompts_per_category=2),
+        llm=LLMPreset(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
+                      vision_depth=1, vision_dim=16, vision_heads=2, vocab_size=400, steps=30, batch=8),
+        align=AlignPreset(bilm_layers=2, bilm_heads=2, bilm_d_ff=64, cross_attention_layers=(0,), image_queries=4,
+                          text_queries=4, retrieval_dim=16, stage2_steps=30, stage2_batch=8, stage3_steps=30,
+                          stage3_batch=16),
+    )
+
+
+PRESETS = {"shapes": lambda: TrainPreset(name="shapes"), "quick": quick_preset}
+
+
+def get_preset(name: str) -> TrainPreset:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None
