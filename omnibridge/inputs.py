@@ -18,7 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .modeling.chat_format import Message
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # ~6300 x 6300; larger uploads are refused before decoding
-MAX_PROMPT_CHARS = 2000
+MAX_PROMPT_CHARS = 2000  # generation prompts and edit instructions
+MAX_MESSAGE_CHARS = 200_000  # chat messages; longer histories are cut to the token budget anyway
 
 
 class InvalidInputError(ValueError):
@@ -136,13 +137,13 @@ def _content_parts(content: Any, max_pixels: int) -> list:
     parts: list = []
     for part in content:
         if isinstance(part, str):
-            parts.append(clean_text(part, max_chars=100_000, what="message", allow_empty=True))
+            parts.append(clean_text(part, max_chars=MAX_MESSAGE_CHARS, what="message", allow_empty=True))
         elif isinstance(part, (Image.Image, np.ndarray)):
             parts.append(load_image(part, max_pixels))
         elif isinstance(part, dict):
             kind = part.get("type")
             if kind == "text" or ("text" in part and kind is None):
-                parts.append(clean_text(part.get("text"), max_chars=100_000, what="message", allow_empty=True))
+                parts.append(clean_text(part.get("text"), max_chars=MAX_MESSAGE_CHARS, what="message", allow_empty=True))
             elif kind in ("image", "image_url", "file", "input_image") or "path" in part:
                 payload = part.get("image") or part.get("image_url") or part.get("file") or part
                 parts.append(load_image(payload, max_pixels))

@@ -47,7 +47,7 @@ from .modeling.loading import (
 
 MAX_SEED = 2**31 - 1
 
-__all__ = ["OmniBridgePipeline", "GenerationResult", "ChatAnswer", "GenerationCancelled", "InvalidInputError"]
+__all__ = ["OmniBridgePipeline", "GenerationResult", "ChatAnswer", "ChatTurnEvent", "GenerationCancelled", "InvalidInputError"]
 
 
 @dataclass
@@ -71,6 +71,15 @@ class ChatAnswer:
     kind: str  # "text", "draw" or "edit"
     text: str  # the visible answer (the caption for drawings and edits)
     caption: str | None = None
+
+
+@dataclass
+class ChatTurnEvent:
+    """One update of a chat turn: the answer so far, and at the end the drawn or edited images."""
+
+    answer: ChatAnswer
+    done: bool
+    result: GenerationResult | None = None
 
 
 class _StopOnEvent(StoppingCriteria):
@@ -211,19 +220,19 @@ class OmniBridgePipeline:
         closers = [self.format.token_id(tag) for tag in (prompts.image_close, prompts.edit_close) if tag]
         return [self.format.im_end] + [i for i in closers if i is not None and i != self.tokenizer.unk_token_id]
 
-    def stream_chat(self, messages: list[dict], images: list | None = None, max_new_tokens: int = 256,
-                    temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
-        """Yield the answer so far as it is generated (closing the iterator stops generation)."""
+    def _stream(self, conversation: list[Message], max_new_tokens: int, temperature: float, top_p: float,
+                seed: int | None, mode: str = "auto", has_image: bool = False) -> Iterator[str]:
+        """Stream the assistant's reply (with the control tags) as it is generated; closing stops it."""
         max_new_tokens = int(np.clip(max_new_tokens, 1, 4096))
         temperature = float(np.clip(temperature, 0.0, 2.0))
         top_p = float(np.clip(top_p, 0.05, 1.0))
-        conversation = self.prepare_conversation(messages, images, max_new_tokens)
         encoded = self.format.encode(conversation, add_generation_prompt=True)
         batch = self._to_device(self.format.collate([encoded], "left")["inputs"])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=False, timeout=300)
         stop = threading.Event()
         sampling = temperature > 0
         errors: list[BaseException] = []
+        routing = self._routing_constraints(mode, has_image, batch["input_ids"].shape[1])
 
         def run():
             try:
@@ -234,7 +243,7 @@ class OmniBridgePipeline:
                                       temperature=temperature if sampling else None,
                                       top_p=top_p if sampling else None, top_k=None, eos_token_id=self._stop_ids(),
                                       pad_token_id=self.format.pad_id, streamer=streamer,
-                                      stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
+                                      stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), **routing)
             except BaseException as error:  # surfaced to the caller below
                 errors.append(error)
                 streamer.end()
@@ -253,6 +262,25 @@ class OmniBridgePipeline:
         if errors:
             raise errors[0]
 
+    def _routing_constraints(self, mode: str, has_image: bool, prompt_length: int) -> dict:
+        """`answer` bans the drawing/editing tags; `draw` makes the first token one of them."""
+        prompts = self.config.prompts
+        tags = [t for t in (prompts.image_open, prompts.edit_open if has_image else "") if t]
+        tag_ids = [self.format.token_id(t) for t in tags]
+        if mode == "answer":
+            banned = [self.format.token_id(t) for t in (prompts.image_open, prompts.edit_open) if t]
+            return {"suppress_tokens": banned}
+        if mode == "draw":
+            vocabulary = list(range(len(self.tokenizer)))
+            return {"prefix_allowed_tokens_fn": lambda _, ids: tag_ids if ids.shape[-1] == prompt_length else vocabulary}
+        return {}
+
+    def stream_chat(self, messages: list[dict], images: list | None = None, max_new_tokens: int = 256,
+                    temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
+        """Yield the answer so far as it is generated (closing the iterator stops generation)."""
+        conversation = self.prepare_conversation(messages, images, max_new_tokens)
+        yield from self._stream(conversation, max_new_tokens, temperature, top_p, seed)
+
     def chat(self, messages: list[dict], images: list | None = None, max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> str:
         answer = ""
@@ -264,6 +292,14 @@ class OmniBridgePipeline:
         for token in ("<|im_end|>", "<|endoftext|>", "<|im_start|>"):
             text = text.replace(token, "")
         return text.strip()
+
+    def answer_batch(self, images: list, questions: list[str], max_new_tokens: int = 40) -> list[str]:
+        """Greedy single-turn answers for (image, question) pairs in one batch (evaluation)."""
+        loaded = [load_image(image) for image in images]
+        prompts = [self.format.encode([Message("user", [image, clean_text(q, what="question")])])
+                   for image, q in zip(loaded, questions, strict=True)]
+        with self._job():
+            return self._generate_after(prompts, None, max_new_tokens)
 
     def parse_answer(self, text: str) -> ChatAnswer:
         """Read the model's own routing: `<img>caption</img>` draws, `<edit>caption</edit>` edits."""
@@ -356,28 +392,50 @@ class OmniBridgePipeline:
         with torch.inference_mode():
             return self.decoder.encode_images(tensor)
 
+    def _conditions_for_prompts(self, prompts: list[str], captions: list[str], use_learned_queries: bool):
+        """Decoder conditioning for text-to-image: the caption states after each user prompt -> BiLM."""
+        states = None
+        if use_learned_queries:
+            template = self.config.prompts.rewrite
+            encoded = [self.format.encode([Message("user", [template.format(prompt=p)])]) for p in prompts]
+            states, _ = self._caption_states(encoded, captions, self.config.prompts.image_open)
+        return self._condition(captions, states)
+
+    def _edit_condition(self, source: Image.Image, instruction: str, caption: str) -> CaptionEncoding:
+        """Decoder conditioning for editing: the caption's T5 embeddings attend to the image-token states."""
+        prompts = self.config.prompts
+        encoded = self.format.encode([Message("user", [source, prompts.edit.format(instruction=instruction)])])
+        _, image_states = self._caption_states([encoded], [caption], prompts.edit_open or prompts.image_open)
+        return self._condition([caption], image_states, t5_inputs=True)
+
+    def _write_edit_caption(self, source: Image.Image, instruction: str) -> str:
+        prompts = self.config.prompts
+        encoded = self.format.encode([Message("user", [source, prompts.edit.format(instruction=instruction)])])
+        caption = self._generate_after([encoded], prompts.edit_open or None, self.config.generation.max_new_tokens)[0]
+        caption = caption.split("\n")[0].strip()
+        # The official scripts fall back to the raw instruction when the LLM refuses.
+        return instruction if not caption or caption.startswith("I'm unable to see the image") else caption
+
     def generate(self, prompt: str, rewrite: bool = True, seed: int | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  height: int | None = None, width: int | None = None, num_images: int = 1,
                  negative_prompt: str | None = None, callback: StepCallback | None = None,
-                 use_learned_queries: bool = True) -> GenerationResult:
-        """Text to image through OmniBridge (or, with use_learned_queries=False, the decoder alone)."""
+                 use_learned_queries: bool = True, caption: str | None = None) -> GenerationResult:
+        """Text to image through OmniBridge (or, with use_learned_queries=False, the decoder alone).
+
+        Image i uses seed `seed + i`, so any one image can be reproduced on its own. `caption`
+        skips the rewrite with a caption already written (a chat turn's drawing).
+        """
         prompt = clean_text(prompt)
         steps, guidance, height, width, seeds = self._resolve_settings(
             num_inference_steps, guidance_scale, height, width, num_images, seed)
         timings: dict[str, float] = {}
         with self._job():
             start = time.perf_counter()
-            caption = self.rewrite_prompts([prompt])[0] if rewrite else prompt
-            timings["rewrite_s"] = time.perf_counter() - start
-            mark = time.perf_counter()
-            states = None
-            if use_learned_queries:
-                template = self.config.prompts.rewrite.format(prompt=prompt)
-                encoded = self.format.encode([Message("user", [template])])
-                states, _ = self._caption_states([encoded], [caption], self.config.prompts.image_open)
-            cond = self._condition([caption], states)
-            timings["condition_s"] = time.perf_counter() - mark
+            if caption is None:
+                caption = self.rewrite_prompts([prompt])[0] if rewrite else prompt
+            cond = self._conditions_for_prompts([prompt], [caption], use_learned_queries)
+            timings["rewrite_condition_s"] = time.perf_counter() - start
             mark = time.perf_counter()
             images = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt)
             timings["denoise_decode_s"] = time.perf_counter() - mark
@@ -388,36 +446,39 @@ class OmniBridgePipeline:
                       "model": self.model_id}
         return GenerationResult(images, prompt, caption, seeds, timings, parameters)
 
+    def generate_batch(self, prompts: list[str], seeds: list[int], rewrite: bool = True,
+                       use_learned_queries: bool = True, num_inference_steps: int | None = None,
+                       guidance_scale: float | None = None) -> tuple[list[Image.Image], list[str]]:
+        """One image per prompt, all in one batch (evaluation and benchmarks): (images, captions)."""
+        prompts = [clean_text(p) for p in prompts]
+        steps, guidance, height, width, _ = self._resolve_settings(
+            num_inference_steps, guidance_scale, None, None, 1, 0)
+        with self._job():
+            captions = self.rewrite_prompts(prompts) if rewrite else list(prompts)
+            cond = self._conditions_for_prompts(prompts, captions, use_learned_queries)
+            images = self._decode(cond, [int(s) for s in seeds], steps, guidance, height, width, None, None)
+        return images, captions
+
     def edit(self, image, instruction: str, seed: int | None = None, num_inference_steps: int | None = None,
              guidance_scale: float | None = None, num_images: int = 1, strength: float = 1.0,
              negative_prompt: str | None = None, callback: StepCallback | None = None,
-             height: int | None = None, width: int | None = None) -> GenerationResult:
+             height: int | None = None, width: int | None = None, caption: str | None = None) -> GenerationResult:
         """Edit by regeneration, as OmniBridge does: image + instruction -> target caption -> decoder.
 
         `strength` < 1 starts denoising from the source image's noised latents (SDEdit), which keeps
-        more of its layout; 1.0 is the paper's setting.
+        more of its layout; 1.0 is the paper's setting. `caption` skips writing the target caption.
         """
         source = load_image(image)
         instruction = clean_text(instruction, what="instruction")
         strength = float(np.clip(strength, 0.05, 1.0))
         steps, guidance, height, width, seeds = self._resolve_settings(
             num_inference_steps, guidance_scale, height, width, num_images, seed)
-        prompts = self.config.prompts
-        opener = prompts.edit_open or prompts.image_open
         timings: dict[str, float] = {}
         with self._job():
             start = time.perf_counter()
-            encoded = self.format.encode([Message("user", [source, prompts.edit.format(instruction=instruction)])])
-            caption = self._generate_after([encoded], prompts.edit_open or None,
-                                           self.config.generation.max_new_tokens)[0]
-            caption = caption.split("\n")[0].strip()
-            if not caption or caption.startswith("I'm unable to see the image"):
-                caption = instruction
-            timings["rewrite_s"] = time.perf_counter() - start
-            mark = time.perf_counter()
-            _, image_states = self._caption_states([encoded], [caption], opener)
-            cond = self._condition([caption], image_states, t5_inputs=True)
-            timings["condition_s"] = time.perf_counter() - mark
+            caption = caption or self._write_edit_caption(source, instruction)
+            cond = self._edit_condition(source, instruction, caption)
+            timings["rewrite_condition_s"] = time.perf_counter() - start
             mark = time.perf_counter()
             images = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
                                   init_image=source, strength=strength)
@@ -427,6 +488,39 @@ class OmniBridgePipeline:
                       "guidance_scale": guidance, "strength": strength, "height": height, "width": width,
                       "seeds": seeds, "model": self.model_id}
         return GenerationResult(images, instruction, caption, seeds, timings, parameters)
+
+    # -------------------------------------------------------------------------- chat with images
+    def stream_chat_turn(self, messages: list[dict], images: list | None = None, mode: str = "auto",
+                         max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                         seed: int | None = None, num_inference_steps: int | None = None,
+                         guidance_scale: float | None = None, callback: StepCallback | None = None):
+        """A chat turn that may answer, draw or edit: yields ChatTurnEvent as it goes.
+
+        The model's own first tokens decide (`<img>` draws, `<edit>` edits the last image in the
+        conversation, anything else is an answer); `mode` "answer" or "draw" forces one side.
+        """
+        if mode not in ("auto", "answer", "draw"):
+            raise InvalidInputError("mode must be auto, answer or draw")
+        conversation = self.prepare_conversation(messages, images, max_new_tokens)
+        last_image = next((p for m in reversed(conversation) for p in reversed(m.parts)
+                           if isinstance(p, Image.Image)), None)
+        text = ""
+        for text in self._stream(conversation, max_new_tokens, temperature, top_p, seed, mode, last_image is not None):
+            yield ChatTurnEvent(self.parse_answer(text), done=False)
+        answer = self.parse_answer(text)
+        if answer.kind == "edit" and last_image is None:
+            answer = ChatAnswer("draw", answer.text, answer.caption)
+        if answer.kind == "text" or not answer.caption:
+            yield ChatTurnEvent(answer, done=True)
+            return
+        request = next((p for p in reversed(conversation[-1].parts) if isinstance(p, str)), answer.caption)
+        settings = dict(seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                        callback=callback, caption=answer.caption)
+        if answer.kind == "edit":
+            result = self.edit(last_image, request, **settings)
+        else:
+            result = self.generate(request, **settings)
+        yield ChatTurnEvent(answer, done=True, result=result)
 
     # ------------------------------------------------------------------------------- retrieval
     @property

@@ -183,7 +183,7 @@ def infer_config_from_state(state: dict[str, torch.Tensor], llm_hidden_size: int
     retrieval = RetrievalConfig(
         num_image_queries=state["image_queries"].shape[1], num_text_queries=state["text_queries"].shape[1],
         embed_dim=state["image_proj.cross_attn.proj.weight"].shape[0],
-        pool_heads=16 if d_model % 16 == 0 and d_model >= 256 else max(1, d_model // 64),
+        pool_heads=16 if d_model % 16 == 0 else 1,  # not in the weights: the official code hard-codes 16
     )
     return OmniBridgeConfig(model_id="omnibridge-official", llm_hidden_size=llm_hidden_size, bilm=bilm,
                             retrieval=retrieval)

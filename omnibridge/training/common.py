@@ -52,6 +52,7 @@ class StageRun:
         elif self.log_path.exists() and not resume:
             self.log_path.unlink()
         torch.manual_seed(seed)
+        self.losses: list[float] = []  # this run's losses (the first/last averages go into the summary)
         self.bar = tqdm(total=total_steps, initial=self.progress.step, desc=stage, dynamic_ncols=True,
                         mininterval=2.0)
         self._clock = time.monotonic()
@@ -64,6 +65,8 @@ class StageRun:
         self.progress.images_seen += batch_size
         self.bar.update(1)
         self.bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
+        if "loss" in metrics:
+            self.losses.append(metrics["loss"])
         if self.progress.step % 25 == 0 or self.progress.step == 1:
             self.log(**metrics)
 
@@ -90,6 +93,10 @@ class StageRun:
         self.bar.close()
         summary = {"stage": self.stage, "steps": self.progress.step, "seconds": round(self.progress.seconds, 1),
                    "images_seen": self.progress.images_seen}
+        if len(self.losses) >= 2:
+            window = max(1, min(10, len(self.losses) // 4))
+            summary["first_loss"] = round(sum(self.losses[:window]) / window, 5)
+            summary["last_loss"] = round(sum(self.losses[-window:]) / window, 5)
         print(json.dumps(summary), flush=True)
         return summary
 

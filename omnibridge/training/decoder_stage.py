@@ -172,7 +172,7 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
         pairs = [sample_decoder_pair(rng, early=step < EARLY_CURRICULUM_STEPS) for _ in range(preset.dit_batch)]
         captions = ["" if rng.random() < preset.caption_dropout else caption for _, caption in pairs]
         pixels = images_to_tensor([render_array(scene) for scene, _ in pairs])
-        generator = torch.Generator().manual_seed(hash((seed, step)) % 2**31)
+        generator = torch.Generator().manual_seed(rng.randrange(2**31))
         with torch.no_grad():
             latents = decoder.encode_images(pixels)
         noise = torch.randn(latents.shape, generator=generator)

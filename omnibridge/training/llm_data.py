@@ -14,8 +14,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from PIL import Image
-
 from ..modeling.chat_format import Message
 from ..shapes.captions import describe, format_caption, paraphrase_prompt
 from ..shapes.edits import sample_edit
@@ -71,7 +69,7 @@ def _rewrite(rng: random.Random) -> Conversation:
     return Conversation(messages + [Message("assistant", [answer])], "rewrite", answer)
 
 
-def _edit_example(rng: random.Random, scene: Scene | None = None):
+def sample_edit_example(rng: random.Random, scene: Scene | None = None):
     while True:
         source = scene or sample_scene(rng)
         example = sample_edit(rng, source)
@@ -81,7 +79,7 @@ def _edit_example(rng: random.Random, scene: Scene | None = None):
 
 
 def _edit(rng: random.Random) -> Conversation:
-    example = _edit_example(rng)
+    example = sample_edit_example(rng)
     instruction = example.instruction if rng.random() < 0.8 else "please " + example.instruction
     answer = _edit_answer(example.target_caption)
     messages = [Message("user", [render(example.source), instruction]), Message("assistant", [answer])]
@@ -98,7 +96,7 @@ def _drawn(rng: random.Random) -> tuple[Scene, list[Message]]:
 
 def _draw_then_edit(rng: random.Random) -> Conversation:
     scene, history = _drawn(rng)
-    example = _edit_example(rng, scene)
+    example = sample_edit_example(rng, scene)
     answer = _edit_answer(example.target_caption)
     follow_up = rng.choice(("", "now ", "ok, now ")) + example.instruction
     return Conversation(history + [Message("user", [follow_up]), Message("assistant", [answer])], "draw_then_edit",
@@ -156,6 +154,3 @@ def tokenizer_corpus(rng: random.Random, n: int = 6000) -> list[str]:
         texts.extend(p for m in conversation.messages for p in m.parts if isinstance(p, str))
     return texts
 
-
-def contains_image(messages: list[Message]) -> bool:
-    return any(isinstance(p, Image.Image) for m in messages for p in m.parts)

@@ -47,7 +47,7 @@ class LLMPreset:
     vision_heads: int = 4
     patch_size: int = 8  # 64x64 image -> 8x8 patches -> 16 LLM tokens after the 2x2 merge
     vocab_size: int = 700
-    max_length: int = 160
+    max_length: int = 256
     steps: int = 4000
     batch: int = 48
     lr: float = 1e-3

@@ -1,19 +1,42 @@
-"""Run the training stages in order; each reads what the previous ones wrote to the work dir."""
+"""Run the training stages in order; each reads what the previous ones wrote to the work dir.
+
+    <work_dir>/decoder/     stage 0 output (diffusers layout)
+    <work_dir>/model/       the whole model in our layout, rewritten after stages 1-3
+    <work_dir>/<stage>/     each stage's resumable state.pt and log.jsonl
+
+The decoder is frozen from stage 1 on, but a decoder trained further (a later `--resume` of stage
+0) changes the T5 targets, so stages 2 and 3 must then run again; `stages.json` records which
+decoder each alignment was trained against.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
 
 from ..modeling.decoder import HunyuanDecoder
+from ..modeling.devices import Placement
+from ..modeling.loading import LoadedModel, load_our_layout, save_our_layout
+from .align_stage import train_alignment
+from .assemble import build_untrained_model
 from .builders import build_decoder
 from .decoder_stage import train_dit, train_vae
+from .llm_stage import train_llm
 from .presets import TrainPreset
+from .retrieval_stage import train_retrieval
+
+CPU = Placement(torch.device("cpu"), torch.float32, torch.float32)
 
 
 def decoder_dir(work_dir: Path) -> Path:
     return Path(work_dir) / "decoder"
+
+
+def model_dir(work_dir: Path) -> Path:
+    return Path(work_dir) / "model"
 
 
 def run_decoder_stage(preset: TrainPreset, work_dir: Path, resume: bool, seed: int, device: torch.device,
@@ -33,9 +56,64 @@ def load_trained_decoder(work_dir: Path) -> HunyuanDecoder:
     return HunyuanDecoder.from_pretrained(path)
 
 
+def _stage_record(work_dir: Path) -> dict:
+    path = model_dir(work_dir) / "stages.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _load_model(preset: TrainPreset, work_dir: Path, seed: int) -> LoadedModel:
+    """The model so far, around the newest trained decoder."""
+    decoder = load_trained_decoder(work_dir)
+    if (model_dir(work_dir) / "omnibridge_config.json").exists():
+        model = load_our_layout(model_dir(work_dir), CPU)
+        model.decoder = decoder
+        return model
+    return build_untrained_model(preset, decoder, seed)
+
+
+def _save_model(model: LoadedModel, work_dir: Path, finished: str, report: dict) -> None:
+    record = _stage_record(work_dir)
+    record[finished] = report
+    save_our_layout(model, model_dir(work_dir))
+    (model_dir(work_dir) / "stages.json").write_text(json.dumps(record, indent=2))
+
+
 def run_stages(preset: TrainPreset, out: Path, work_dir: Path, stages: list[str], resume: bool, seed: int,
                device: torch.device, decoder_minutes: float | None = None) -> dict:
     report: dict = {"preset": preset.name}
     if "decoder" in stages:
         report["decoder"] = run_decoder_stage(preset, work_dir, resume, seed, device, decoder_minutes)
+    trainers = {
+        "llm": lambda model: train_llm(model, preset.llm, work_dir, seed, resume),
+        "align": lambda model: train_alignment(model, preset.align, work_dir, seed, resume),
+        "retrieval": lambda model: train_retrieval(model, preset.align, work_dir, seed, resume),
+    }
+    for stage, trainer in trainers.items():
+        if stage in stages:
+            model = _load_model(preset, work_dir, seed)
+            report[stage] = trainer(model)
+            _save_model(model, work_dir, stage, report[stage])
+    if "package" in stages:
+        report["package"] = package(work_dir, out)
     return report
+
+
+def package(work_dir: Path, out: Path) -> dict:
+    """Copy the finished model to `out` (the model card is written by the evaluation)."""
+    source = model_dir(work_dir)
+    if not (source / "omnibridge_config.json").exists():
+        raise FileNotFoundError(f"nothing to package in {source}: run the llm/align/retrieval stages first")
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("stages.json"))
+    (tmp / "training_report.json").write_text((source / "stages.json").read_text())
+    if out.exists():
+        card = out / "README.md"
+        if card.exists():
+            shutil.copy(card, tmp / "README.md")
+        shutil.rmtree(out)
+    tmp.rename(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return {"out": str(out), "megabytes": round(size / 2**20, 2)}

@@ -1,0 +1,139 @@
+"""`python -m omnibridge.evaluate --model assets/omnibridge-shapes --out report.json`
+
+Held-out evaluation of a Shapes model on every task (seeds disjoint from training's):
+generation through the full OmniBridge path and through the decoder alone, understanding, editing,
+retrieval, and the speed of one image and one short answer on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .editing import evaluate_editing
+from .generation import evaluate_generation, generation_cases
+from .retrieval import evaluate_retrieval
+from .understanding import evaluate_understanding
+
+PARTS = ("generation", "understanding", "editing", "retrieval", "speed")
+
+
+def evaluate_generation_paths(pipe, per_category: int, steps: int | None, guidance: float | None) -> dict:
+    cases = generation_cases(per_category)
+
+    def through(rewrite: bool, learned_queries: bool):
+        def generate(prompts, seeds):
+            images, _ = pipe.generate_batch(prompts, seeds, rewrite=rewrite, use_learned_queries=learned_queries,
+                                            num_inference_steps=steps, guidance_scale=guidance)
+            return images
+        return generate
+
+    omnibridge = evaluate_generation(through(True, True), cases)
+    decoder_alone = evaluate_generation(through(False, False), cases)
+    _, captions = pipe.generate_batch([c.prompt for c in cases[:60]], [0] * min(60, len(cases)),
+                                      num_inference_steps=1, guidance_scale=1.0)
+    rewrite_exact = sum(c == case.prompt for c, case in zip(captions, cases)) / len(captions)
+    defaults = pipe.config.generation
+    return {"omnibridge": omnibridge, "decoder_alone": decoder_alone,
+            "gap": round(decoder_alone["overall"] - omnibridge["overall"], 4),
+            "rewrite_keeps_canonical_prompt": round(rewrite_exact, 4),
+            "settings": {"num_inference_steps": steps or defaults.num_inference_steps,
+                         "guidance_scale": guidance if guidance is not None else defaults.guidance_scale,
+                         "prompts_per_category": per_category}}
+
+
+def measure_speed(pipe, repeats: int = 5) -> dict:
+    """Median seconds for one image at the defaults and for one short answer (after a warm-up)."""
+    from ..shapes.render import render
+    from ..shapes.world import sample_scene
+    import random
+
+    image = render(sample_scene(random.Random(1)))
+    messages = [{"role": "user", "content": "How many circles are there?"}]
+
+    def median(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return round(sorted(times)[len(times) // 2], 4)
+
+    return {"image_s": median(lambda: pipe.generate("two red circles", seed=0)),
+            "short_answer_s": median(lambda: pipe.chat(messages, images=[image], max_new_tokens=8)),
+            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+
+
+def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = 100, edits_per_type: int = 15,
+                   retrieval_scenes: int = 1000, steps: int | None = None, guidance: float | None = None) -> dict:
+    report: dict = {"model": pipe.model_id, "source": pipe.model.source,
+                    "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    runners = {
+        "generation": lambda: evaluate_generation_paths(pipe, per_category, steps, guidance),
+        "understanding": lambda: evaluate_understanding(pipe, per_type),
+        "editing": lambda: evaluate_editing(pipe, edits_per_type, steps),
+        "retrieval": lambda: evaluate_retrieval(pipe, retrieval_scenes),
+        "speed": lambda: measure_speed(pipe),
+    }
+    for part in parts:
+        start = time.perf_counter()
+        report[part] = runners[part]()
+        report[part]["eval_seconds"] = round(time.perf_counter() - start, 1)
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [f"model: {report['model']}"]
+    generation = report.get("generation")
+    if generation:
+        header = ["path", "single", "two_obj", "counting", "colors", "position", "color_attr", "overall"]
+        keys = ["single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"]
+        lines.append("generation  " + " | ".join(header))
+        for path in ("omnibridge", "decoder_alone"):
+            lines.append(f"  {path:<12} " + " | ".join(f"{generation[path][k]:.2f}" for k in keys))
+    for part in ("understanding", "editing"):
+        if part in report:
+            values = {k: v for k, v in report[part].items() if isinstance(v, float)}
+            lines.append(f"{part:<12}" + "  ".join(f"{k} {v:.2f}" for k, v in values.items()))
+    if "retrieval" in report:
+        values = {k: v for k, v in report["retrieval"].items() if "R@" in k}
+        lines.append("retrieval   " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
+    if "speed" in report:
+        lines.append(f"speed       image {report['speed']['image_s']:.3f} s, "
+                     f"short answer {report['speed']['short_answer_s']:.3f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from ..pipeline import OmniBridgePipeline
+    from .model_card import write_model_card
+
+    parser = argparse.ArgumentParser(prog="python -m omnibridge.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="assets/omnibridge-shapes")
+    parser.add_argument("--out", default="report.json")
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--prompts-per-category", type=int, default=50)
+    parser.add_argument("--questions-per-type", type=int, default=100)
+    parser.add_argument("--edits-per-type", type=int, default=15)
+    parser.add_argument("--retrieval-scenes", type=int, default=1000)
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    parser.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--write-card", action="store_true", help="also write README.md into the model folder")
+    args = parser.parse_args(argv)
+    pipe = OmniBridgePipeline.from_pretrained(args.model, device=args.device)
+    report = run_evaluation(pipe, args.parts.split(","), args.prompts_per_category, args.questions_per_type,
+                            args.edits_per_type, args.retrieval_scenes, args.steps, args.guidance)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(format_table(report))
+    if args.write_card:
+        write_model_card(Path(args.model), report)
+    return report

@@ -1,0 +1,65 @@
+"""The model card (README.md) of a trained Shapes model, written from its evaluation report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .evaluate import format_table
+
+CARD = """---
+license: apache-2.0
+tags: [omnibridge, multimodal, text-to-image, retrieval, synthetic]
+---
+# {model_id}
+
+A small OmniBridge (arXiv 2509.19018) trained from scratch by this project on its synthetic
+Shapes world (64 x 64 scenes of circles, squares and triangles in six colours). It uses the same
+classes as the full-size model: a tiny Qwen2-VL LLM, the BiLM with learned queries, retrieval
+heads, and a tiny HunyuanDiT + AutoencoderKL decoder with BERT and T5 text encoders.
+
+**What it can do:** answer questions about Shapes images (counts, colours, shapes, existence,
+relations, descriptions), draw scenes from prompts (after rewriting them into its caption grammar),
+edit a scene by regenerating it from a rewritten caption, and embed images and captions into one
+space for retrieval.
+**What it cannot do:** anything outside the Shapes world. Photos are resized to 64 x 64 and
+described as shapes; words outside its grammar are ignored or misread.
+
+## Evaluation (held-out seeds)
+```
+{table}
+```
+Full numbers: `evaluation.json` beside this card.
+
+## Training
+{training}
+
+Reproduce:
+```
+python -m omnibridge.train --preset shapes --out assets/omnibridge-shapes
+python -m omnibridge.evaluate --model assets/omnibridge-shapes --out report.json --write-card
+```
+"""
+
+
+def _training_summary(folder: Path) -> str:
+    path = folder / "training_report.json"
+    if not path.exists():
+        return "No training report in this folder."
+    stages = json.loads(path.read_text())
+    rows = ["| stage | steps | training seconds | images seen | loss first -> last |", "|---|---|---|---|---|"]
+    for name, stage in stages.items():
+        loss = f"{stage.get('first_loss', '-')} -> {stage.get('last_loss', '-')}"
+        rows.append(f"| {name} | {stage.get('steps')} | {stage.get('seconds')} | {stage.get('images_seen')} | {loss} |")
+    decoder = folder / "decoder_training.json"
+    if decoder.exists():
+        for name, stage in json.loads(decoder.read_text()).items():
+            rows.append(f"| decoder/{name} | {stage.get('steps')} | {stage.get('seconds')} | "
+                        f"{stage.get('images_seen')} | {stage.get('first_loss', '-')} -> {stage.get('last_loss', '-')} |")
+    return "\n".join(rows)
+
+
+def write_model_card(folder: Path, report: dict) -> None:
+    (folder / "evaluation.json").write_text(json.dumps(report, indent=2))
+    card = CARD.format(model_id=report["model"], table=format_table(report), training=_training_summary(folder))
+    (folder / "README.md").write_text(card)

@@ -1,0 +1,60 @@
+"""Retrieval: R@1/5/10 text->image, image->text and text->text (the Flickr30K protocol).
+
+Each image has several equivalent captions; image->text hits when any of its captions is in the
+top K, text->image when its image is, text->text when another caption of the same image is.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from ..shapes.captions import describe, equivalent_captions, format_caption
+from ..shapes.render import render
+from ..shapes.world import sample_scene
+
+EVAL_SEED = 7_400_000
+KS = (1, 5, 10)
+
+
+def retrieval_dataset(n_scenes: int = 1000, seed: int = EVAL_SEED):
+    """Held-out scenes with pairwise distinct descriptions, and their captions."""
+    rng = random.Random(seed)
+    scenes, seen = [], set()
+    while len(scenes) < n_scenes:
+        scene = sample_scene(rng)
+        key = format_caption(describe(scene))
+        if key not in seen:
+            seen.add(key)
+            scenes.append(scene)
+    captions, owners = [], []
+    for index, scene in enumerate(scenes):
+        for caption in equivalent_captions(scene):
+            captions.append(caption)
+            owners.append(index)
+    return scenes, captions, np.array(owners)
+
+
+def recall_at_k(image_vectors: np.ndarray, text_vectors: np.ndarray, owners: np.ndarray) -> dict:
+    sims = image_vectors @ text_vectors.T  # [images, texts]
+    results = {}
+    i2t_rank = np.argsort(-sims, axis=1)
+    t2i_rank = np.argsort(-sims.T, axis=1)
+    text_sims = text_vectors @ text_vectors.T
+    np.fill_diagonal(text_sims, -np.inf)
+    t2t_rank = np.argsort(-text_sims, axis=1)
+    has_sibling = np.array([(owners == o).sum() > 1 for o in owners])
+    for k in KS:
+        results[f"i2t_R@{k}"] = float(np.mean((owners[i2t_rank[:, :k]] == np.arange(len(sims))[:, None]).any(1)))
+        results[f"t2i_R@{k}"] = float(np.mean((t2i_rank[:, :k] == owners[:, None]).any(1)))
+        hits = (owners[t2t_rank[:, :k]] == owners[:, None]).any(1)
+        results[f"t2t_R@{k}"] = float(hits[has_sibling].mean())
+    return {k: round(v, 4) for k, v in results.items()}
+
+
+def evaluate_retrieval(pipe, n_scenes: int = 1000) -> dict:
+    scenes, captions, owners = retrieval_dataset(n_scenes)
+    image_vectors = pipe.embed_images([render(s) for s in scenes])
+    text_vectors = pipe.embed_texts(captions)
+    return {**recall_at_k(image_vectors, text_vectors, owners), "n_images": len(scenes), "n_texts": len(captions)}

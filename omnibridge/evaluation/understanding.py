@@ -1,0 +1,38 @@
+"""Understanding: exact-match accuracy per question type on held-out scenes."""
+
+from __future__ import annotations
+
+import random
+
+from ..shapes.qa import QUESTION_TYPES, sample_question
+from ..shapes.render import render
+from ..shapes.world import sample_scene
+
+EVAL_SEED = 7_200_000
+
+
+def understanding_cases(per_type: int, seed: int = EVAL_SEED) -> list[tuple[str, object, str, str]]:
+    """(question type, image, question, answer), `per_type` of each type."""
+    rng = random.Random(seed)
+    cases = []
+    for qtype in QUESTION_TYPES:
+        while sum(c[0] == qtype for c in cases) < per_type:
+            scene = sample_scene(rng)
+            qa = sample_question(rng, scene, qtype)
+            if qa is not None:
+                cases.append((qtype, render(scene), qa.question, qa.answer))
+    return cases
+
+
+def evaluate_understanding(pipe, per_type: int = 100, batch: int = 64) -> dict:
+    cases = understanding_cases(per_type)
+    answers: list[str] = []
+    for start in range(0, len(cases), batch):
+        chunk = cases[start:start + batch]
+        answers += pipe.answer_batch([c[1] for c in chunk], [c[2] for c in chunk])
+    correct: dict[str, list[bool]] = {t: [] for t in QUESTION_TYPES}
+    for (qtype, _, _, expected), answer in zip(cases, answers):
+        correct[qtype].append(answer.strip().lower().rstrip(".") == expected)
+    per_type_accuracy = {t: round(sum(v) / len(v), 4) for t, v in correct.items()}
+    total = [ok for v in correct.values() for ok in v]
+    return {**per_type_accuracy, "overall": round(sum(total) / len(total), 4), "n_questions": len(total)}

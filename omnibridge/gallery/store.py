@@ -1,0 +1,313 @@
+"""The retrieval gallery: images and captions in Chroma, embedded by the one OmniBridge pipeline.
+
+Two collections in cosine space, vectors always computed app-side (Chroma's own embedding
+function is never attached, so nothing tries to download a model):
+- `<name>_images`: one record per image (id = content hash), vector = image embedding, document =
+  its caption, metadata = source, time, model id, file names.
+- `<name>_captions`: one record per captioned image (same id), vector = caption embedding.
+So text->image and image->image search the first, image->text and text->text the second.
+
+Images are stored once by content hash under `<data_dir>/gallery/images/` (PNG + thumbnail),
+written to a temporary name and renamed, before their vectors are added: after a crash an image
+file may lack a record (removed by `repair`), never the other way round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+SOURCES = ("seed", "upload", "generated")
+ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+THUMB_SIDE = 192
+ProgressFn = Callable[[int, int], None]
+
+
+class GalleryError(ValueError):
+    """A gallery request that cannot be served (unknown id, bad query); the message is for the user."""
+
+
+@dataclass
+class GalleryItem:
+    id: str
+    caption: str
+    source: str
+    created_at: float
+    model_id: str
+    image_path: Path
+    thumb_path: Path
+    score: float | None = None  # cosine similarity when the item is a search hit
+
+
+def content_id(image: Image.Image) -> str:
+    """Hash of the pixels (not the file bytes), so re-encoded copies of one image are one item."""
+    rgb = image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}".encode() + rgb.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_thumbnail(image: Image.Image) -> Image.Image:
+    if max(image.size) <= 96:  # Shapes scenes: enlarge crisply
+        factor = THUMB_SIDE // max(image.size)
+        return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    thumb = image.copy()
+    thumb.thumbnail((THUMB_SIDE * 2, THUMB_SIDE * 2), Image.BICUBIC)
+    return thumb
+
+
+class GalleryStore:
+    def __init__(self, data_dir: str | Path, pipeline, chroma_url: str | None = None, name: str = "gallery"):
+        import chromadb
+        from chromadb.config import Settings
+
+        self.pipeline = pipeline
+        self.root = Path(data_dir) / "gallery"
+        self.image_dir = self.root / "images"
+        self.image_dir.mkdir(parents=True, exist_ok=True)
+        settings = Settings(anonymized_telemetry=False, allow_reset=False)
+        if chroma_url:
+            from urllib.parse import urlparse
+
+            url = urlparse(chroma_url)
+            self.client = chromadb.HttpClient(host=url.hostname, port=url.port or 8000,
+                                              ssl=url.scheme == "https", settings=settings)
+        else:
+            self.client = chromadb.PersistentClient(path=str(self.root / "chroma"), settings=settings)
+        self.name = name
+        self._write_lock = threading.Lock()
+        self.images = self._collection(f"{name}_images")
+        self.captions = self._collection(f"{name}_captions")
+
+    # ---------------------------------------------------------------------------- collections
+    def _collection(self, name: str):
+        """Open a collection as it is (keeping the model it was built with), or create it for ours."""
+        from chromadb.errors import NotFoundError
+
+        try:
+            return self.client.get_collection(name, embedding_function=None)
+        except (NotFoundError, ValueError):
+            metadata = {"hnsw:space": "cosine", "embedding_model": self.pipeline.model_id,
+                        "embedding_dim": int(self.pipeline.embedding_dim)}
+            return self.client.create_collection(name, embedding_function=None, metadata=metadata)
+
+    def index_model(self) -> tuple[str, int]:
+        meta = self.images.metadata or {}
+        return str(meta.get("embedding_model", "")), int(meta.get("embedding_dim", 0) or 0)
+
+    def needs_reindex(self) -> bool:
+        """True when the stored vectors come from another embedding model than the pipeline's."""
+        model, dim = self.index_model()
+        return self.count() > 0 and (model != self.pipeline.model_id or dim != self.pipeline.embedding_dim)
+
+    def reindex(self, progress: ProgressFn | None = None) -> int:
+        """Re-embed every stored image and caption with the current model (never mixes vectors)."""
+        records = self.images.get(include=["metadatas", "documents"])
+        by_source: dict[str, list[tuple[Image.Image, str]]] = {}
+        for item_id, meta, document in zip(records["ids"], records["metadatas"], records["documents"]):
+            path = self.image_dir / f"{item_id}.png"
+            if path.exists():
+                by_source.setdefault(meta.get("source", "upload"), []).append(
+                    (Image.open(path).convert("RGB"), document or ""))
+        with self._write_lock:
+            for name in (f"{self.name}_images", f"{self.name}_captions"):
+                self.client.delete_collection(name)
+            self.images = self._collection(f"{self.name}_images")
+            self.captions = self._collection(f"{self.name}_captions")
+        total, done = sum(len(items) for items in by_source.values()), 0
+        for source, items in by_source.items():
+            self.add([image for image, _ in items], [caption for _, caption in items], source)
+            done += len(items)
+            if progress:
+                progress(done, total)
+        return done
+
+    # ---------------------------------------------------------------------------------- writes
+    def add(self, images: list[Image.Image], captions: list[str | None] | None = None, source: str = "upload",
+            progress: ProgressFn | None = None, batch: int = 64) -> list[str]:
+        """Add images (deduplicated by content) with optional captions; returns their ids in order."""
+        if source not in SOURCES:
+            raise GalleryError(f"source must be one of {SOURCES}")
+        captions = list(captions) if captions is not None else [None] * len(images)
+        if len(captions) != len(images):
+            raise GalleryError("give one caption per image (or none)")
+        ids: list[str] = []
+        for start in range(0, len(images), batch):
+            ids += self._add_batch(images[start:start + batch], captions[start:start + batch], source)
+            if progress:
+                progress(min(len(images), start + batch), len(images))
+        return ids
+
+    def _add_batch(self, images: list[Image.Image], captions: list[str | None], source: str) -> list[str]:
+        rgb = [image.convert("RGB") for image in images]
+        ids = [content_id(image) for image in rgb]
+        existing = set(self.images.get(ids=list(dict.fromkeys(ids)), include=[])["ids"]) if ids else set()
+        fresh: dict[str, tuple[Image.Image, str]] = {}
+        for item_id, image, caption in zip(ids, rgb, captions):
+            if item_id not in existing and item_id not in fresh:
+                fresh[item_id] = (image, (caption or "").strip())
+        if not fresh:
+            return ids
+        for item_id, (image, _) in fresh.items():  # files first: a record never lacks its image
+            _atomic_write(self.image_dir / f"{item_id}.png", _png_bytes(image))
+            _atomic_write(self.image_dir / f"{item_id}.thumb.png", _png_bytes(make_thumbnail(image)))
+        fresh_ids = list(fresh)
+        image_vectors = self.pipeline.embed_images([fresh[i][0] for i in fresh_ids])
+        captioned = [i for i in fresh_ids if fresh[i][1]]
+        caption_vectors = self.pipeline.embed_texts([fresh[i][1] for i in captioned]) if captioned else None
+        now = time.time()
+        metadata = [{"source": source, "created_at": now, "model_id": self.pipeline.model_id,
+                     "width": fresh[i][0].width, "height": fresh[i][0].height} for i in fresh_ids]
+        with self._write_lock:
+            if captioned:
+                self.captions.upsert(ids=captioned, embeddings=caption_vectors.tolist(),
+                                     documents=[fresh[i][1] for i in captioned],
+                                     metadatas=[{"source": source, "created_at": now} for _ in captioned])
+            self.images.upsert(ids=fresh_ids, embeddings=image_vectors.tolist(),
+                               documents=[fresh[i][1] for i in fresh_ids], metadatas=metadata)
+        return ids
+
+    def delete(self, item_id: str) -> None:
+        self._check_id(item_id)
+        with self._write_lock:
+            if not self.images.get(ids=[item_id], include=[])["ids"]:
+                raise GalleryError(f"no gallery item with id {item_id}")
+            self.images.delete(ids=[item_id])
+            self.captions.delete(ids=[item_id])
+            for suffix in (".png", ".thumb.png"):
+                (self.image_dir / f"{item_id}{suffix}").unlink(missing_ok=True)
+
+    def repair(self) -> dict:
+        """Make the gallery consistent after a crash: drop records without files and files without records."""
+        records = set(self.images.get(include=[])["ids"])
+        captions = set(self.captions.get(include=[])["ids"])
+        files = {p.name.split(".")[0] for p in self.image_dir.glob("*.png")}
+        missing_file = {i for i in records if not (self.image_dir / f"{i}.png").exists()
+                        or not (self.image_dir / f"{i}.thumb.png").exists()}
+        with self._write_lock:
+            if missing_file:
+                self.images.delete(ids=list(missing_file))
+            stray_captions = (captions - records) | (captions & missing_file)
+            if stray_captions:
+                self.captions.delete(ids=list(stray_captions))
+            orphans = files - (records - missing_file)
+            for item_id in orphans:
+                for suffix in (".png", ".thumb.png"):
+                    (self.image_dir / f"{item_id}{suffix}").unlink(missing_ok=True)
+            for tmp in self.image_dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        return {"records_without_files": len(missing_file), "orphan_files": len(orphans),
+                "stray_captions": len(stray_captions)}
+
+    # ----------------------------------------------------------------------------------- reads
+    @staticmethod
+    def _check_id(item_id: str) -> None:
+        if not isinstance(item_id, str) or not ID_PATTERN.match(item_id):
+            raise GalleryError("not a gallery id")
+
+    def _item(self, item_id: str, meta: dict, document: str | None, score: float | None = None) -> GalleryItem:
+        return GalleryItem(item_id, document or "", str(meta.get("source", "")), float(meta.get("created_at", 0)),
+                           str(meta.get("model_id", "")), self.image_dir / f"{item_id}.png",
+                           self.image_dir / f"{item_id}.thumb.png", score)
+
+    def get(self, item_id: str) -> GalleryItem:
+        self._check_id(item_id)
+        found = self.images.get(ids=[item_id], include=["metadatas", "documents"])
+        if not found["ids"]:
+            raise GalleryError(f"no gallery item with id {item_id}")
+        return self._item(item_id, found["metadatas"][0], found["documents"][0])
+
+    def count(self, source: str | None = None) -> int:
+        if source:
+            return len(self.images.get(where={"source": source}, include=[])["ids"])
+        return self.images.count()
+
+    def browse(self, offset: int = 0, limit: int = 24, source: str | None = None) -> list[GalleryItem]:
+        """Items newest first."""
+        where = {"source": source} if source else None
+        found = self.images.get(where=where, include=["metadatas", "documents"])
+        items = [self._item(i, m, d) for i, m, d in zip(found["ids"], found["metadatas"], found["documents"])]
+        items.sort(key=lambda item: (-item.created_at, item.id))
+        return items[max(0, offset): max(0, offset) + max(1, limit)]
+
+    def search(self, vector: np.ndarray, target: str = "images", k: int = 12,
+               source: str | None = None) -> list[GalleryItem]:
+        """Nearest items to a query vector; `target` is 'images' or 'captions'."""
+        collection = {"images": self.images, "captions": self.captions}.get(target)
+        if collection is None:
+            raise GalleryError("search target must be 'images' or 'captions'")
+        total = collection.count()
+        if total == 0:
+            return []
+        k = int(np.clip(k, 1, 100))
+        found = collection.query(query_embeddings=[np.asarray(vector, dtype=np.float32).tolist()],
+                                 n_results=min(k, total), where={"source": source} if source else None,
+                                 include=["metadatas", "documents", "distances"])
+        hits = []
+        ids = found["ids"][0]
+        metas = self.images.get(ids=ids, include=["metadatas"]) if target == "captions" and ids else None
+        meta_by_id = dict(zip(metas["ids"], metas["metadatas"])) if metas else {}
+        for item_id, meta, document, distance in zip(ids, found["metadatas"][0], found["documents"][0],
+                                                     found["distances"][0]):
+            hits.append(self._item(item_id, meta_by_id.get(item_id, meta), document, round(1.0 - distance, 4)))
+        return hits
+
+    def all_vectors(self, limit: int | None = None, seed: int = 0) -> dict:
+        """Image and caption vectors with ids and metadata (the latent-space map); subsampled to `limit`."""
+        images = self.images.get(include=["embeddings", "metadatas", "documents"])
+        ids = list(images["ids"])
+        if limit and len(ids) > limit:
+            keep = sorted(random.Random(seed).sample(range(len(ids)), limit))
+        else:
+            keep = list(range(len(ids)))
+        kept_ids = [ids[i] for i in keep]
+        captions = self.captions.get(ids=kept_ids, include=["embeddings", "documents"]) if kept_ids else None
+        return {
+            "ids": kept_ids,
+            "image_vectors": np.asarray([images["embeddings"][i] for i in keep], dtype=np.float32),
+            "metadatas": [images["metadatas"][i] for i in keep],
+            "caption_ids": list(captions["ids"]) if captions else [],
+            "caption_vectors": np.asarray(captions["embeddings"], dtype=np.float32) if captions else np.zeros((0, 0)),
+            "captions": list(captions["documents"]) if captions else [],
+            "total": len(ids),
+        }
+
+    # --------------------------------------------------------------------------------- seeding
+    def seed_builtin(self, n: int = 300, progress: ProgressFn | None = None, seed: int = 2024) -> int:
+        """Fill an empty gallery with Shapes scenes and their captions (done once; kept across restarts)."""
+        if self.count(source="seed") >= n:
+            return 0
+        from ..shapes.captions import describe, format_caption
+        from ..shapes.render import render
+        from ..shapes.world import sample_scene
+
+        rng = random.Random(seed)
+        scenes = [sample_scene(rng) for _ in range(n)]
+        self.add([render(s) for s in scenes], [format_caption(describe(s)) for s in scenes], source="seed",
+                 progress=progress)
+        return n

@@ -1,0 +1,85 @@
+"""Stage 1, behaviour alignment: next-token loss on the answers of Shapes conversations.
+
+The paper fine-tunes a pretrained Qwen2-VL with its vision tower frozen. Our tiny Qwen2-VL starts
+from scratch, so the vision tower trains here too (documented in the model card).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ..modeling.chat_format import ChatFormat, EncodedPrompt
+from ..modeling.loading import LoadedModel
+from .common import StageRun, step_rng
+from .llm_data import sample_conversation
+from .presets import LLMPreset
+
+IGNORE = -100
+
+
+def encode_conversations(fmt: ChatFormat, conversations) -> list[EncodedPrompt]:
+    return [fmt.encode(c.messages[:-1], add_generation_prompt=True, answer=c.answer) for c in conversations]
+
+
+def labelled_batch(fmt: ChatFormat, encoded: list[EncodedPrompt], max_length: int) -> dict:
+    """Right-padded inputs with labels only on each final answer (and its end-of-turn token)."""
+    inputs = fmt.collate(encoded, "right")["inputs"]
+    labels = torch.full_like(inputs["input_ids"], IGNORE)
+    for row, prompt in enumerate(encoded):
+        end = len(prompt.input_ids)
+        labels[row, prompt.labels_from:end] = inputs["input_ids"][row, prompt.labels_from:end]
+    if inputs["input_ids"].shape[1] > max_length:
+        raise ValueError(f"a training conversation has {inputs['input_ids'].shape[1]} tokens (> {max_length})")
+    return {**inputs, "labels": labels}
+
+
+def accumulate_gradients(llm, fmt: ChatFormat, conversations, max_length: int, chunks: int = 2) -> torch.Tensor:
+    """Backward over length-sorted chunks: multi-turn conversations are twice as long as one-question
+    ones, so sorting first removes most of the padding. Returns the token-weighted mean loss."""
+    encoded = sorted(encode_conversations(fmt, conversations), key=lambda e: len(e.input_ids))
+    size = -(-len(encoded) // chunks)
+    batches = [labelled_batch(fmt, encoded[i:i + size], max_length) for i in range(0, len(encoded), size)]
+    total_tokens = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
+    total = torch.zeros(())
+    for batch in batches:
+        tokens = int((batch["labels"] != IGNORE).sum())
+        loss = llm(**batch).loss * tokens / total_tokens
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
+def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, resume: bool) -> dict:
+    llm = model.llm.train()
+    fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
+    run = StageRun(work_dir, "llm", preset.steps, resume, seed)
+    optimizer = torch.optim.AdamW(llm.parameters(), lr=preset.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    warmup = max(1, preset.steps // 40)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return preset.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, preset.steps - warmup)
+        return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    if run.saved_state:
+        llm.load_state_dict(run.saved_state["llm"])
+        optimizer.load_state_dict(run.saved_state["optimizer"])
+    while run.progress.step < preset.steps:
+        rng = step_rng(seed, "llm", run.progress.step)
+        conversations = [sample_conversation(rng) for _ in range(preset.batch)]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(run.progress.step)
+        optimizer.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(llm, fmt, conversations, preset.max_length)
+        torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
+        optimizer.step()
+        run.tick(preset.batch, loss=loss.item())
+        if run.progress.step % 200 == 0:
+            run.save(llm=llm.state_dict(), optimizer=optimizer.state_dict())
+    run.save(llm=llm.state_dict(), optimizer=optimizer.state_dict())
+    llm.eval()
+    return run.close()

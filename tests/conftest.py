@@ -1,0 +1,52 @@
+"""Shared fixtures. Every test runs offline on the CPU."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("OMNIBRIDGE_DEVICE", "cpu")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("OMNIBRIDGE_TEST_THREADS", min(2, torch.get_num_threads()))))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """An untrained micro OmniBridge (random weights: for testing the code paths only)."""
+    from omnibridge.training.assemble import build_untrained_model
+    from omnibridge.training.builders import build_decoder
+    from omnibridge.training.presets import quick_preset
+
+    torch.manual_seed(0)
+    preset = quick_preset()
+    return build_untrained_model(preset, build_decoder(preset.decoder))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_model):
+    from omnibridge import OmniBridgePipeline
+    from omnibridge.modeling.devices import placement
+
+    return OmniBridgePipeline(tiny_model, placement("cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_pipeline, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny-omnibridge"
+    tiny_pipeline.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def scene_image():
+    import random
+
+    from omnibridge.shapes import render, sample_scene
+
+    return render(sample_scene(random.Random(11), 2))

@@ -1,0 +1,142 @@
+"""Model folders: our layout round-trips; the official release's key layout maps completely."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from omnibridge import ModelFolderError, OmniBridgePipeline
+from omnibridge.modeling.alignment import OmniBridgeAlignment
+from omnibridge.modeling.config import BiLMConfig, OmniBridgeConfig, RetrievalConfig
+from omnibridge.modeling.devices import placement
+from omnibridge.modeling.loading import LoadedModel, official_key_coverage
+
+
+def test_our_layout_round_trips(tiny_pipeline, tiny_model_dir):
+    loaded = OmniBridgePipeline.from_pretrained(tiny_model_dir, device="cpu")
+    texts = ["a red circle", "two blue squares"]
+    assert np.allclose(loaded.embed_texts(texts), tiny_pipeline.embed_texts(texts), atol=1e-6)
+    for name, tensor in tiny_pipeline.alignment.state_dict().items():
+        assert torch.equal(tensor, loaded.alignment.state_dict()[name]), name
+    assert loaded.config.to_dict() == tiny_pipeline.config.to_dict()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: shutil.rmtree(d / "decoder" / "vae"), "vae"),
+    (lambda d: (d / "alignment.safetensors").unlink(), "alignment.safetensors"),
+    (lambda d: (d / "omnibridge_config.json").write_text("{not json"), "corrupt JSON"),
+    (lambda d: [f.unlink() for f in (d / "llm").glob("*.safetensors")], "safetensors"),
+])
+def test_broken_folders_name_what_is_wrong(tiny_model_dir, tmp_path, damage, message):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    damage(broken)
+    with pytest.raises(ModelFolderError, match=message):
+        OmniBridgePipeline.from_pretrained(broken)
+
+
+def test_missing_folder_and_offline_hub_id_give_clear_errors(tmp_path):
+    with pytest.raises(ModelFolderError, match="not found"):
+        OmniBridgePipeline.from_pretrained(tmp_path / "nope")
+    with pytest.raises(ModelFolderError, match="Hugging Face Hub"):
+        OmniBridgePipeline.from_pretrained("someone/not-cached-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFolderError, match="not an OmniBridge model"):
+        OmniBridgePipeline.from_pretrained(tmp_path / "empty")
+
+
+def _legacy_key(key: str) -> str:
+    """transformers 5 names -> the legacy (<=4.49) Qwen2-VL names the official release uses."""
+    if key.startswith("model.visual."):
+        return key[len("model."):]
+    if key.startswith("model.language_model."):
+        return "model." + key[len("model.language_model."):]
+    return key
+
+
+@pytest.fixture(scope="module")
+def official_folder(tiny_model, tmp_path_factory):
+    """A tiny checkpoint written exactly in the official key layout, and a HunyuanDiT folder beside it."""
+    from omnibridge.training.builders import build_llm
+    from omnibridge.training.presets import LLMPreset
+
+    root = tmp_path_factory.mktemp("official")
+    preset = LLMPreset(hidden_size=48, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
+                       vision_depth=1, vision_dim=16, vision_heads=2)
+    torch.manual_seed(1)
+    llm = build_llm(preset, tiny_model.tokenizer)
+    llm.config.tie_word_embeddings = False  # the 7B release has its own lm_head
+    llm.config.text_config.tie_word_embeddings = False
+    llm.lm_head.weight = torch.nn.Parameter(llm.lm_head.weight.detach().clone())
+    config = OmniBridgeConfig(llm_hidden_size=48, bilm=BiLMConfig(
+        d_model=tiny_model.decoder.text_encoder_2.config.d_model, d_kv=8, num_heads=4, d_ff=40, num_layers=3,
+        cross_attention_layers=(0, 2), num_query_tokens=tiny_model.decoder.t5_length, dropout_rate=0.0),
+        retrieval=RetrievalConfig(num_image_queries=5, num_text_queries=3, embed_dim=16, pool_heads=16))
+    alignment = OmniBridgeAlignment(config)
+    with torch.no_grad():
+        alignment.bilm.query_tokens.normal_()
+    llm.save_pretrained(root / "release")
+    tiny_model.tokenizer.save_pretrained(root / "release")
+    tiny_model.image_processor.save_pretrained(root / "release")
+    for file in (root / "release").glob("*.safetensors"):
+        file.unlink()
+    state = {_legacy_key(k): v.contiguous() for k, v in llm.state_dict().items()}
+    state.update({k: v.contiguous() for k, v in alignment.state_dict().items()})
+    half = len(state) // 2  # sharded, as the real release is
+    keys = sorted(state)
+    save_file({k: state[k] for k in keys[:half]}, root / "release" / "model-00001-of-00002.safetensors")
+    save_file({k: state[k] for k in keys[half:]}, root / "release" / "model-00002-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {k: f"model-0000{1 + (i >= half)}-of-00002.safetensors"
+                                            for i, k in enumerate(keys)}}
+    (root / "release" / "model.safetensors.index.json").write_text(json.dumps(index))
+    tiny_model.decoder.save_pretrained(root / "hunyuandit")
+    return root, llm, alignment, config
+
+
+def test_official_release_layout_loads_every_key(official_folder, tiny_model):
+    root, llm, alignment, _ = official_folder
+    keys = official_key_coverage(root / "release")
+    assert any(k.startswith("visual.") for k in keys) and any(k.startswith("bilm.block.") for k in keys)
+    pipe = OmniBridgePipeline.from_pretrained(root / "release", decoder=root / "hunyuandit", device="cpu")
+    assert pipe.model.layout == "official"
+    assert pipe.config.bilm.num_layers == 3 and pipe.config.bilm.cross_attention_layers == (0, 2)
+    assert pipe.config.retrieval.num_image_queries == 5 and pipe.config.retrieval.embed_dim == 16
+    loaded_llm = pipe.llm.state_dict()
+    for key, tensor in llm.state_dict().items():
+        assert torch.equal(loaded_llm[key], tensor), key
+    loaded_alignment = pipe.alignment.state_dict()
+    assert set(loaded_alignment) == {k for k in keys if not k.startswith(("visual.", "model.", "lm_head."))}
+    for key, tensor in alignment.state_dict().items():
+        assert torch.equal(loaded_alignment[key].float(), tensor.float()), key
+
+
+def test_official_outputs_equal_the_same_weights_set_directly(official_folder, tiny_model, scene_image):
+    root, llm, alignment, config = official_folder
+    loaded = OmniBridgePipeline.from_pretrained(root / "release", decoder=root / "hunyuandit", device="cpu")
+    config.prompts = loaded.config.prompts
+    config.generation = loaded.config.generation
+    direct = OmniBridgePipeline(LoadedModel(config, llm.eval(), tiny_model.tokenizer, loaded.model.image_processor,
+                                            alignment.eval(), loaded.decoder, "official", "direct"), placement("cpu"))
+    texts = ["a red circle", "three squares"]
+    assert np.allclose(loaded.embed_texts(texts), direct.embed_texts(texts), atol=1e-6)
+    assert np.allclose(loaded.embed_images([scene_image]), direct.embed_images([scene_image]), atol=1e-6)
+    size = loaded.decoder.sample_size
+    kwargs = dict(seed=3, num_inference_steps=2, guidance_scale=2.0, height=size, width=size)
+    config.generation.allowed_sizes = (size,)
+    a = loaded.generate("a red circle", rewrite=False, **kwargs).images[0]
+    b = direct.generate("a red circle", rewrite=False, **kwargs).images[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_plain_qwen2vl_folder_is_refused(official_folder, tmp_path):
+    root, llm, _, _ = official_folder
+    plain = tmp_path / "plain"
+    llm.save_pretrained(plain)
+    shutil.copy(root / "release" / "tokenizer.json", plain)
+    shutil.copy(root / "release" / "tokenizer_config.json", plain)
+    shutil.copy(root / "release" / "preprocessor_config.json", plain)
+    with pytest.raises(ModelFolderError, match="without the OmniBridge modules"):
+        OmniBridgePipeline.from_pretrained(plain, decoder=root / "hunyuandit")

@@ -1,0 +1,171 @@
+"""Every pipeline method end to end on a micro model with random weights (code paths, not quality)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omnibridge import DecoderNumericalError, GenerationCancelled, InvalidInputError
+
+
+def test_chat_and_stream_chat(tiny_pipeline, scene_image):
+    messages = [{"role": "user", "content": [{"type": "text", "text": "How many circles are there?"}]}]
+    answer = tiny_pipeline.chat(messages, images=[scene_image], max_new_tokens=6)
+    assert isinstance(answer, str)
+    pieces = list(tiny_pipeline.stream_chat(messages, images=[scene_image], max_new_tokens=6))
+    assert all(b.startswith(a) for a, b in zip(pieces, pieces[1:]))  # each yield extends the last
+    assert (pieces[-1] if pieces else "") == answer  # greedy: streaming and non-streaming agree
+
+
+def test_stream_can_be_stopped_early(tiny_pipeline):
+    stream = tiny_pipeline.stream_chat([{"role": "user", "content": "hello"}], max_new_tokens=50,
+                                       temperature=1.0, seed=0)
+    next(stream, None)
+    stream.close()  # the generation thread is told to stop and joined
+    assert tiny_pipeline.jobs_running == 0
+
+
+def test_multi_turn_with_several_images_and_openai_parts(tiny_pipeline, scene_image):
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": [{"type": "image", "image": scene_image}, {"type": "text", "text": "Describe."}]},
+        {"role": "assistant", "content": "a red circle"},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": scene_image}}, "And this one?"]},
+    ]
+    conversation = tiny_pipeline.prepare_conversation(messages)
+    assert [m.role for m in conversation] == ["system", "user", "assistant", "user"]
+    assert sum(isinstance(p, Image.Image) for m in conversation for p in m.parts) == 2
+    assert isinstance(tiny_pipeline.chat(messages, max_new_tokens=3), str)
+
+
+def test_long_history_is_truncated_oldest_first(tiny_pipeline, scene_image):
+    messages = []
+    for turn in range(100):
+        content = [scene_image, f"question {turn}"] if turn % 5 == 0 else f"question {turn}"
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": f"answer {turn}"}]
+    messages.append({"role": "user", "content": "the last question"})
+    conversation = tiny_pipeline.prepare_conversation(messages, max_new_tokens=32)
+    tokens = sum(tiny_pipeline._message_tokens(m) for m in conversation)
+    assert tokens <= tiny_pipeline.config.max_context_tokens
+    assert conversation[-1].parts == ["the last question"]
+    assert len(conversation) < len(messages)
+    images = sum(isinstance(p, Image.Image) for m in conversation for p in m.parts)
+    assert images <= tiny_pipeline.config.max_images_in_context
+    assert isinstance(tiny_pipeline.chat(messages, max_new_tokens=3), str)
+
+
+def test_a_huge_single_message_keeps_its_end(tiny_pipeline):
+    text = "word " * 20000 + "the end"
+    conversation = tiny_pipeline.prepare_conversation([{"role": "user", "content": text}])
+    assert conversation[-1].parts[-1].endswith("the end")
+
+
+def test_generate_returns_images_seeds_caption_and_timings(tiny_pipeline):
+    steps_seen = []
+
+    def callback(decoder, step, timestep, tensors):
+        steps_seen.append(step)
+        assert "latents" in tensors
+
+    result = tiny_pipeline.generate("two red circles", seed=41, num_images=3, num_inference_steps=3,
+                                    guidance_scale=2.0, callback=callback)
+    assert len(result.images) == 3 and all(img.size == (64, 64) for img in result.images)
+    assert result.seeds == [41, 42, 43] and result.seed == 41
+    assert steps_seen == [0, 1, 2]
+    assert isinstance(result.caption, str) and result.caption
+    assert {"rewrite_condition_s", "denoise_decode_s", "total_s"} <= set(result.timings)
+    assert result.parameters["guidance_scale"] == 2.0
+    again = tiny_pipeline.generate("two red circles", seed=42, num_inference_steps=3, guidance_scale=2.0)
+    # Image i is seed + i generated alone (up to float rounding between batch sizes).
+    difference = np.abs(np.asarray(again.images[0], dtype=int) - np.asarray(result.images[1], dtype=int))
+    assert difference.max() <= 2
+
+
+def test_generation_can_be_cancelled_between_steps(tiny_pipeline):
+    def stop_at_second_step(decoder, step, timestep, tensors):
+        if step == 1:
+            raise GenerationCancelled()
+
+    with pytest.raises(GenerationCancelled):
+        tiny_pipeline.generate("a circle", num_inference_steps=5, callback=stop_at_second_step)
+    assert tiny_pipeline.jobs_running == 0  # the lock was released
+
+
+def test_nan_latents_raise_instead_of_returning_a_black_image(tiny_pipeline):
+    def poison(decoder, step, timestep, tensors):
+        return {"latents": torch.full_like(tensors["latents"], float("nan"))}
+
+    with pytest.raises(DecoderNumericalError, match="NaN"):
+        tiny_pipeline.generate("a circle", num_inference_steps=2, callback=poison)
+
+
+def test_decoder_alone_and_no_rewrite_paths(tiny_pipeline):
+    result = tiny_pipeline.generate("a blue square", rewrite=False, use_learned_queries=False, seed=1,
+                                    num_inference_steps=2)
+    assert result.caption == "a blue square" and result.parameters["conditioning"] == "decoder_text"
+    images, captions = tiny_pipeline.generate_batch(["a circle", "a square"], [1, 2], rewrite=False,
+                                                    num_inference_steps=2)
+    assert len(images) == 2 and captions == ["a circle", "a square"]
+
+
+def test_edit(tiny_pipeline, scene_image):
+    result = tiny_pipeline.edit(scene_image, "make the circle blue", seed=5, num_inference_steps=3)
+    assert len(result.images) == 1 and result.caption and result.parameters["mode"] == "edit"
+    partial = tiny_pipeline.edit(scene_image, "make the circle blue", seed=5, num_inference_steps=4, strength=0.5)
+    assert partial.images[0].size == (64, 64)
+
+
+@pytest.mark.parametrize("kwargs", [dict(prompt=""), dict(prompt="   \n "), dict(prompt="x", height=65),
+                                    dict(prompt="x" * 100_000)])
+def test_generate_refuses_bad_input_clearly(tiny_pipeline, kwargs):
+    with pytest.raises(InvalidInputError):
+        tiny_pipeline.generate(**kwargs)
+
+
+def test_out_of_range_numbers_are_clamped(tiny_pipeline):
+    result = tiny_pipeline.generate("a circle", seed=-5, num_images=99, num_inference_steps=1, guidance_scale=1e9)
+    assert len(result.images) == 4 and 0 <= result.seed < 2**31
+    assert result.parameters["guidance_scale"] == 20.0
+
+
+def test_embeddings_are_unit_norm_and_independent_of_the_batch(tiny_pipeline, scene_image):
+    texts = ["a red circle", "two blue squares and a large green triangle to the left", "a square"]
+    together = tiny_pipeline.embed_texts(texts)
+    assert together.shape == (3, tiny_pipeline.embedding_dim) and together.dtype == np.float32
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    for i, text in enumerate(texts):
+        assert np.allclose(tiny_pipeline.embed_texts([text])[0], together[i], atol=1e-5)
+    other = Image.fromarray(np.full((64, 64, 3), 200, dtype=np.uint8))
+    images = tiny_pipeline.embed_images([scene_image, other])
+    assert np.allclose(tiny_pipeline.embed_images([scene_image])[0], images[0], atol=1e-5)
+    assert tiny_pipeline.embed_texts(texts, batch_size=2).shape == (3, tiny_pipeline.embedding_dim)
+
+
+def test_info(tiny_pipeline):
+    info = tiny_pipeline.info()
+    assert info["device"] == "cpu" and info["dtype"]["llm"] == "float32"
+    assert info["parameters"]["total"] == sum(v for k, v in info["parameters"].items() if k != "total")
+    assert info["memory"]["process_rss_mb"] > 0 and info["model_id"] == "omnibridge-quick"
+
+
+def test_parse_answer_reads_the_models_routing(tiny_pipeline):
+    assert tiny_pipeline.parse_answer("<img>two red circles</img>").kind == "draw"
+    edit = tiny_pipeline.parse_answer("<edit>a blue circle</edit>")
+    assert edit.kind == "edit" and edit.caption == "a blue circle"
+    assert tiny_pipeline.parse_answer("two").kind == "text"
+
+
+def test_chat_turn_routes_by_mode(tiny_pipeline, scene_image):
+    messages = [{"role": "user", "content": "draw two red circles"}]
+    events = list(tiny_pipeline.stream_chat_turn(messages, mode="draw", max_new_tokens=6, num_inference_steps=2,
+                                                 seed=1))
+    final = events[-1]
+    assert final.done and final.answer.kind == "draw" and final.result is not None
+    assert final.result.images[0].size == (64, 64)
+    answer = list(tiny_pipeline.stream_chat_turn(messages, mode="answer", max_new_tokens=4))[-1]
+    assert answer.done and answer.answer.kind == "text" and answer.result is None
+    with_image = [{"role": "user", "content": [{"type": "image", "image": scene_image}, "make the circle blue"]}]
+    edited = list(tiny_pipeline.stream_chat_turn(with_image, mode="draw", max_new_tokens=6, num_inference_steps=2))
+    assert edited[-1].answer.kind in ("draw", "edit") and edited[-1].result is not None
+    with pytest.raises(InvalidInputError):
+        list(tiny_pipeline.stream_chat_turn(messages, mode="sing"))

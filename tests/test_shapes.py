@@ -1,0 +1,146 @@
+"""The Shapes world keeps its contract (shared/design/shapes-world.md)."""
+
+import random
+
+import numpy as np
+import pytest
+
+from omnibridge.shapes import (
+    COLORS,
+    EDIT_TYPES,
+    QUESTION_TYPES,
+    describe,
+    detect,
+    equivalent_captions,
+    format_caption,
+    image_matches,
+    matches_spec,
+    paraphrase_prompt,
+    parse_caption,
+    render,
+    render_array,
+    sample_edit,
+    sample_question,
+    sample_scene,
+)
+from omnibridge.shapes.captions import relation_spec
+from omnibridge.shapes.world import BACKGROUND, MIN_GAP, SIZES, relation_between, relation_holds
+
+SCENES = [sample_scene(random.Random(seed)) for seed in range(300)]
+
+
+def test_scenes_follow_the_contract():
+    for scene in SCENES:
+        assert 1 <= len(scene) <= 4
+        for obj in scene.objects:
+            low, high = SIZES[obj.size]
+            assert low <= obj.side <= high
+            assert obj.x0 >= 1 and obj.y0 >= 1 and obj.x1 <= 63 and obj.y1 <= 63  # never touches the border
+        for i, a in enumerate(scene.objects):
+            for b in scene.objects[i + 1:]:
+                gap_x = max(b.x0 - a.x1, a.x0 - b.x1)
+                gap_y = max(b.y0 - a.y1, a.y0 - b.y1)
+                assert max(gap_x, gap_y) >= MIN_GAP
+
+
+def test_render_uses_only_the_palette_and_background():
+    palette = {tuple(c) for c in COLORS.values()} | {BACKGROUND}
+    for scene in SCENES[:50]:
+        pixels = {tuple(p) for p in render_array(scene).reshape(-1, 3)}
+        assert pixels <= palette
+        assert render(scene).size == (64, 64)
+
+
+def test_detector_is_exact_on_renders():
+    for scene in SCENES:
+        found = detect(render(scene))
+        assert sorted((o.shape, o.color, o.size) for o in found) == sorted(
+            (o.shape, o.color, o.size) for o in scene.objects)
+        assert image_matches(render(scene), describe(scene))
+
+
+def test_detector_rejects_wrong_scenes():
+    scene = SCENES[0]
+    wrong = parse_caption("four white triangles")
+    assert not image_matches(render(scene), wrong) or describe(scene) == wrong
+    blank = np.full((64, 64, 3), BACKGROUND, dtype=np.uint8)
+    assert detect(blank) == []
+    assert not matches_spec([], parse_caption("a circle"))
+
+
+def test_relation_rule():
+    two = [s for s in SCENES if len(s) == 2]
+    for scene in two:
+        a, b = scene.objects
+        relation = relation_between(a, b)
+        if relation:
+            dx, dy = a.cx - b.cx, a.cy - b.cy
+            if relation in ("left", "right"):
+                assert abs(dx) > 6 and abs(dy) < abs(dx)
+            else:
+                assert abs(dy) > 6 and abs(dx) < abs(dy)
+            inverse = {"left": "right", "right": "left", "above": "below", "below": "above"}[relation]
+            assert relation_holds(b, a, inverse)
+            spec = relation_spec(scene)
+            assert image_matches(render(scene), spec)
+
+
+@pytest.mark.parametrize("caption", [
+    "a large red circle", "a blue square", "two green triangles", "three white squares",
+    "a red circle and two blue squares", "a red circle to the left of a blue square",
+    "a yellow triangle above a purple circle", "four circles",
+])
+def test_caption_grammar_round_trips(caption):
+    assert format_caption(parse_caption(caption)) == caption
+
+
+@pytest.mark.parametrize("bad", ["", "a dog", "two circle", "five squares", "a circle and and a square",
+                                 "two circles to the left of a square"])
+def test_parse_rejects_text_outside_the_grammar(bad):
+    with pytest.raises(ValueError):
+        parse_caption(bad)
+
+
+def test_equivalent_captions_all_describe_the_scene():
+    for scene in SCENES[:80]:
+        for caption in equivalent_captions(scene):
+            assert image_matches(render(scene), parse_caption(caption)), caption
+
+
+def test_questions_have_correct_answers():
+    rng = random.Random(3)
+    for scene in SCENES[:100]:
+        for qtype in QUESTION_TYPES:
+            qa = sample_question(rng, scene, qtype)
+            if qa is None:
+                continue
+            if qtype == "count" and qa.question.startswith("How many") and " objects " not in qa.question:
+                words = qa.question.split()
+                shape = words[-3].rstrip("s")
+                if len(words) == 5:  # How many circles are there?
+                    assert qa.answer == ["zero", "one", "two", "three", "four"][
+                        sum(o.shape == shape for o in scene.objects)]
+            if qtype == "describe":
+                assert qa.answer == format_caption(describe(scene))
+            if qtype == "exist":
+                assert qa.answer in ("yes", "no")
+
+
+def test_edits_produce_their_target():
+    rng = random.Random(5)
+    seen = set()
+    for scene in SCENES[:200]:
+        for etype in EDIT_TYPES:
+            example = sample_edit(rng, scene, etype)
+            if example is None:
+                continue
+            seen.add(etype)
+            assert image_matches(render(example.target), example.target_spec), example
+            assert example.instruction
+    assert seen == set(EDIT_TYPES)
+
+
+def test_everything_is_deterministic_given_a_seed():
+    a = [format_caption(describe(sample_scene(random.Random(9)))) for _ in range(3)]
+    assert len(set(a)) == 1
+    assert paraphrase_prompt(random.Random(1), "a red circle") == paraphrase_prompt(random.Random(1), "a red circle")

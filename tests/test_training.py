@@ -1,0 +1,73 @@
+"""The training CLI trains a micro model through every stage, each lowering its loss, and resumes."""
+
+import json
+import random
+from dataclasses import replace
+
+import pytest
+
+from omnibridge import OmniBridgePipeline
+from omnibridge.training.cli import main as train_main
+from omnibridge.training.llm_data import TASK_MIX, sample_conversation
+from omnibridge.training.llm_stage import train_llm
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    report = train_main(["--preset", "quick", "--out", str(root / "model"), "--threads", "2"])
+    return root, report
+
+
+def test_every_stage_lowers_its_loss(trained):
+    _, report = trained
+    stages = {"vae": report["decoder"]["vae"], "dit": report["decoder"]["dit"], "llm": report["llm"],
+              "align": report["align"], "retrieval": report["retrieval"]}
+    for name, stage in stages.items():
+        assert stage["last_loss"] < stage["first_loss"], (name, stage)
+        assert stage["images_seen"] > 0 and stage["seconds"] > 0
+
+
+def test_the_output_is_a_loadable_model_with_logs(trained):
+    root, report = trained
+    pipe = OmniBridgePipeline.from_pretrained(root / "model")
+    assert pipe.generate("a red circle", num_inference_steps=2, seed=0).images[0].size == (64, 64)
+    assert report["package"]["megabytes"] < 60
+    for stage in ("vae", "dit", "llm", "align", "retrieval"):
+        lines = (root / "model.train" / stage / "log.jsonl").read_text().splitlines()
+        assert lines and all("step" in json.loads(line) for line in lines)
+
+
+def test_resume_continues_where_it_stopped(trained, tiny_model, tmp_path):
+    from omnibridge.training.presets import quick_preset
+
+    preset = quick_preset().llm
+    first = train_llm(tiny_model, replace(preset, steps=4), tmp_path, seed=0, resume=False)
+    assert first["steps"] == 4
+    second = train_llm(tiny_model, replace(preset, steps=7), tmp_path, seed=0, resume=True)
+    assert second["steps"] == 7 and second["images_seen"] == 7 * preset.batch
+
+
+def test_stage1_data_covers_every_behaviour():
+    rng = random.Random(0)
+    tasks = {sample_conversation(rng).task.split("/")[0] for _ in range(400)}
+    assert tasks == set(TASK_MIX)
+    draw = sample_conversation(random.Random(1), "rewrite")
+    assert draw.answer.startswith("<img>") and draw.answer.endswith("</img>")
+    edit = sample_conversation(random.Random(1), "draw_then_edit")
+    assert edit.answer.startswith("<edit>") and edit.messages[1].role == "assistant"
+
+
+def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
+    from omnibridge.evaluation.evaluate import main as evaluate_main
+
+    root, _ = trained
+    out = tmp_path / "report.json"
+    report = evaluate_main(["--model", str(root / "model"), "--out", str(out), "--prompts-per-category", "2",
+                            "--questions-per-type", "2", "--edits-per-type", "1", "--retrieval-scenes", "20",
+                            "--steps", "2", "--write-card"])
+    saved = json.loads(out.read_text())
+    assert saved["generation"]["omnibridge"]["n_prompts"] == 12
+    assert 0.0 <= report["understanding"]["overall"] <= 1.0
+    assert "t2i_R@1" in report["retrieval"] and report["speed"]["image_s"] > 0
+    assert "## Evaluation" in (root / "model" / "README.md").read_text()
