@@ -102,7 +102,9 @@ class OmniBridgePipeline:
         self.alignment = model.alignment
         self.decoder = model.decoder
         self.format = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
-        self._lock = threading.RLock()
+        # A plain Lock, not an RLock: Gradio resumes a streaming generator on any worker thread, so the
+        # thread that releases a job is not always the one that took it. Jobs never nest.
+        self._lock = threading.Lock()
         self.jobs_running = 0
         self.max_jobs_running = 0  # stays 1 when callers are serialised (checked by the concurrency test)
 

@@ -120,6 +120,11 @@ class GalleryStore:
         meta = self.images.metadata or {}
         return str(meta.get("embedding_model", "")), int(meta.get("embedding_dim", 0) or 0)
 
+    def require_current_index(self) -> None:
+        if self.needs_reindex():
+            model, dim = self.index_model()
+            raise GalleryError(f"the gallery holds vectors of another model ({model}, {dim}-d); re-index it first")
+
     def needs_reindex(self) -> bool:
         """True when the stored vectors come from another embedding model than the pipeline's."""
         model, dim = self.index_model()
@@ -156,6 +161,7 @@ class GalleryStore:
         captions = list(captions) if captions is not None else [None] * len(images)
         if len(captions) != len(images):
             raise GalleryError("give one caption per image (or none)")
+        self.require_current_index()
         ids: list[str] = []
         for start in range(0, len(images), batch):
             ids += self._add_batch(images[start:start + batch], captions[start:start + batch], source)
@@ -242,6 +248,14 @@ class GalleryStore:
             raise GalleryError(f"no gallery item with id {item_id}")
         return self._item(item_id, found["metadatas"][0], found["documents"][0])
 
+    def vector_of(self, item_id: str) -> np.ndarray:
+        """The stored image vector of an item (searching by a result needs no model call)."""
+        self._check_id(item_id)
+        found = self.images.get(ids=[item_id], include=["embeddings"])
+        if not found["ids"]:
+            raise GalleryError(f"no gallery item with id {item_id}")
+        return np.asarray(found["embeddings"][0], dtype=np.float32)
+
     def count(self, source: str | None = None) -> int:
         if source:
             return len(self.images.get(where={"source": source}, include=[])["ids"])
@@ -261,6 +275,7 @@ class GalleryStore:
         collection = {"images": self.images, "captions": self.captions}.get(target)
         if collection is None:
             raise GalleryError("search target must be 'images' or 'captions'")
+        self.require_current_index()
         total = collection.count()
         if total == 0:
             return []

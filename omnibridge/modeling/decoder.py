@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, HunyuanDiT2DModel, SchedulerMixin
 from diffusers.models.embeddings import get_2d_rotary_pos_embed
-from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
 from PIL import Image
 from transformers import AutoTokenizer, BertModel, PreTrainedModel, PreTrainedTokenizerBase, T5EncoderModel
 
@@ -305,6 +304,17 @@ class HunyuanDecoder:
         latents = posterior.sample() if sample else posterior.mode()
         shift = getattr(config, "shift_factor", None) or 0.0
         return (latents - shift) * config.scaling_factor
+
+
+def get_resize_crop_region_for_grid(grid: tuple[int, int], base_size: int):
+    """HunyuanDiT's RoPE crop: the grid resized into a square of `base_size`, centred (as in diffusers)."""
+    height, width = grid
+    if height / width > 1:
+        resize_height, resize_width = base_size, int(round(base_size / height * width))
+    else:
+        resize_width, resize_height = base_size, int(round(base_size / width * height))
+    top, left = int(round((base_size - resize_height) / 2.0)), int(round((base_size - resize_width) / 2.0))
+    return (top, left), (top + resize_height, left + resize_width)
 
 
 def make_sampler(config: dict) -> SchedulerMixin:

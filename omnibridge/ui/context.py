@@ -1,0 +1,66 @@
+"""What every tab shares: the one pipeline, the stores, and per-session cancel flags."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from tqdm.auto import tqdm
+
+from ..config import AppSettings
+from ..feedback.store import FeedbackStore
+from ..gallery.store import GalleryStore
+
+
+@dataclass
+class AppContext:
+    pipeline: object  # OmniBridgePipeline (or a stand-in with the same methods)
+    settings: AppSettings
+    gallery: GalleryStore
+    feedback: FeedbackStore
+    outputs_dir: Path
+    compare_pipeline: object | None = None
+    _cancel: dict[str, threading.Event] = field(default_factory=dict)
+
+    def cancel_event(self, session: str) -> threading.Event:
+        """The flag a session's Stop button sets; generation checks it between steps."""
+        return self._cancel.setdefault(session, threading.Event())
+
+    def save_output(self, image: Image.Image, parameters: dict) -> str:
+        """A PNG whose text chunk holds the generation parameters (so a download documents itself)."""
+        info = PngInfo()
+        info.add_text("parameters", json.dumps(parameters, ensure_ascii=False, default=str))
+        info.add_text("Software", "OmniBridge Studio")
+        path = self.outputs_dir / f"{uuid.uuid4().hex}.png"
+        image.save(path, format="PNG", pnginfo=info)
+        return str(path)
+
+
+def build_context(pipeline, settings: AppSettings) -> AppContext:
+    """Open (or create) the stores under the data dir, repair and seed the gallery."""
+    data_dir = Path(settings.data_dir)
+    outputs = data_dir / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    on_record = None
+    if settings.feedback_repo and settings.hf_token:
+        from ..feedback.hub_sync import HubFeedbackSync
+
+        on_record = HubFeedbackSync(settings.feedback_repo, data_dir / "feedback" / "hub", settings.hf_token)
+    feedback = FeedbackStore(data_dir / "feedback" / "feedback.sqlite3", on_record=on_record)
+    gallery = GalleryStore(data_dir, pipeline, chroma_url=settings.chroma_url)
+    repaired = gallery.repair()
+    if any(repaired.values()):
+        print(f"gallery repaired after an unclean stop: {repaired}", flush=True)
+    if gallery.needs_reindex():  # never mix vectors of two models: the Gallery tab offers a re-index
+        model, dim = gallery.index_model()
+        print(f"the gallery was indexed with {model} ({dim}-d), not {pipeline.model_id}; re-index it from the "
+              f"Gallery tab or with: python -m omnibridge.gallery reindex --data-dir {data_dir}", flush=True)
+    elif settings.seed_gallery and gallery.count(source="seed") < settings.seed_gallery:
+        with tqdm(total=settings.seed_gallery, desc="indexing built-in gallery", unit="img") as bar:
+            gallery.seed_builtin(settings.seed_gallery, progress=lambda done, total: bar.update(done - bar.n))
+    return AppContext(pipeline, settings, gallery, feedback, outputs)

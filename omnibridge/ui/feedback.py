@@ -1,0 +1,102 @@
+"""Feedback tab: every rating, comment and vote, with filters and CSV/JSONL export; `/feedback` API."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import gradio as gr
+
+from ..feedback.store import KINDS, FeedbackRecord
+from .common import session_of, user_errors
+from .context import AppContext
+
+TABS = ["all", "chat", "generate", "gallery", "compare", "api"]
+COLUMNS = ["id", "time", "tab", "kind", "value", "comment", "model", "latency_s", "inputs", "outputs"]
+
+
+def _table(records: list[dict]) -> list[list]:
+    def short(value: dict) -> str:
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 160 else text[:157] + "…"
+
+    return [[r["id"], time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created_at"])), r["tab"], r["kind"],
+             r["value"], r["comment"], r["model_id"], r["latency_s"], short(r["inputs"]), short(r["outputs"])]
+            for r in records]
+
+
+def _filters(tab: str | None, kind: str | None) -> dict:
+    return {"tab": None if tab in (None, "", "all") else tab, "kind": None if kind in (None, "", "all") else kind}
+
+
+def build_feedback_tab(ctx: AppContext, extra_sections=None) -> dict:
+    gr.Markdown("Ratings, comments and votes from every tab. Records hold the random session id, never an "
+                "IP address.")
+    with gr.Row():
+        tab = gr.Dropdown(TABS, value="all", label="Tab", elem_id="feedback-tab")
+        kind = gr.Dropdown(["all", *KINDS], value="all", label="Kind", elem_id="feedback-kind")
+        refresh = gr.Button("Refresh", elem_id="feedback-refresh")
+    summary = gr.Markdown(elem_id="feedback-summary")
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, max_height=420, elem_id="feedback-table")
+    with gr.Row():
+        export_csv = gr.DownloadButton("Export CSV", elem_id="feedback-csv")
+        export_jsonl = gr.DownloadButton("Export JSONL", elem_id="feedback-jsonl")
+    if extra_sections:
+        extra_sections()
+
+    def load(tab_name, kind_name):
+        filters = _filters(tab_name, kind_name)
+        records = ctx.feedback.list(**filters, limit=500)
+        total = ctx.feedback.count(**filters)
+        return _table(records), f"**{total}** records" + (" (showing the newest 500)" if total > 500 else "")
+
+    def export(kind_of_file: str):
+        def write(tab_name, kind_name):
+            filters = _filters(tab_name, kind_name)
+            text = ctx.feedback.export_csv(**filters) if kind_of_file == "csv" else ctx.feedback.export_jsonl(**filters)
+            path = ctx.outputs_dir / f"feedback-{int(time.time())}.{kind_of_file}"
+            path.write_text(text)
+            return str(path)
+        return write
+
+    for trigger in (refresh.click, tab.change, kind.change):
+        trigger(load, [tab, kind], [table, summary], api_visibility="private", concurrency_limit=None)
+    export_csv.click(export("csv"), [tab, kind], [export_csv], api_visibility="private", concurrency_limit=None)
+    export_jsonl.click(export("jsonl"), [tab, kind], [export_jsonl], api_visibility="private",
+                       concurrency_limit=None)
+    _build_feedback_api(ctx)
+    return {"load": (load, [tab, kind], [table, summary])}
+
+
+def _build_feedback_api(ctx: AppContext) -> None:
+    """`/feedback` records one rating from an API client; `/list_feedback` reads them back."""
+    with gr.Group(visible=False):
+        kind = gr.Textbox(label="kind")
+        tab = gr.Textbox(value="api", label="tab")
+        value = gr.Textbox(label="value")
+        comment = gr.Textbox(label="comment")
+        inputs = gr.JSON(label="inputs")
+        outputs = gr.JSON(label="outputs")
+        parameters = gr.JSON(label="parameters")
+        result = gr.JSON(label="result")
+        record_button, list_button = gr.Button("feedback"), gr.Button("list")
+
+    @user_errors
+    def record(kind_name, tab_name, value_text, comment_text, inputs_json, outputs_json, parameters_json,
+               request: gr.Request = None):
+        if kind_name not in KINDS:
+            raise gr.Error(f"kind must be one of {list(KINDS)}")
+        if tab_name not in TABS[1:]:
+            raise gr.Error(f"tab must be one of {TABS[1:]}")
+        as_dict = [j if isinstance(j, dict) else {} for j in (inputs_json, outputs_json, parameters_json)]
+        record_id = ctx.feedback.add(FeedbackRecord(session_of(request), tab_name, kind_name, value_text or "",
+                                                    comment_text or "", *as_dict, model_id=ctx.pipeline.model_id))
+        return {"id": record_id, "count": ctx.feedback.count()}
+
+    @user_errors
+    def list_records(tab_name, kind_name):
+        return ctx.feedback.list(**_filters(tab_name, kind_name), limit=1000)
+
+    record_button.click(record, [kind, tab, value, comment, inputs, outputs, parameters], [result],
+                        api_name="feedback", concurrency_limit=None)
+    list_button.click(list_records, [tab, kind], [result], api_name="list_feedback", concurrency_limit=None)
