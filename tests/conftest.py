@@ -50,3 +50,32 @@ def scene_image():
     from omnibridge.shapes import render, sample_scene
 
     return render(sample_scene(random.Random(11), 2))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_pipeline, tmp_path_factory):
+    """The real app (real Chroma, real SQLite) on the micro model, on a free local port."""
+    from omnibridge.config import AppSettings
+    from omnibridge.ui.app import build_demo, launch
+
+    data_dir = tmp_path_factory.mktemp("appdata")
+    settings = AppSettings(model="tiny", data_dir=data_dir, port=free_port(), seed_gallery=24, queue_size=64)
+    demo = build_demo(tiny_pipeline, settings)
+    _, url, _ = launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    yield {"url": url, "demo": demo, "context": demo.omnibridge_context, "settings": settings}
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def client(app_server):
+    from gradio_client import Client
+
+    return Client(app_server["url"], verbose=False)

@@ -29,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the decoder stage is the one worth a GPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     parser.add_argument("--decoder-minutes", type=float, help="override the preset's DiT training time budget")
+    parser.add_argument("--decoder-steps", type=int,
+                        help="train the DiT to this many steps instead (robust to a busy machine)")
     args = parser.parse_args(argv)
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = get_preset(args.preset)
+    if args.decoder_steps:
+        preset.decoder.dit_steps = args.decoder_steps
     out = Path(args.out)
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".train")
     work_dir.mkdir(parents=True, exist_ok=True)

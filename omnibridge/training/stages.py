@@ -61,9 +61,16 @@ def _stage_record(work_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _load_model(preset: TrainPreset, work_dir: Path, seed: int) -> LoadedModel:
-    """The model so far, around the newest trained decoder."""
-    decoder = load_trained_decoder(work_dir)
+def _load_model(preset: TrainPreset, work_dir: Path, seed: int, need_decoder: bool) -> LoadedModel:
+    """The model so far, around the newest trained decoder.
+
+    Stage 1 does not touch the decoder, so it may run before (or beside) stage 0 around an
+    untrained decoder of the right shape; the later stages swap in the trained one.
+    """
+    if need_decoder or (decoder_dir(work_dir) / "model_index.json").exists():
+        decoder = load_trained_decoder(work_dir)
+    else:
+        decoder = build_decoder(preset.decoder)
     if (model_dir(work_dir) / "omnibridge_config.json").exists():
         model = load_our_layout(model_dir(work_dir), CPU)
         model.decoder = decoder
@@ -90,7 +97,7 @@ def run_stages(preset: TrainPreset, out: Path, work_dir: Path, stages: list[str]
     }
     for stage, trainer in trainers.items():
         if stage in stages:
-            model = _load_model(preset, work_dir, seed)
+            model = _load_model(preset, work_dir, seed, need_decoder=stage != "llm")
             report[stage] = trainer(model)
             _save_model(model, work_dir, stage, report[stage])
     if "package" in stages:

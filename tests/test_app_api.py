@@ -1,0 +1,88 @@
+"""The app's HTTP API, through gradio_client, against the real app on a free port."""
+
+import json
+
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+EXAMPLE = "assets/examples/scene_1.png"
+
+
+def test_chat_answers_and_streams(client):
+    answer, image = client.predict("How many circles are there?", [handle_file(EXAMPLE)], [], "answer", 6, 0.0,
+                                   1.0, api_name="/chat")
+    assert isinstance(answer, str) and image is None
+    job = client.submit("Describe the image.", [handle_file(EXAMPLE)], [], "answer", 8, 0.0, 1.0,
+                        api_name="/chat")
+    updates = [output for output in job]
+    assert updates and job.status().success
+
+
+def test_chat_can_draw(client):
+    answer, image = client.predict("draw a red circle", [], [], "draw", 6, 0.0, 1.0, api_name="/chat")
+    assert answer.startswith("🎨") and Image.open(image).size == (64, 64)
+
+
+def test_generate_writes_back_the_seed_and_png_metadata(client):
+    images, caption, seed, details = client.predict("two red circles", False, 7, False, 2, 2.0, 2,
+                                                    api_name="/generate")
+    assert seed == 7 and len(images) == 2 and caption == "two red circles"
+    first = Image.open(images[0]["image"])
+    assert first.format == "PNG" and json.loads(first.info["parameters"])["seed"] == 7
+    assert details["num_inference_steps"] == 2 and details["latency_s"] > 0
+    seeds = {client.predict("a circle", True, 7, True, 1, 2.0, 1, api_name="/generate")[2] for _ in range(3)}
+    assert len(seeds) > 1 and all(0 <= s < 2**31 for s in seeds)  # randomized, and the used seed comes back
+
+
+def test_edit(client):
+    images, caption, seed, details = client.predict(handle_file(EXAMPLE), "make the circle blue", 3, False, 2,
+                                                    2.0, 1.0, 1, api_name="/edit")
+    assert len(images) == 1 and seed == 3 and details["mode"] == "edit"
+
+
+def test_search_every_direction(client):
+    for mode, query_text, query_image in (("Text → images", "a red circle", None),
+                                          ("Text → captions", "a red circle", None),
+                                          ("Image → images", "", handle_file(EXAMPLE)),
+                                          ("Image → captions", "", handle_file(EXAMPLE))):
+        hits = client.predict(query_text, query_image, mode, 5, "all", api_name="/search")
+        assert 1 <= len(hits) <= 5, mode
+        scores = [h["score"] for h in hits]
+        assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
+    seeded = client.predict("a circle", None, "Text → images", 5, "seed", api_name="/search")
+    assert all(h["source"] == "seed" for h in seeded)
+
+
+def test_add_count_browse_delete(client, tmp_path):
+    paths = []
+    for i, color in enumerate([(200, 30, 30), (30, 200, 30)]):
+        path = tmp_path / f"upload{i}.png"
+        Image.new("RGB", (64, 64), color).save(path)
+        paths.append(handle_file(str(path)))
+    before = client.predict("all", api_name="/gallery_count")["count"]
+    report = client.predict(paths, "a red thing\na green thing", api_name="/add_to_gallery")
+    assert len(report["added"]) == 2 and report["count"] == before + 2
+    again = client.predict(paths, "", api_name="/add_to_gallery")  # the same pixels: no duplicates
+    assert again["count"] == before + 2
+    page = client.predict(1, "upload", api_name="/browse_gallery")
+    assert {item["id"] for item in page["items"]} >= set(report["added"])
+    deleted = client.predict(report["added"][0], api_name="/delete_from_gallery")
+    assert deleted["count"] == before + 1
+    with pytest.raises(AppError, match="no gallery item"):
+        client.predict(report["added"][0], api_name="/delete_from_gallery")
+
+
+def test_feedback_round_trip(client):
+    record = client.predict("like", "api", "1", "looks right", {"prompt": "x"}, {"answer": "y"}, {"seed": 1},
+                            api_name="/feedback")
+    listed = client.predict("api", "like", api_name="/list_feedback")
+    assert any(r["id"] == record["id"] and r["comment"] == "looks right" for r in listed)
+    with pytest.raises(AppError, match="kind must be"):
+        client.predict("love", "api", "", "", {}, {}, {}, api_name="/feedback")
+
+
+def test_named_endpoints_are_stable(client):
+    endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/chat", "/generate", "/edit", "/search", "/add_to_gallery", "/feedback"} <= endpoints

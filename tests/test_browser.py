@@ -1,0 +1,111 @@
+"""Each tab's main journey in headless Chromium (Debian's /usr/bin/chromium), with screenshots.
+
+The app runs the micro model with random weights: these tests check the UI works, not quality.
+"""
+
+import os
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
+                 "--disable-dev-shm-usage"]
+EXAMPLE = os.path.abspath("assets/examples/scene_1.png")
+TIMEOUT = 30_000
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+        pytest.fail(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)")
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture
+def app_page(page, app_server):
+    page.set_default_timeout(TIMEOUT)
+    page.goto(app_server["url"], wait_until="load")
+    page.locator("#chat-input textarea").wait_for()  # the app has rendered
+    return page
+
+
+def open_tab(page, name):
+    page.get_by_role("tab", name=name).click()
+
+
+def test_chat_streams_an_answer_about_an_uploaded_image(app_page, tmp_path):
+    page = app_page
+    page.locator("#chat-input input[type=file]").set_input_files(EXAMPLE)
+    page.locator("#chat-input textarea").fill("How many circles are there?")
+    page.locator("#chat-input textarea").press("Enter")
+    bot = page.locator("#chatbot .message-row.bot-row, #chatbot [data-testid='bot']").last
+    bot.wait_for()
+    page.locator("#chat-input textarea:not([disabled])").wait_for()  # the answer finished streaming
+    assert page.locator("#chatbot img").count() >= 1  # the uploaded image is part of the conversation
+    page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+
+
+def test_generate_shows_progress_and_an_image(app_page, tmp_path):
+    page = app_page
+    open_tab(page, "Generate & Edit")
+    page.get_by_role("button", name="Settings ▼").click()
+    steps = page.locator("input[aria-label='number input for Steps']")
+    steps.fill("100")
+    steps.press("Enter")
+    page.locator("#gen-prompt textarea").fill("two red circles")
+    page.locator("#gen-prompt textarea").press("Enter")
+    page.get_by_text("denoising").first.wait_for()  # the progress bar fed by the step callback
+    page.screenshot(path=str(tmp_path / "generate-progress.png"))
+    page.locator("#gen-gallery img").first.wait_for()
+    assert page.locator("#gen-caption textarea").input_value() != ""
+    page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
+
+
+def test_gallery_search_by_text(app_page, tmp_path):
+    page = app_page
+    open_tab(page, "Gallery")
+    page.locator("#gallery-query textarea").fill("a red circle")
+    page.locator("#gallery-search").click()
+    page.locator("#gallery-results img").first.wait_for()
+    assert page.locator("#gallery-results img").count() >= 1
+    page.screenshot(path=str(tmp_path / "gallery-text.png"), full_page=True)
+
+
+def test_gallery_search_by_image(app_page, tmp_path):
+    page = app_page
+    open_tab(page, "Gallery")
+    page.get_by_label("Image → images").check()
+    page.locator("#gallery-query-image input[type=file]").set_input_files(EXAMPLE)
+    page.locator("#gallery-query-image img").first.wait_for()  # the upload finished
+    page.locator("#gallery-search").click()
+    page.locator("#gallery-results img").first.wait_for()
+    page.screenshot(path=str(tmp_path / "gallery-image.png"), full_page=True)
+
+
+def test_a_liked_answer_appears_in_the_feedback_tab(app_page, tmp_path):
+    page = app_page
+    page.locator("#chat-input textarea").fill("hello")
+    page.locator("#chat-input textarea").press("Enter")
+    page.locator("#chat-input textarea:not([disabled])").wait_for()
+    page.locator("#chatbot button[aria-label='Like']").last.click()
+    page.locator("#chat-comment textarea").fill("browser test comment")
+    page.locator("#chat-comment-send").click()
+    open_tab(page, "Feedback")
+    page.locator("#feedback-refresh").click()
+    page.locator("#feedback-table").get_by_text("browser test comment").first.wait_for(state="attached")
+    page.screenshot(path=str(tmp_path / "feedback.png"), full_page=True)
+
+
+def test_chat_renders_html_as_text_not_markup(app_page, app_server):
+    page = app_page
+    page.evaluate("window.__xss = 0")
+    payload = "<img src=x onerror=\"window.__xss=1\"><script>window.__xss=2</script>"
+    page.locator("#chat-input textarea").fill(payload)
+    page.locator("#chat-input textarea").press("Enter")
+    page.locator("#chat-input textarea:not([disabled])").wait_for()
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__xss") == 0
