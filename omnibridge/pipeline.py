@@ -309,9 +309,9 @@ class OmniBridgePipeline:
         for kind, opener, closer in (("draw", prompts.image_open, prompts.image_close),
                                      ("edit", prompts.edit_open, prompts.edit_close)):
             if opener and text.lstrip().startswith(opener):
-                caption = text.lstrip()[len(opener):].split(closer)[0].strip()
+                caption = self.format.sanitize(text.lstrip()[len(opener):].split(closer)[0]).strip()
                 return ChatAnswer(kind, caption, caption)
-        return ChatAnswer("text", text)
+        return ChatAnswer("text", self.format.sanitize(text))  # no control tokens reach the reader
 
     # ------------------------------------------------------------------------------ generation
     def _generate_after(self, prompts: list[EncodedPrompt], forced_prefix: str | None, max_new_tokens: int) -> list[str]:
@@ -512,10 +512,13 @@ class OmniBridgePipeline:
         answer = self.parse_answer(text)
         if answer.kind == "edit" and last_image is None:
             answer = ChatAnswer("draw", answer.text, answer.caption)
-        if answer.kind == "text" or not answer.caption:
+        if answer.kind == "text":
             yield ChatTurnEvent(answer, done=True)
             return
-        request = next((p for p in reversed(conversation[-1].parts) if isinstance(p, str)), answer.caption)
+        request = next((p for p in reversed(conversation[-1].parts) if isinstance(p, str)), "")
+        if not answer.caption:  # an empty caption: draw what was asked, as the official edit script does
+            answer = ChatAnswer(answer.kind, request or "a picture", request or "a picture")
+        request = request or answer.caption
         settings = dict(seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                         callback=callback, caption=answer.caption)
         if answer.kind == "edit":

@@ -86,3 +86,32 @@ def test_feedback_round_trip(client):
 def test_named_endpoints_are_stable(client):
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/chat", "/generate", "/edit", "/search", "/add_to_gallery", "/feedback"} <= endpoints
+
+
+def test_latent_map_has_a_point_per_image_and_caption(client, app_server):
+    gallery = app_server["context"].gallery
+    result = client.predict("a red circle", None, 5000, api_name="/latent_map")
+    images = [p for p in result["points"] if p["kind"] == "image"]
+    captions = [p for p in result["points"] if p["kind"] == "caption"]
+    assert len(images) == gallery.count() == result["total_items"]
+    assert len(captions) == gallery.captions.count()
+    assert result["query"] is not None and len(result["query"]) == 2
+    sampled = client.predict("", None, 10, api_name="/latent_map")
+    assert sampled["drawn_items"] == 10 < sampled["total_items"]
+
+
+def test_compare_vote_is_stored_and_counted(client):
+    battle, left, right, _, _ = client.predict("Generate from a prompt", "a red circle", None,
+                                               "learned queries vs decoder text", api_name="/compare")
+    assert Image.open(left).size == Image.open(right).size == (64, 64)
+    before = len(client.predict("compare", "vote", api_name="/list_feedback"))
+    revealed = client.predict(battle, "left", api_name="/vote")
+    assert {revealed["left"], revealed["right"]} == {"learned queries (OmniBridge)", "decoder's own text encoders"}
+    assert revealed["winner"] == revealed["left"]
+    votes = client.predict("compare", "vote", api_name="/list_feedback")
+    assert len(votes) == before + 1 and votes[0]["parameters"]["pair"] == "learned queries vs decoder text"
+    with pytest.raises(AppError, match="already voted"):
+        client.predict(battle, "right", api_name="/vote")
+    battle, _, _, left_text, right_text = client.predict("Answer about an image", "How many circles are there?",
+                                                         handle_file(EXAMPLE), "random pair", api_name="/compare")
+    assert isinstance(left_text, str) and client.predict(battle, "tie", api_name="/vote")["winner"] == "tie"

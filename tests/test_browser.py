@@ -37,14 +37,21 @@ def open_tab(page, name):
     page.get_by_role("tab", name=name).click()
 
 
+def send_chat(page, text):
+    """Send a chat message and wait until the answer has finished streaming."""
+    before = page.locator("#chatbot [data-testid='bot']").count()
+    page.locator("#chat-input textarea").fill(text)
+    page.locator("#chat-input textarea").press("Enter")
+    page.wait_for_function(
+        "n => document.querySelectorAll(\"#chatbot [data-testid='bot']\").length > n"
+        " && !document.querySelector('#chat-input textarea').disabled", arg=before)
+
+
 def test_chat_streams_an_answer_about_an_uploaded_image(app_page, tmp_path):
     page = app_page
     page.locator("#chat-input input[type=file]").set_input_files(EXAMPLE)
-    page.locator("#chat-input textarea").fill("How many circles are there?")
-    page.locator("#chat-input textarea").press("Enter")
-    bot = page.locator("#chatbot .message-row.bot-row, #chatbot [data-testid='bot']").last
-    bot.wait_for()
-    page.locator("#chat-input textarea:not([disabled])").wait_for()  # the answer finished streaming
+    send_chat(page, "How many circles are there?")
+    assert page.locator("#chatbot [data-testid='bot']").count() == 1
     assert page.locator("#chatbot img").count() >= 1  # the uploaded image is part of the conversation
     page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
 
@@ -88,9 +95,7 @@ def test_gallery_search_by_image(app_page, tmp_path):
 
 def test_a_liked_answer_appears_in_the_feedback_tab(app_page, tmp_path):
     page = app_page
-    page.locator("#chat-input textarea").fill("hello")
-    page.locator("#chat-input textarea").press("Enter")
-    page.locator("#chat-input textarea:not([disabled])").wait_for()
+    send_chat(page, "hello")
     page.locator("#chatbot button[aria-label='Like']").last.click()
     page.locator("#chat-comment textarea").fill("browser test comment")
     page.locator("#chat-comment-send").click()
@@ -104,8 +109,42 @@ def test_chat_renders_html_as_text_not_markup(app_page, app_server):
     page = app_page
     page.evaluate("window.__xss = 0")
     payload = "<img src=x onerror=\"window.__xss=1\"><script>window.__xss=2</script>"
-    page.locator("#chat-input textarea").fill(payload)
-    page.locator("#chat-input textarea").press("Enter")
-    page.locator("#chat-input textarea:not([disabled])").wait_for()
+    send_chat(page, payload)
     page.wait_for_timeout(500)
     assert page.evaluate("window.__xss") == 0
+
+
+def test_chat_draws_then_edits_the_drawing(app_page, tmp_path):
+    page = app_page
+    page.locator("#chat-mode").get_by_label("Always draw").check()
+    send_chat(page, "draw two red circles")
+    assert page.locator("#chatbot img").count() == 1  # the drawing is inline in the conversation
+    send_chat(page, "now make the circles blue")  # a follow-up: the drawn image is an input of this turn
+    assert page.locator("#chatbot img").count() == 2
+    page.screenshot(path=str(tmp_path / "chat-draw-edit.png"), full_page=True)
+
+
+def test_latent_map_draws_and_selects_an_item(app_page, tmp_path):
+    page = app_page
+    open_tab(page, "Gallery")
+    page.get_by_role("button", name="Map of the shared latent space").click()
+    page.locator("#map-draw").click()
+    page.locator("#latent-map-svg g.th").first.wait_for()
+    assert page.locator("#latent-map-svg g.th").count() >= 10  # one thumbnail per image
+    assert page.locator("#latent-map-svg circle.pt").count() >= 10  # one dot per caption
+    page.locator("#latent-map-svg g.th").first.dispatch_event("click")  # thumbnails overlap: no pointer click
+    page.locator("#map-item img").wait_for()  # clicking a point selected that item
+    page.screenshot(path=str(tmp_path / "latent-map.png"), full_page=True)
+
+
+def test_compare_reveals_the_variants_after_the_vote(app_page, tmp_path):
+    page = app_page
+    open_tab(page, "Compare")
+    page.locator("#compare-prompt textarea").fill("a blue square above a red circle")
+    page.locator("#compare-run").click()
+    page.locator("#compare-left img").wait_for()
+    page.locator("#compare-right img").wait_for()
+    assert "Left:" not in page.locator("#compare-reveal").inner_text()
+    page.locator("#vote-left").click()
+    page.locator("#compare-reveal").get_by_text("Left:").wait_for()
+    page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)

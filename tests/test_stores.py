@@ -164,3 +164,17 @@ def test_feedback_is_pushed_to_a_hub_dataset(tmp_path):
     assert pushed and pushed[0]["repo_id"] == "me/omnibridge-feedback" and pushed[0]["repo_type"] == "dataset"
     lines = b"".join(pushed[0]["files"].values()).decode().splitlines()
     assert [json.loads(line)["kind"] for line in lines] == ["like", "dislike"]
+
+
+def test_win_rates_ignore_which_side_a_variant_was_shown_on():
+    from omnibridge.feedback.arena import win_rates
+
+    def vote(left, right, choice):
+        return {"value": choice, "parameters": {"pair": "p", "left": {"name": left}, "right": {"name": right}}}
+
+    stats = win_rates([vote("A", "B", "left"), vote("B", "A", "right"), vote("B", "A", "left"),
+                       vote("A", "B", "tie"), vote("A", "B", "both_bad"), {"value": "left", "parameters": {}}])
+    assert len(stats) == 1
+    row = stats[0]
+    assert (row.a, row.b, row.a_wins, row.b_wins, row.ties, row.both_bad) == ("A", "B", 2, 1, 1, 1)
+    assert row.votes == 5 and abs(row.a_win_rate - 2 / 3) < 1e-9

@@ -7,6 +7,7 @@ import gradio as gr
 from ..config import AppSettings
 from .about import build_about_tab
 from .chat import build_chat_tab
+from .compare import build_compare_tab
 from .context import AppContext, build_context
 from .feedback import build_feedback_tab
 from .gallery import build_gallery_tab
@@ -32,6 +33,8 @@ def build_demo(pipeline, settings: AppSettings, ctx: AppContext | None = None) -
                 generate = build_generate_tab(ctx)
             with gr.Tab("Gallery", id="gallery", elem_id="tab-gallery"):
                 gallery = build_gallery_tab(ctx)
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
+                build_compare_tab(ctx)
             with gr.Tab("Feedback", id="feedback", elem_id="tab-feedback"):
                 feedback = build_feedback_tab(ctx)
             with gr.Tab("About", id="about", elem_id="tab-about"):

@@ -63,4 +63,7 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
     elif settings.seed_gallery and gallery.count(source="seed") < settings.seed_gallery:
         with tqdm(total=settings.seed_gallery, desc="indexing built-in gallery", unit="img") as bar:
             gallery.seed_builtin(settings.seed_gallery, progress=lambda done, total: bar.update(done - bar.n))
-    return AppContext(pipeline, settings, gallery, feedback, outputs)
+    compare = None
+    if settings.compare_model:  # a second checkpoint for the Compare tab's "two checkpoints" pair
+        compare = type(pipeline).from_pretrained(settings.compare_model, device=settings.device, dtype=settings.dtype)
+    return AppContext(pipeline, settings, gallery, feedback, outputs, compare_pipeline=compare)

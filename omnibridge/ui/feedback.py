@@ -6,13 +6,16 @@ import json
 import time
 
 import gradio as gr
+import pandas as pd
 
+from ..feedback.arena import win_rates
 from ..feedback.store import KINDS, FeedbackRecord
 from .common import session_of, user_errors
 from .context import AppContext
 
 TABS = ["all", "chat", "generate", "gallery", "compare", "api"]
 COLUMNS = ["id", "time", "tab", "kind", "value", "comment", "model", "latency_s", "inputs", "outputs"]
+RATE_COLUMNS = ["pair", "variant A", "variant B", "A wins", "B wins", "ties", "both bad", "votes", "A win rate"]
 
 
 def _table(records: list[dict]) -> list[list]:
@@ -29,7 +32,21 @@ def _filters(tab: str | None, kind: str | None) -> dict:
     return {"tab": None if tab in (None, "", "all") else tab, "kind": None if kind in (None, "", "all") else kind}
 
 
-def build_feedback_tab(ctx: AppContext, extra_sections=None) -> dict:
+def win_rate_tables(votes: list[dict]):
+    """The win-rate table and the chart's data frame for the Compare votes."""
+    stats = win_rates(votes)
+    rows = [[s.pair, s.a, s.b, s.a_wins, s.b_wins, s.ties, s.both_bad, s.votes,
+             "" if s.a_win_rate is None else round(s.a_win_rate, 3)] for s in stats]
+    bars = []
+    for s in stats:
+        decided = s.a_wins + s.b_wins
+        for name, wins in ((s.a, s.a_wins), (s.b, s.b_wins)):
+            bars.append({"pair": s.pair, "variant": name, "win rate": wins / decided if decided else 0.0,
+                         "votes": s.votes})
+    return rows, pd.DataFrame(bars, columns=["pair", "variant", "win rate", "votes"])
+
+
+def build_feedback_tab(ctx: AppContext) -> dict:
     gr.Markdown("Ratings, comments and votes from every tab. Records hold the random session id, never an "
                 "IP address.")
     with gr.Row():
@@ -41,14 +58,17 @@ def build_feedback_tab(ctx: AppContext, extra_sections=None) -> dict:
     with gr.Row():
         export_csv = gr.DownloadButton("Export CSV", elem_id="feedback-csv")
         export_jsonl = gr.DownloadButton("Export JSONL", elem_id="feedback-jsonl")
-    if extra_sections:
-        extra_sections()
+    with gr.Accordion("Compare: win rates", open=True):
+        rates = gr.Dataframe(headers=RATE_COLUMNS, interactive=False, elem_id="feedback-win-rates")
+        chart = gr.BarPlot(x="variant", y="win rate", color="pair", label="Win rate per variant (decided votes)",
+                           y_lim=[0, 1], elem_id="feedback-win-chart")
 
     def load(tab_name, kind_name):
         filters = _filters(tab_name, kind_name)
         records = ctx.feedback.list(**filters, limit=500)
         total = ctx.feedback.count(**filters)
-        return _table(records), f"**{total}** records" + (" (showing the newest 500)" if total > 500 else "")
+        summary_text = f"**{total}** records" + (" (showing the newest 500)" if total > 500 else "")
+        return (_table(records), summary_text, *win_rate_tables(ctx.feedback.votes()))
 
     def export(kind_of_file: str):
         def write(tab_name, kind_name):
@@ -60,12 +80,13 @@ def build_feedback_tab(ctx: AppContext, extra_sections=None) -> dict:
         return write
 
     for trigger in (refresh.click, tab.change, kind.change):
-        trigger(load, [tab, kind], [table, summary], api_visibility="private", concurrency_limit=None)
+        trigger(load, [tab, kind], [table, summary, rates, chart], api_visibility="private",
+                concurrency_limit=None)
     export_csv.click(export("csv"), [tab, kind], [export_csv], api_visibility="private", concurrency_limit=None)
     export_jsonl.click(export("jsonl"), [tab, kind], [export_jsonl], api_visibility="private",
                        concurrency_limit=None)
     _build_feedback_api(ctx)
-    return {"load": (load, [tab, kind], [table, summary])}
+    return {"load": (load, [tab, kind], [table, summary, rates, chart])}
 
 
 def _build_feedback_api(ctx: AppContext) -> None:

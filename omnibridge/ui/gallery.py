@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import gradio as gr
 
+import numpy as np
+
+from ..gallery.latent_map import build_latent_map
 from ..gallery.store import SOURCES, GalleryError, GalleryItem
 from ..inputs import InvalidInputError, clean_text, load_image
 from .common import MODEL_QUEUE, clamp_int, user_errors
 from .context import AppContext
+from .latent_map import render_map_svg
 
 SEARCH_MODES = {
     "Text → images": ("text", "images"),
@@ -47,6 +51,10 @@ class GallerySearch:
         self.ctx = ctx
 
     def search(self, query_text, query_image, mode, top_k, source) -> list[GalleryItem]:
+        return self.search_with_vector(query_text, query_image, mode, top_k, source)[0]
+
+    def search_with_vector(self, query_text, query_image, mode, top_k, source):
+        """(hits, query vector)."""
         query_kind, target = SEARCH_MODES.get(mode, (None, None))
         if query_kind is None:
             raise GalleryError(f"search mode must be one of {list(SEARCH_MODES)}")
@@ -57,7 +65,11 @@ class GallerySearch:
             if not query_image:
                 raise InvalidInputError("add a query image (or pick a result and press 'Search by this image')")
             vector = self.ctx.pipeline.embed_images([load_image(query_image, self.ctx.settings.max_image_pixels)])[0]
-        return self.ctx.gallery.search(vector, target, clamp_int(top_k, 1, 100, 12), _source(source))
+        return self.ctx.gallery.search(vector, target, clamp_int(top_k, 1, 100, 12), _source(source)), vector
+
+    def latent_map(self, limit, query_vector=None):
+        query = np.asarray(query_vector, dtype=np.float32) if query_vector is not None else None
+        return build_latent_map(self.ctx.gallery, clamp_int(limit, 10, 5000, 800), query)
 
     def similar_to(self, item_id: str, mode: str, top_k, source) -> list[GalleryItem]:
         _, target = SEARCH_MODES.get(mode, ("image", "images"))
@@ -124,6 +136,18 @@ def build_gallery_tab(ctx: AppContext) -> dict:
                 to_chat = gr.Button("Send to chat", elem_id="gallery-to-chat")
                 to_edit = gr.Button("Send to edit", elem_id="gallery-to-edit")
                 delete = gr.Button("Delete", variant="stop", elem_id="gallery-delete")
+    with gr.Accordion("Map of the shared latent space", open=False):
+        gr.Markdown("Images (thumbnails, framed by source) and captions (red dots) projected together with PCA: "
+                    "OmniBridge puts both modalities in one space. Lines join each image to its caption; the "
+                    "yellow ring is your last query. Hover for the caption, click to select an item.")
+        with gr.Row():
+            map_limit = gr.Slider(50, 2000, value=600, step=50, label="Items drawn (sampled beyond this)")
+            draw_map = gr.Button("Draw map", elem_id="map-draw")
+        map_view = gr.HTML(elem_id="latent-map-view")
+        map_selected = gr.Textbox(elem_id="map-selected", visible="hidden", label="selected")
+        with gr.Row():
+            selected_image = gr.Image(label="Selected item", height=160, interactive=False, elem_id="map-item")
+            selected_caption = gr.Markdown(elem_id="map-item-caption")
     with gr.Accordion("Browse all", open=False):
         with gr.Row():
             browse_source = gr.Dropdown(SOURCE_CHOICES, value="all", label="Source")
@@ -139,16 +163,28 @@ def build_gallery_tab(ctx: AppContext) -> dict:
         added = gr.JSON(label="Added")
     shown = gr.State([])  # ids of the items in the results grid, in order
     selected = gr.State(None)
+    last_query = gr.State(None)  # the last query vector, drawn on the map
 
     def show(items):
         return _tiles(items), _rows(items), [item.id for item in items], (items[0].id if items else None)
 
     @user_errors
     def run_search(text, image, mode_name, k, source_name):
-        items = search.search(text, image, mode_name, k, source_name)
+        items, vector = search.search_with_vector(text, image, mode_name, k, source_name)
         if not items:
             gr.Info("Nothing found (the gallery may be empty, or the filter excludes everything).")
-        return show(items)
+        return (*show(items), vector.tolist())
+
+    @user_errors
+    def run_map(limit, query, chosen):
+        return render_map_svg(search.latent_map(limit, query), ctx.gallery.image_dir, chosen)
+
+    @user_errors
+    def select_from_map(item_id):
+        if not item_id:
+            return gr.skip(), gr.skip(), gr.skip()
+        item = ctx.gallery.get(item_id.strip())
+        return item.id, str(item.image_path), f"**{item.caption or '(no caption)'}** · {item.source} · `{item.id[:8]}`"
 
     def pick(ids, evt: gr.SelectData):
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
@@ -191,8 +227,12 @@ def build_gallery_tab(ctx: AppContext) -> dict:
         return gr.Row(visible=False)
 
     outputs = [results, table, shown, selected]
-    gr.on([find.click, query_text.submit], run_search, [query_text, query_image, mode, top_k, source], outputs,
-          api_visibility="private", **MODEL_QUEUE)
+    gr.on([find.click, query_text.submit], run_search, [query_text, query_image, mode, top_k, source],
+          outputs + [last_query], api_visibility="private", **MODEL_QUEUE)
+    draw_map.click(run_map, [map_limit, last_query, selected], [map_view], api_visibility="private",
+                   concurrency_limit=None)
+    map_selected.change(select_from_map, [map_selected], [selected, selected_image, selected_caption],
+                       api_visibility="private", concurrency_limit=None)
     results.select(pick, [shown], [selected], queue=False, api_visibility="private")
     # Lookups by stored vectors, browsing and deleting need no model: they run beside model jobs.
     pivot.click(run_pivot, [selected, mode, top_k, source], outputs, api_visibility="private",
@@ -228,7 +268,8 @@ def _build_gallery_api(search: GallerySearch, ctx: AppContext) -> None:
         files = gr.File(file_count="multiple", label="files")
         captions = gr.Textbox(label="captions")
         hits = gr.JSON(label="results")
-        buttons = [gr.Button(name) for name in ("search", "add", "delete", "count", "browse")]
+        limit = gr.Number(value=800, precision=0, label="limit")
+        buttons = [gr.Button(name) for name in ("search", "add", "delete", "count", "browse", "map")]
 
     def as_records(items: list[GalleryItem]) -> list[dict]:
         return [{"id": i.id, "score": i.score, "caption": i.caption, "source": i.source,
@@ -256,7 +297,17 @@ def _build_gallery_api(search: GallerySearch, ctx: AppContext) -> None:
         items, page_number, pages = search.browse(page_number, source_name)
         return {"page": page_number, "pages": pages, "items": as_records(items)}
 
-    search_button, add_button, delete_button, count_button, browse_button = buttons
+    @user_errors
+    def map_api(query_text, query_image, limit_value):
+        query = None
+        if (query_text or "").strip():
+            query = ctx.pipeline.embed_texts([clean_text(query_text, what="search text")])[0]
+        elif query_image:
+            query = ctx.pipeline.embed_images([load_image(query_image, ctx.settings.max_image_pixels)])[0]
+        return search.latent_map(limit_value, query).to_dict()
+
+    search_button, add_button, delete_button, count_button, browse_button, map_button = buttons
+    map_button.click(map_api, [text, image, limit], [hits], api_name="latent_map", **MODEL_QUEUE)
     search_button.click(search_api, [text, image, mode, top_k, source], [hits], api_name="search", **MODEL_QUEUE)
     add_button.click(add_api, [files, captions], [hits], api_name="add_to_gallery", **MODEL_QUEUE)
     delete_button.click(delete_api, [item_id], [hits], api_name="delete_from_gallery", concurrency_limit=None)
