@@ -8,13 +8,12 @@ BiLM, with learned queries) that conditions a HunyuanDiT decoder and produces re
     pipe = OmniBridgePipeline.from_pretrained("assets/omnibridge-shapes")
 """
 
+from .config import DEFAULT_MODEL
 from .inputs import InvalidInputError
 from .modeling.config import OmniBridgeConfig
 from .modeling.decoder import DecoderNumericalError, GenerationCancelled
 from .modeling.loading import ModelFolderError
 from .pipeline import ChatAnswer, GenerationResult, OmniBridgePipeline
-
-DEFAULT_MODEL = "assets/omnibridge-shapes"
 
 __all__ = [
     "DEFAULT_MODEL", "ChatAnswer", "DecoderNumericalError", "GenerationCancelled", "GenerationResult",

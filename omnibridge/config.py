@@ -33,6 +33,7 @@ class AppSettings:
     queue_size: int = 32
     seed_gallery: int = 300  # built-in scenes indexed on first start
     compare_model: str | None = None  # a second checkpoint for the Compare tab
+    compile: bool = False  # torch.compile the decoder (off by default; not on ZeroGPU)
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -53,6 +54,7 @@ class AppSettings:
             queue_size=int(os.environ.get("OMNIBRIDGE_QUEUE_SIZE", 32)),
             seed_gallery=int(os.environ.get("OMNIBRIDGE_SEED_GALLERY", 300)),
             compare_model=os.environ.get("OMNIBRIDGE_COMPARE_MODEL") or None,
+            compile=_env_bool("OMNIBRIDGE_COMPILE"),
         )
 
     @classmethod
@@ -69,9 +71,11 @@ class AppSettings:
         parser.add_argument("--share", action="store_true", default=settings.share, help="public Gradio link")
         parser.add_argument("--seed-gallery", type=int, default=settings.seed_gallery)
         parser.add_argument("--compare-model", default=settings.compare_model)
+        parser.add_argument("--compile", action="store_true", default=settings.compile,
+                            help="torch.compile the decoder (slower start, faster steps on GPU)")
         args = parser.parse_args(argv)
         settings.model, settings.decoder, settings.device, settings.dtype = args.model, args.decoder, args.device, args.dtype
         settings.host, settings.port, settings.share = args.host, args.port, args.share
         settings.data_dir, settings.seed_gallery = Path(args.data_dir), args.seed_gallery
-        settings.compare_model = args.compare_model
+        settings.compare_model, settings.compile = args.compare_model, args.compile
         return settings

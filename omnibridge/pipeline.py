@@ -102,6 +102,7 @@ class OmniBridgePipeline:
         self.alignment = model.alignment
         self.decoder = model.decoder
         self.format = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
+        self.decoder.set_sampler(model.config.generation.sampler)
         # A plain Lock, not an RLock: Gradio resumes a streaming generator on any worker thread, so the
         # thread that releases a job is not always the one that took it. Jobs never nest.
         self._lock = threading.Lock()
@@ -123,6 +124,18 @@ class OmniBridgePipeline:
 
     def save_pretrained(self, path: str | Path) -> None:
         save_our_layout(self.model, path)
+
+    def warm_up(self, cache_dir: str | Path | None = None) -> None:
+        """Start-up work done once: the negative-prompt encoding (cached on disk when given a folder)."""
+        negative = self.config.generation.negative_prompt
+        if cache_dir is None:
+            self.decoder.negative_encoding(negative)
+        else:
+            self.decoder.load_negative_cache(cache_dir, f"{self.model_id}|{self.model.source}", negative)
+
+    def compile(self) -> None:
+        """Optional `torch.compile` of the decoder transformer (a flag: slow to start, and not on ZeroGPU)."""
+        self.decoder.transformer = torch.compile(self.decoder.transformer)
 
     @property
     def model_id(self) -> str:
@@ -585,5 +598,6 @@ class OmniBridgePipeline:
                            "total": count(self.llm) + count(self.alignment) + sum(decoder_parts.values())},
             "memory": memory,
             "embedding_dim": self.embedding_dim,
+            "jobs": {"running": self.jobs_running, "most_at_once": self.max_jobs_running},
             "image_size": self.config.generation.height,
         }

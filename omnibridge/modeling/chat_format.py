@@ -8,6 +8,7 @@ M-RoPE needs `mm_token_type_ids` (1 at image tokens) next to the ids; `collate` 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -53,7 +54,13 @@ class ChatFormat:
 
     # ------------------------------------------------------------------------------ text pieces
     def text_ids(self, text: str) -> list[int]:
+        if len(text) <= 256:  # role headers, templates and short prompts repeat: tokenise them once
+            return list(self._short_text_ids(text))
         return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    @functools.lru_cache(maxsize=4096)
+    def _short_text_ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def sanitize(self, text: str) -> str:
         for token in self._reserved:

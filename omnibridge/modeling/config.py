@@ -65,6 +65,7 @@ class GenerationDefaults:
     height: int = 1024
     width: int = 1024
     negative_prompt: str = ""
+    sampler: str = "dpm++"  # dpm++, ddim or ddpm (the official setting, at 100 steps)
     max_new_tokens: int = 256
     allowed_sizes: tuple[int, ...] = (768, 1024, 1280)
 

@@ -126,6 +126,10 @@ class HunyuanDecoder:
         (path / "model_index.json").write_text(json.dumps(model_index, indent=2))
         (path / "omnibridge_decoder.json").write_text(json.dumps({"rope_base_size": self.rope_base_size}))
 
+    def set_sampler(self, kind: str) -> None:
+        """Switch the denoising scheduler (same noise schedule): 'dpm++', 'ddim' or 'ddpm'."""
+        self.scheduler = make_sampler(self.scheduler.config, kind)
+
     def to(self, device: torch.device | str) -> "HunyuanDecoder":
         for module in self.modules().values():
             module.to(device)
@@ -185,6 +189,26 @@ class HunyuanDecoder:
             with torch.inference_mode():
                 self._negative_cache[negative_prompt] = self.encode_captions([negative_prompt])
         return self._negative_cache[negative_prompt]
+
+    def load_negative_cache(self, folder: str | Path, key: str, negative_prompt: str = "") -> bool:
+        """Reuse the negative-prompt encoding across restarts (HunyuanDiT's mT5 takes seconds to run)."""
+        import hashlib
+
+        name = hashlib.sha256(f"{key}|{negative_prompt}".encode()).hexdigest()[:24]
+        path = Path(folder) / f"negative-{name}.pt"
+        if path.exists():
+            try:
+                tensors = torch.load(path, map_location=self.device, weights_only=True)
+                self._negative_cache[negative_prompt] = CaptionEncoding(*(t.to(self.device) for t in tensors))
+                return True
+            except (OSError, RuntimeError, TypeError):
+                path.unlink(missing_ok=True)  # a damaged cache is rebuilt
+        encoding = self.negative_encoding(negative_prompt)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save([t.cpu() for t in (encoding.embeds, encoding.mask, encoding.embeds_2, encoding.mask_2)], tmp)
+        tmp.replace(path)
+        return False
 
     # ----------------------------------------------------------------------------------- sampling
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
@@ -317,13 +341,25 @@ def get_resize_crop_region_for_grid(grid: tuple[int, int], base_size: int):
     return (top, left), (top + resize_height, left + resize_width)
 
 
-def make_sampler(config: dict) -> SchedulerMixin:
-    """DPM-Solver++ (2nd order) on the training noise schedule: as good at 20 steps as DDPM at 100."""
+SAMPLERS = ("dpm++", "ddim", "ddpm")
+
+
+def make_sampler(config: dict, kind: str = "dpm++") -> SchedulerMixin:
+    """A sampler on the training noise schedule. DPM-Solver++ (2nd order) is the default: at 20 steps it
+    matches DDPM at 100 (benchmarks/bench_steps.py); DDPM is the official HunyuanDiT setting."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    config.setdefault("algorithm_type", "dpmsolver++")
-    config.setdefault("solver_order", 2)
-    config.setdefault("timestep_spacing", "trailing")
-    return DPMSolverMultistepScheduler.from_config(config)
+    config["timestep_spacing"] = "trailing"  # start at the last training step: few-step samplers need it
+    if kind == "dpm++":
+        config.setdefault("algorithm_type", "dpmsolver++")
+        config.setdefault("solver_order", 2)
+        return DPMSolverMultistepScheduler.from_config(config)
+    if kind == "ddim":
+        return DDIMScheduler.from_config(config)
+    if kind == "ddpm":
+        return DDPMScheduler.from_config(config)
+    raise ValueError(f"sampler must be one of {SAMPLERS}")
 
 
 def _read_json(path: Path) -> dict:

@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decoder-minutes", type=float, help="override the preset's DiT training time budget")
     parser.add_argument("--decoder-steps", type=int,
                         help="train the DiT to this many steps instead (robust to a busy machine)")
+    parser.add_argument("--llm-steps", type=int, help="override stage 1's step count (resume to extend it)")
+    parser.add_argument("--align-steps", type=int, help="override stage 2's step count")
+    parser.add_argument("--retrieval-steps", type=int, help="override stage 3's step count")
     args = parser.parse_args(argv)
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
     preset = get_preset(args.preset)
     if args.decoder_steps:
         preset.decoder.dit_steps = args.decoder_steps
+    for value, owner, name in ((args.llm_steps, preset.llm, "steps"), (args.align_steps, preset.align, "stage2_steps"),
+                               (args.retrieval_steps, preset.align, "stage3_steps")):
+        if value:
+            setattr(owner, name, value)
     out = Path(args.out)
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".train")
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ images, caption, seed, details = client.predict("two red circles", True, 7, Fals
                                                 api_name="/generate")
 hits = client.predict("a blue square", None, "Text → images", 5, "all", api_name="/search")
 ```
-All endpoints: `/chat`, `/generate`, `/edit`, `/search`, `/add_to_gallery`, `/delete_from_gallery`,
+All endpoints: `/info`, `/chat`, `/generate`, `/edit`, `/search`, `/add_to_gallery`, `/delete_from_gallery`,
 `/gallery_count`, `/browse_gallery`, `/feedback`, `/list_feedback`, `/latent_map`, `/compare`, `/vote`
 (see "Use via API" at the bottom of the page).'''
 
@@ -58,5 +58,5 @@ def build_about_tab(ctx: AppContext, url: str = "http://127.0.0.1:7860/") -> Non
     gr.Markdown(_versions())
     gr.Markdown("### API\n" + API_SNIPPET.format(url=url))
     refresh = gr.Button("Refresh runtime info")
-    refresh.click(lambda: pipeline.info(), None, [info], api_visibility="private", concurrency_limit=None)
+    refresh.click(pipeline.info, None, [info], api_name="info", concurrency_limit=None)
     return info

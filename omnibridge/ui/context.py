@@ -52,6 +52,9 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
 
         on_record = HubFeedbackSync(settings.feedback_repo, data_dir / "feedback" / "hub", settings.hf_token)
     feedback = FeedbackStore(data_dir / "feedback" / "feedback.sqlite3", on_record=on_record)
+    pipeline.warm_up(data_dir / "cache")
+    if settings.compile:
+        pipeline.compile()
     gallery = GalleryStore(data_dir, pipeline, chroma_url=settings.chroma_url)
     repaired = gallery.repair()
     if any(repaired.values()):

@@ -1,0 +1,53 @@
+"""Chat: time to first token and tokens/s, streamed through the pipeline vs a bare `model.generate`."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from omnibridge.modeling.chat_format import Message
+
+from .harness import Result, Timing, ratio
+
+QUESTION = "Describe the image."
+
+
+def run(pipe, image, repeats: int = 5) -> Result:
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": QUESTION}]}]
+    answer = pipe.chat(messages)
+    new_tokens = max(1, len(pipe.tokenizer(answer, add_special_tokens=False).input_ids) + 1)
+
+    def first_token():
+        stream = pipe.stream_chat(messages, max_new_tokens=new_tokens)
+        next(stream)
+        stream.close()
+
+    def whole_answer():
+        for _ in pipe.stream_chat(messages, max_new_tokens=new_tokens):
+            pass
+
+    encoded = pipe.format.encode([Message("user", [image, QUESTION])])
+    batch = pipe._to_device(pipe.format.collate([encoded], "left")["inputs"])
+
+    def bare(tokens: int):
+        def call():
+            with torch.inference_mode():
+                pipe.llm.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                  pad_token_id=pipe.format.pad_id)
+        return call
+
+    ttft, total = Timing.of(first_token, repeats), Timing.of(whole_answer, repeats)
+    bare_first, bare_total = Timing.of(bare(1), repeats), Timing.of(bare(new_tokens), repeats)
+    figures = {
+        "answer_tokens": new_tokens,
+        "first_token_s": ttft.median_s, "bare_first_token_s": bare_first.median_s,
+        "first_token_overhead": ratio(ttft.median_s, bare_first.median_s),
+        "tokens_per_s": round(new_tokens / total.median_s, 1),
+        "bare_tokens_per_s": round(new_tokens / bare_total.median_s, 1),
+        "answer_overhead": ratio(total.median_s, bare_total.median_s),
+        "spread_s": [total.min_s, total.max_s],
+    }
+    summary = (f"chat: first token {ttft.median_s * 1000:.0f} ms (bare {bare_first.median_s * 1000:.0f} ms), "
+               f"{figures['tokens_per_s']} tok/s, overhead x{figures['answer_overhead']} vs bare generate")
+    return Result("chat", figures, summary, goal="overhead <= 1.10x; first token <= 50 ms")

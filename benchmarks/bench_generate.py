@@ -1,0 +1,65 @@
+"""Generation: seconds per image through the pipeline vs a bare diffusers denoising loop."""
+
+from __future__ import annotations
+
+import torch
+
+from .harness import Result, Timing, ratio
+
+PROMPT = "a red circle to the left of a blue square"
+
+
+def bare_loop(decoder, caption: str, steps: int, guidance: float, size: int, seed: int = 0):
+    """The same components called directly, as a diffusers user would write it."""
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed
+
+    from omnibridge.modeling.decoder import get_resize_crop_region_for_grid
+
+    transformer, vae, scheduler = decoder.transformer, decoder.vae, decoder.scheduler
+    with torch.inference_mode():
+        cond = decoder.encode_captions([caption])
+        negative = decoder.encode_captions([""])
+        embeds = torch.cat([negative.embeds, cond.embeds])
+        mask = torch.cat([negative.mask, cond.mask])
+        embeds_2 = torch.cat([negative.embeds_2, cond.embeds_2])
+        mask_2 = torch.cat([negative.mask_2, cond.mask_2])
+        latent = size // decoder.vae_scale_factor
+        patch = transformer.config.patch_size
+        grid = (latent // patch, latent // patch)
+        rotary = get_2d_rotary_pos_embed(transformer.inner_dim // transformer.num_heads,
+                                         get_resize_crop_region_for_grid(grid, decoder.rope_base_size), grid,
+                                         output_type="pt")
+        latents = torch.randn(1, transformer.config.in_channels, latent, latent,
+                              generator=torch.Generator().manual_seed(seed))
+        scheduler.set_timesteps(steps)
+        latents = latents * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            out = transformer(model_input, torch.full((2,), float(t)), encoder_hidden_states=embeds,
+                              text_embedding_mask=mask, encoder_hidden_states_t5=embeds_2,
+                              text_embedding_mask_t5=mask_2, image_rotary_emb=rotary, return_dict=False)[0]
+            out = out[:, : latents.shape[1]]
+            uncond, text = out.chunk(2)
+            latents = scheduler.step(uncond + guidance * (text - uncond), t, latents, return_dict=False)[0]
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return vae.decode(latents / vae.config.scaling_factor + shift).sample
+
+
+def run(pipe, repeats: int = 5) -> Result:
+    defaults = pipe.config.generation
+    steps, guidance, size = defaults.num_inference_steps, defaults.guidance_scale, defaults.height
+    full = Timing.of(lambda: pipe.generate(PROMPT, seed=0), repeats)
+    no_rewrite = Timing.of(lambda: pipe.generate(PROMPT, rewrite=False, seed=0), repeats)
+    bare = Timing.of(lambda: bare_loop(pipe.decoder, PROMPT, steps, guidance, size), repeats)
+    four = Timing.of(lambda: pipe.generate(PROMPT, rewrite=False, seed=0, num_images=4), repeats)
+    figures = {
+        "steps": steps, "guidance": guidance, "size": size, "sampler": defaults.sampler,
+        "image_s": full.median_s, "image_no_rewrite_s": no_rewrite.median_s, "bare_loop_s": bare.median_s,
+        "overhead_vs_bare": ratio(no_rewrite.median_s, bare.median_s),
+        "overhead_with_rewrite_vs_bare": ratio(full.median_s, bare.median_s),
+        "four_images_s": four.median_s, "per_image_in_batch_of_4_s": round(four.median_s / 4, 4),
+        "spread_s": [full.min_s, full.max_s],
+    }
+    summary = (f"generate: {full.median_s:.3f} s/image with rewrite ({no_rewrite.median_s:.3f} s without), "
+               f"bare diffusers loop {bare.median_s:.3f} s -> overhead x{figures['overhead_vs_bare']}")
+    return Result("generate", figures, summary, goal="overhead <= 1.10x; <= 0.3 s per 64x64 image")

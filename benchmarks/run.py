@@ -1,0 +1,56 @@
+"""`python -m benchmarks.run`: every benchmark on the built-in model, JSON out, one line each.
+
+    python -m benchmarks.run --out benchmarks/results.json
+    python -m benchmarks.run --only chat,generate,embed
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+NAMES = ("chat", "generate", "steps", "embed", "gallery", "startup")
+
+
+def main(argv: list[str] | None = None) -> list:
+    from omnibridge import DEFAULT_MODEL, OmniBridgePipeline
+    from omnibridge.shapes.render import render
+    from omnibridge.shapes.world import sample_scene
+
+    from . import bench_chat, bench_embed, bench_gallery, bench_generate, bench_startup, bench_steps
+    from .harness import write
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--only", default=",".join(NAMES))
+    parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and a 10k-only search benchmark")
+    args = parser.parse_args(argv)
+    chosen = args.only.split(",")
+    pipe = OmniBridgePipeline.from_pretrained(args.model)
+    image = render(sample_scene(random.Random(3), 2))
+    repeats = 2 if args.quick else 5
+    runners = {
+        "chat": lambda: bench_chat.run(pipe, image, repeats),
+        "generate": lambda: bench_generate.run(pipe, repeats),
+        "steps": lambda: bench_steps.run(pipe, 4 if args.quick else 10),
+        "embed": lambda: bench_embed.run(pipe, repeats=repeats),
+        "gallery": lambda: bench_gallery.run(pipe, (10_000,) if args.quick else (10_000, 100_000)),
+        "startup": lambda: bench_startup.run(args.model),
+    }
+    results = []
+    for name in NAMES:
+        if name in chosen:
+            result = runners[name]()
+            print(result.summary, flush=True)
+            results.append(result)
+    write(results, args.out)
+    return results
+
+
+if __name__ == "__main__":
+    main()
