@@ -31,6 +31,8 @@ def _open_checked(source, max_pixels: int) -> Image.Image:
         image = Image.open(source)
     except UnidentifiedImageError:
         raise InvalidInputError("this file is not an image we can read (PNG, JPEG, WebP, GIF, BMP)") from None
+    except Image.DecompressionBombError:
+        raise InvalidInputError(f"the image is too large (the limit is {max_pixels:,} pixels)") from None
     except (OSError, ValueError) as error:
         raise InvalidInputError(f"could not open the image: {error}") from None
     width, height = image.size  # from the header: nothing is decoded yet

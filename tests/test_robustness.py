@@ -95,19 +95,18 @@ API_CASES = [
     ("whitespace prompt", "/generate", lambda t: [" \n\t ", False, 1, False, 1, 2.0, 1], "empty"),
     ("100k-char prompt", "/generate", lambda t: [LONG, False, 1, False, 1, 2.0, 1], "too long"),
     ("control characters", "/generate", lambda t: ["a\x00red\x07 circle\x1b[31m", False, 1, False, 1, 2.0, 1], OK),
-    ("lone surrogate", "/generate", lambda t: ["a red \ud800circle", False, 1, False, 1, 2.0, 1], OK),
     ("emoji and RTL", "/generate", lambda t: ["🔴 دائرة حمراء red circle ✨", False, 1, False, 1, 2.0, 1], OK),
     ("negative seed", "/generate", lambda t: ["a circle", False, -5, False, 1, 2.0, 1], OK),
     ("huge seed", "/generate", lambda t: ["a circle", False, 10**30, False, 1, 2.0, 1], OK),
     ("zero steps", "/generate", lambda t: ["a circle", False, 1, False, 0, 2.0, 1], OK),
     ("a million steps", "/generate", lambda t: ["a circle", False, 1, False, 10**6, 2.0, 1], OK),
     ("negative guidance", "/generate", lambda t: ["a circle", False, 1, False, 1, -5.0, 1], OK),
-    ("NaN guidance", "/generate", lambda t: ["a circle", False, 1, False, 1, float("nan"), 1], OK),
+    ("infinite guidance", "/generate", lambda t: ["a circle", False, 1, False, 1, 1e308, 1], OK),
     ("99 images", "/generate", lambda t: ["a circle", False, 1, False, 1, 2.0, 99], OK),
     ("edit without image", "/edit", lambda t: [None, "make it blue", 1, False, 1, 2.0, 1.0, 1], "Add an image"),
     ("edit bad strength", "/edit", lambda t: [handle_file(EXAMPLE), "make it blue", 1, False, 1, 2.0, 9.0, 1], OK),
     ("chat 100k characters", "/chat", lambda t: [LONG, [], [], "answer", 4, 0.0, 1.0], OK),
-    ("chat empty", "/chat", lambda t: ["", [], [], "answer", 4, 0.0, 1.0], OK),
+    ("chat empty", "/chat", lambda t: ["", [], [], "answer", 4, 0.0, 1.0], "empty"),
     ("chat bad mode", "/chat", lambda t: ["hi", [], [], "sing", 4, 0.0, 1.0], "mode must be"),
     ("chat absurd numbers", "/chat", lambda t: ["hi", [], [], "answer", -3, 99.0, -1.0], OK),
     ("chat garbage history", "/chat", lambda t: ["hi", [], [{"role": "hacker", "content": 3}, "x"], "answer", 4,
@@ -152,6 +151,20 @@ def test_bad_input_gets_a_clear_message(client, app_server, tmp_path, case, endp
     assert context.gallery.repair() == {"records_without_files": 0, "orphan_files": 0, "stray_captions": 0}
 
 
+def test_invalid_utf8_surrogates_over_raw_http(app_server):
+    """gradio_client cannot even encode a lone surrogate; a raw JSON client can (as an escape)."""
+    import urllib.request
+
+    base = app_server["url"].rstrip("/") + "/gradio_api/call/generate"
+    body = json.dumps({"data": ["a red \ud800circle", False, 1, False, 1, 2.0, 1]}).encode()  # ASCII escapes
+    request = urllib.request.Request(base, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{base}/{event_id}", timeout=60) as response:
+        stream = response.read().decode()
+    assert "event: complete" in stream and "Traceback" not in stream
+
+
 def test_a_long_multi_image_history_is_truncated_not_refused(client, tmp_path):
     history = []
     for turn in range(100):
@@ -166,6 +179,13 @@ def test_a_long_multi_image_history_is_truncated_not_refused(client, tmp_path):
 def test_odd_images_become_upright_rgb(tmp_path, kind, size):
     image = load_image(make(kind, tmp_path))
     assert image.mode == "RGB" and image.size == size
+
+
+def test_numbers_are_clamped_even_when_not_numbers():
+    from omnibridge.ui.common import clamp_float, clamp_int
+
+    assert clamp_float(float("nan"), 1.0, 20.0, 2.0) == 2.0 and clamp_float(float("inf"), 1.0, 20.0, 2.0) == 20.0
+    assert clamp_int("abc", 1, 100, 20) == 20 and clamp_int(10**30, 1, 100, 20) == 100 and clamp_int(-5, 1, 4, 1) == 1
 
 
 def test_text_cleaning():
@@ -220,6 +240,7 @@ def test_path_traversal_in_file_urls_is_refused(app_server):
 
 def test_feedback_export_holds_only_records(client, app_server):
     context = app_server["context"]
+    client.predict("dislike", "api", "0", "an export check", {"prompt": "p"}, {}, {}, api_name="/feedback")
     exported = [json.loads(line) for line in context.feedback.export_jsonl().splitlines()]
     assert exported and all(set(r) == {"id", "created_at", "session_id", "tab", "kind", "value", "comment",
                                        "inputs", "outputs", "parameters", "model_id", "latency_s"} for r in exported)

@@ -225,6 +225,8 @@ def _build_chat_api(ctx: AppContext) -> None:
         past = past if isinstance(past, list) else []
         messages = [m for m in past if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
         content = [{"type": "image", "path": f if isinstance(f, str) else f.name} for f in (files or [])]
+        if not (text or "").strip() and not content:
+            raise InvalidInputError("the message is empty: type a question or add an image")
         content.append({"type": "text", "text": text or ""})
         messages.append({"role": "user", "content": content})
         for event in ctx.pipeline.stream_chat_turn(

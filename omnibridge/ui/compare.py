@@ -19,6 +19,7 @@ from ..gallery.store import content_id
 from ..inputs import MAX_PROMPT_CHARS, InvalidInputError, clean_text, load_image
 from ..pipeline import MAX_SEED
 from .common import MODEL_QUEUE, session_of, user_errors
+from .components import ImageInput
 from .context import AppContext
 
 TASKS = ("Generate from a prompt", "Answer about an image")
@@ -112,7 +113,7 @@ def build_compare_tab(ctx: AppContext) -> None:
     with gr.Row():
         prompt = gr.Textbox(label="Prompt (or question)", placeholder="a red circle to the left of a blue square",
                             elem_id="compare-prompt", scale=3)
-        image = gr.Image(label="Image (for questions)", type="filepath", visible=False, height=140, scale=1)
+        image = ImageInput(label="Image (for questions)", visible=False, height=140, scale=1)
     run = gr.Button("Compare", variant="primary", elem_id="compare-run")
     with gr.Row():
         with gr.Column():
@@ -169,7 +170,7 @@ def _build_compare_api(arena: Arena) -> None:
     with gr.Group(visible=False):
         task = gr.Textbox(value=TASKS[0], label="task")
         prompt = gr.Textbox(label="prompt")
-        image = gr.Image(type="filepath", label="image")
+        image = ImageInput(label="image")
         pair = gr.Textbox(value=RANDOM_PAIR, label="pair")
         battle_id = gr.Textbox(label="battle_id")
         choice = gr.Textbox(label="choice")

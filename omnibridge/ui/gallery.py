@@ -10,6 +10,7 @@ from ..gallery.latent_map import build_latent_map
 from ..gallery.store import SOURCES, GalleryError, GalleryItem
 from ..inputs import InvalidInputError, clean_text, load_image
 from .common import MODEL_QUEUE, clamp_int, user_errors
+from .components import ImageInput
 from .context import AppContext
 from .latent_map import render_map_svg
 
@@ -119,7 +120,7 @@ def build_gallery_tab(ctx: AppContext) -> dict:
         with gr.Column(scale=2):
             query_text = gr.Textbox(label="Search text", placeholder="a red circle to the left of a blue square",
                                     elem_id="gallery-query")
-            query_image = gr.Image(label="…or search by image", type="filepath", sources=["upload", "clipboard"],
+            query_image = ImageInput(label="…or search by image", sources=["upload", "clipboard"],
                                    height=160, elem_id="gallery-query-image")
             mode = gr.Radio(list(SEARCH_MODES), value="Text → images", label="Search", elem_id="gallery-mode")
             with gr.Row():
@@ -259,7 +260,7 @@ def _build_gallery_api(search: GallerySearch, ctx: AppContext) -> None:
     """`/search`, `/add_to_gallery`, `/delete_from_gallery`, `/gallery_count`, `/browse_gallery`."""
     with gr.Group(visible=False):
         text = gr.Textbox(label="query_text")
-        image = gr.Image(type="filepath", label="query_image")
+        image = ImageInput(label="query_image")
         mode = gr.Textbox(value="Text → images", label="mode")
         top_k = gr.Number(value=12, precision=0, label="top_k")
         source = gr.Textbox(value="all", label="source")

@@ -15,6 +15,7 @@ from ..inputs import MAX_PROMPT_CHARS, clean_text, load_image
 from ..modeling.decoder import GenerationCancelled
 from ..pipeline import MAX_SEED
 from .common import MODEL_QUEUE, clamp_float, clamp_int, generation_seconds, on_gpu, session_of, user_errors
+from .components import ImageInput
 from .context import AppContext
 
 
@@ -92,7 +93,7 @@ def build_generate_tab(ctx: AppContext) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
             mode = gr.Radio(["Generate", "Edit"], value="Generate", label="Mode", elem_id="gen-mode")
-            source = gr.Image(label="Image to edit", type="filepath", sources=["upload", "clipboard"], visible=False,
+            source = ImageInput(label="Image to edit", sources=["upload", "clipboard"], visible=False,
                               elem_id="edit-image", format="png", height=220)
             prompt = gr.Textbox(label="Prompt", placeholder="two red circles above a blue square", max_lines=4,
                                 elem_id="gen-prompt", info="Press Enter to run. In Edit mode: the instruction, "
@@ -204,7 +205,7 @@ def _build_generate_api(generator: Generator) -> None:
     """`/generate` and `/edit`: plain inputs for gradio_client users."""
     with gr.Group(visible=False):
         prompt = gr.Textbox(label="prompt")
-        image = gr.Image(type="filepath", label="image")
+        image = ImageInput(label="image")
         rewrite = gr.Checkbox(value=True, label="rewrite")
         seed = gr.Number(value=0, precision=0, label="seed")
         randomize = gr.Checkbox(value=False, label="randomize_seed")

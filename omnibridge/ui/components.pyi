@@ -1,0 +1,34 @@
+"""Shared UI components."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from gradio.events import Dependency
+
+class ImageInput(gr.Image):
+    """An image input whose preprocessing never fails on a bad file.
+
+    Gradio's Image opens (and may decode) an upload before our code runs, so a truncated, empty or
+    fake file would fail with a generic "could not preprocess" error. This one passes the file path
+    on instead, and `omnibridge.inputs.load_image` says what is wrong with it. Decoding is left to
+    that loader too (`image_mode=None`), where the pixel limit is checked before any decoding.
+    """
+
+    is_template = True  # the front end renders it as a plain gr.Image
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("type", "filepath")
+        kwargs.setdefault("image_mode", None)
+        super().__init__(**kwargs)
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Exception:  # noqa: BLE001 - the loader reports the problem to the user
+            return str(payload.path) if payload is not None and payload.path else None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
