@@ -547,33 +547,26 @@ class OmniBridgePipeline:
 
     def embed_texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """[N, D] float32 unit vectors; a text's vector is the same alone or in any batch."""
-        texts = [clean_text(t, what="text") for t in texts]
-        vectors = []
-        with self._job():
-            for start in range(0, len(texts), batch_size):
-                chunk = texts[start:start + batch_size]
-                prompts = [self.format.encode([Message("user", [SpanText("text", t)])]) for t in chunk]
-                collated = self.format.collate(prompts, "right")
-                with torch.inference_mode():
-                    states = self.llm.model(**self._to_device(collated["inputs"])).last_hidden_state
-                    span_states, mask = gather_spans(states, [s["text"] for s in collated["spans"]])
-                    vectors.append(self.alignment.embed_text_states(span_states, mask).cpu().numpy())
-        return np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, self.embedding_dim), np.float32)
+        parts = [SpanText("text", clean_text(t, what="text")) for t in texts]
+        return self._embed(parts, "text", self.alignment.embed_text_states, batch_size)
 
     def embed_images(self, images: list, batch_size: int = 64) -> np.ndarray:
         """[N, D] float32 unit vectors from the LLM states of each image's tokens."""
-        loaded = [load_image(image) for image in images]
-        vectors = []
+        return self._embed([load_image(image) for image in images], "image0", self.alignment.embed_image_states,
+                           batch_size)
+
+    def _embed(self, parts: list, span: str, embed_states, batch_size: int) -> np.ndarray:
+        """One user turn per item; the LLM states over the item's own tokens -> retrieval heads."""
+        vectors = [np.zeros((0, self.embedding_dim), np.float32)]
         with self._job():
-            for start in range(0, len(loaded), batch_size):
-                chunk = loaded[start:start + batch_size]
-                prompts = [self.format.encode([Message("user", [image])]) for image in chunk]
+            for start in range(0, len(parts), batch_size):
+                prompts = [self.format.encode([Message("user", [part])]) for part in parts[start:start + batch_size]]
                 collated = self.format.collate(prompts, "right")
                 with torch.inference_mode():
                     states = self.llm.model(**self._to_device(collated["inputs"])).last_hidden_state
-                    span_states, mask = gather_spans(states, [s["image0"] for s in collated["spans"]])
-                    vectors.append(self.alignment.embed_image_states(span_states, mask).cpu().numpy())
-        return np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, self.embedding_dim), np.float32)
+                    span_states, mask = gather_spans(states, [s[span] for s in collated["spans"]])
+                    vectors.append(embed_states(span_states, mask).cpu().numpy())
+        return np.concatenate(vectors).astype(np.float32)
 
     # ------------------------------------------------------------------------------------ info
     def info(self) -> dict:

@@ -21,7 +21,7 @@ from ..modeling.loading import LoadedModel
 from ..modeling.schedule import SemanticGuidedSchedule
 from ..shapes.captions import paraphrase_prompt
 from ..shapes.render import render
-from .common import StageRun, step_rng
+from .common import StageRun, optimizer_step, step_rng
 from .decoder_data import sample_decoder_pair
 from .llm_data import sample_edit_example
 from .presets import AlignPreset
@@ -114,12 +114,7 @@ def train_alignment(model: LoadedModel, preset: AlignPreset, work_dir: Path, see
         query_mask = schedule.sample_mask(inputs.shape[0], inputs.shape[1], progress, generator, exempt=is_edit)
         prediction = alignment.condition(memory, memory_mask, inputs_embeds=inputs, query_mask=query_mask)
         loss = masked_mse(prediction, target, t5_mask)
-        for group in optimizer.param_groups:
-            group["lr"] = preset.stage2_lr * min(1.0, (step + 1) / 100)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, parameters, preset.stage2_lr * min(1.0, (step + 1) / 100))
         p_min, p_max = schedule.probability_range(progress)
         run.tick(inputs.shape[0], loss=loss.item(), p_max=p_max)
         if run.progress.step % 200 == 0:

@@ -101,6 +101,18 @@ class StageRun:
         return summary
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor | None, parameters, lr: float,
+                   clip: float = 1.0) -> None:
+    """Set the learning rate, backpropagate `loss` (None: gradients are already there), clip, step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if loss is not None:
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class EMA:
     """Exponential moving average of parameters with the usual warm-up of its decay."""
 

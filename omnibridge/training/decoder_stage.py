@@ -27,7 +27,7 @@ from ..shapes.detect import image_matches
 from ..shapes.render import render_array
 from ..shapes.world import BACKGROUND, sample_scene
 from .builders import training_noise_schedule
-from .common import EMA, StageRun, images_to_tensor, step_rng
+from .common import EMA, StageRun, images_to_tensor, optimizer_step, step_rng
 from .decoder_data import sample_decoder_pair
 from .presets import DecoderPreset
 
@@ -46,12 +46,9 @@ def train_vae(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
     vae = decoder.vae.train()
     run = StageRun(work_dir, "vae", preset.vae_steps, resume, seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=preset.vae_lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, preset.vae_steps) / preset.vae_steps)))
     if run.saved_state:
         vae.load_state_dict(run.saved_state["vae"])
         optimizer.load_state_dict(run.saved_state["optimizer"])
-        schedule.load_state_dict(run.saved_state["schedule"])
     while run.progress.step < preset.vae_steps:
         rng = step_rng(seed, "vae", run.progress.step)
         pixels = images_to_tensor([render_array(sample_scene(rng)) for _ in range(preset.vae_batch)])
@@ -60,19 +57,16 @@ def train_vae(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
         weights = _foreground_weights(pixels)
         loss = (weights * (recon - pixels) ** 2).mean() + 0.2 * (weights * (recon - pixels).abs()).mean()
         loss = loss + 1e-8 * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        cosine = 0.5 * (1 + math.cos(math.pi * run.progress.step / preset.vae_steps))
+        optimizer_step(optimizer, loss, vae.parameters(), preset.vae_lr * cosine)
         run.tick(preset.vae_batch, loss=loss.item())
         if run.progress.step % 100 == 0:
-            run.save(vae=vae.state_dict(), optimizer=optimizer.state_dict(), schedule=schedule.state_dict())
+            run.save(vae=vae.state_dict(), optimizer=optimizer.state_dict())
     vae.eval()
     _standardise_latents(decoder, seed)
     fidelity = vae_fidelity(decoder)
     run.log(event="done", **fidelity)
-    run.save(vae=vae.state_dict(), optimizer=optimizer.state_dict(), schedule=schedule.state_dict())
+    run.save(vae=vae.state_dict(), optimizer=optimizer.state_dict())
     return {**run.close(), **fidelity}
 
 
@@ -184,12 +178,7 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
             rotary = decoder._rotary_embedding(latents.shape[-2], latents.shape[-1])
         prediction = decoder.predict(noisy, timesteps.float(), cond, rotary)
         loss = F.mse_loss(prediction, target)
-        for group in optimizer.param_groups:
-            group["lr"] = preset.dit_lr * min(1.0, (step + 1) / 200)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, trainable.parameters(), preset.dit_lr * min(1.0, (step + 1) / 200))
         ema.update(trainable)
         run.tick(len(pairs), loss=loss.item())
         if preset.eval_every and run.progress.step % preset.eval_every == 0:

@@ -13,7 +13,7 @@ import torch
 
 from ..modeling.chat_format import ChatFormat, EncodedPrompt
 from ..modeling.loading import LoadedModel
-from .common import StageRun, step_rng
+from .common import StageRun, optimizer_step, step_rng
 from .llm_data import sample_conversation
 from .presets import LLMPreset
 
@@ -71,12 +71,8 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
     while run.progress.step < preset.steps:
         rng = step_rng(seed, "llm", run.progress.step)
         conversations = [sample_conversation(rng) for _ in range(preset.batch)]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(run.progress.step)
-        optimizer.zero_grad(set_to_none=True)
         loss = accumulate_gradients(llm, fmt, conversations, preset.max_length)
-        torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, None, llm.parameters(), lr_at(run.progress.step))
         run.tick(preset.batch, loss=loss.item())
         if run.progress.step % 200 == 0:
             run.save(llm=llm.state_dict(), optimizer=optimizer.state_dict())

@@ -19,7 +19,7 @@ from ..modeling.loading import LoadedModel
 from ..shapes.captions import equivalent_captions
 from ..shapes.render import render
 from ..shapes.world import sample_scene
-from .common import StageRun, step_rng
+from .common import StageRun, optimizer_step, step_rng
 from .presets import AlignPreset
 
 TEXT_TO_TEXT_WEIGHT = 0.05
@@ -98,12 +98,7 @@ def train_retrieval(model: LoadedModel, preset: AlignPreset, work_dir: Path, see
         image_embeds = alignment.embed_image_states(image_states, image_mask)
         text_embeds = alignment.embed_text_states(text_states, text_mask)
         loss = retrieval_loss(image_embeds, text_embeds, image_ids, text_ids, alignment.logit_scale)
-        for group in optimizer.param_groups:
-            group["lr"] = preset.stage3_lr * min(1.0, (step + 1) / 100)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, parameters, preset.stage3_lr * min(1.0, (step + 1) / 100))
         with torch.no_grad():
             alignment.logit_scale.clamp_(0, 4.6052)  # temperature >= 0.01, as CLIP clamps it
         run.tick(n_scenes, loss=loss.item())
