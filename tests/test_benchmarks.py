@@ -1,0 +1,24 @@
+"""The benchmarks run (on the micro model); they measure, so nothing here checks a timing."""
+
+import random
+
+from benchmarks import bench_chat, bench_embed, bench_generate
+from benchmarks.gpu_check import main as gpu_check
+from omnibridge.shapes import render, sample_scene
+
+
+def test_chat_generate_and_embed_benchmarks_report_ratios(tiny_pipeline):
+    image = render(sample_scene(random.Random(0), 2))
+    chat = bench_chat.run(tiny_pipeline, image, repeats=1)
+    assert chat.figures["first_token_overhead"] > 0 and chat.figures["tokens_per_s"] > 0
+    generate = bench_generate.run(tiny_pipeline, repeats=1)
+    assert generate.figures["overhead_vs_bare"] > 0 and generate.figures["size"] == 64
+    embed = bench_embed.run(tiny_pipeline, n=8, single=4, repeats=1)
+    assert embed.figures["images_per_s"] > 0 and "image_batching_speedup" in embed.figures
+    assert all(r.summary and r.goal for r in (chat, generate, embed))
+
+
+def test_the_full_size_gpu_check_runs_at_toy_size():
+    report = gpu_check(["--tiny", "--device", "cpu"])
+    assert report["tiny"] and report["chat_tokens_per_s"] > 0
+    assert {"image_128px_dpm++_25_steps_s", "image_128px_ddpm_100_steps_s", "embed_images_per_s"} <= set(report)
