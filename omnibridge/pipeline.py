@@ -233,7 +233,7 @@ class OmniBridgePipeline:
         """End of turn, and the closing tags of captions (generation stops right after a caption)."""
         prompts = self.config.prompts
         closers = [self.format.token_id(tag) for tag in (prompts.image_close, prompts.edit_close) if tag]
-        return [self.format.im_end] + [i for i in closers if i is not None and i != self.tokenizer.unk_token_id]
+        return [self.format.im_end] + [i for i in closers if i is not None]
 
     def _stream(self, conversation: list[Message], max_new_tokens: int, temperature: float, top_p: float,
                 seed: int | None, mode: str = "auto", has_image: bool = False) -> Iterator[str]:
@@ -281,10 +281,13 @@ class OmniBridgePipeline:
         """`answer` bans the drawing/editing tags; `draw` makes the first token one of them."""
         prompts = self.config.prompts
         tags = [t for t in (prompts.image_open, prompts.edit_open if has_image else "") if t]
-        tag_ids = [self.format.token_id(t) for t in tags]
+        tag_ids = [i for i in (self.format.token_id(t) for t in tags) if i is not None]
         if mode == "answer":
-            banned = [self.format.token_id(t) for t in (prompts.image_open, prompts.edit_open) if t]
-            return {"suppress_tokens": banned}
+            banned = [i for i in (self.format.token_id(t) for t in (prompts.image_open, prompts.edit_open) if t)
+                      if i is not None]
+            return {"suppress_tokens": banned} if banned else {}
+        if mode == "draw" and not tag_ids:  # the vocabulary has no tag tokens: no constraint possible
+            return {}
         if mode == "draw":
             vocabulary = list(range(len(self.tokenizer)))
             return {"prefix_allowed_tokens_fn": lambda _, ids: tag_ids if ids.shape[-1] == prompt_length else vocabulary}
@@ -329,7 +332,7 @@ class OmniBridgePipeline:
     # ------------------------------------------------------------------------------ generation
     def _generate_after(self, prompts: list[EncodedPrompt], forced_prefix: str | None, max_new_tokens: int) -> list[str]:
         """Greedy continuation of prompts, optionally after a forced first token (e.g. `<img>`)."""
-        prefix = [self.format.token_id(forced_prefix)] if forced_prefix else []
+        prefix = self.format.tag_ids(forced_prefix) if forced_prefix else []
         prompts = [EncodedPrompt(p.input_ids + prefix, p.images, p.spans) for p in prompts]
         batch = self._to_device(self.format.collate(prompts, "left")["inputs"])
         with torch.inference_mode():

@@ -67,8 +67,17 @@ class ChatFormat:
             text = text.replace(token, "")
         return text
 
-    def token_id(self, token: str) -> int:
-        return self.tokenizer.convert_tokens_to_ids(token)
+    def token_id(self, token: str) -> int | None:
+        """The id of a single-token tag, or None when the vocabulary has no such token."""
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        return None if token_id is None or token_id == self.tokenizer.unk_token_id else token_id
+
+    def tag_ids(self, tag: str) -> list[int]:
+        """A control tag as ids: its own token when the vocabulary has one, else its text."""
+        if not tag:
+            return []
+        token_id = self.token_id(tag)
+        return [token_id] if token_id is not None else self.text_ids(tag)
 
     # ------------------------------------------------------------------------------------ images
     def image_token_count(self, image: Image.Image) -> int:
@@ -127,8 +136,9 @@ class ChatFormat:
         The caption's hidden states in this teacher-forced pass are what conditions the decoder.
         """
         caption_ids = self.text_ids(caption)
-        start = len(prompt.input_ids) + 1
-        ids = prompt.input_ids + [self.token_id(opener)] + caption_ids + [self.token_id(closer), self.im_end]
+        opener_ids = self.tag_ids(opener)
+        start = len(prompt.input_ids) + len(opener_ids)
+        ids = prompt.input_ids + opener_ids + caption_ids + self.tag_ids(closer) + [self.im_end]
         spans = {**prompt.spans, "caption": (start, start + len(caption_ids))}
         return EncodedPrompt(ids, list(prompt.images), spans, prompt.labels_from)
 

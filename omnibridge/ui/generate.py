@@ -58,17 +58,17 @@ class Generator:
         return paths, result.caption, result.seed, details, records
 
     def generate(self, prompt, rewrite, seed, randomize, steps, guidance, count, session="api",
-                 progress=gr.Progress()):
+                 progress=gr.Progress(), size=None):
         started = time.perf_counter()
         prompt = clean_text(prompt, MAX_PROMPT_CHARS)
         seed, steps, guidance, count = self._settings(seed, randomize, steps, guidance, count)
         result = self.ctx.pipeline.generate(prompt, rewrite=bool(rewrite), seed=seed, num_inference_steps=steps,
-                                            guidance_scale=guidance, num_images=count,
+                                            guidance_scale=guidance, num_images=count, height=size, width=size,
                                             callback=self._callback(session, steps, progress))
         return self._outputs(result, started)
 
     def edit(self, image, instruction, seed, randomize, steps, guidance, strength, count, session="api",
-             progress=gr.Progress()):
+             progress=gr.Progress(), size=None):
         started = time.perf_counter()
         if not image:
             raise gr.Error("Add an image to edit (upload one, or use 'Send to edit' on a result).")
@@ -77,12 +77,13 @@ class Generator:
         seed, steps, guidance, count = self._settings(seed, randomize, steps, guidance, count)
         result = self.ctx.pipeline.edit(source, instruction, seed=seed, num_inference_steps=steps,
                                         guidance_scale=guidance, strength=clamp_float(strength, 0.05, 1.0, 1.0),
-                                        num_images=count, callback=self._callback(session, steps, progress))
+                                        num_images=count, height=size, width=size,
+                                        callback=self._callback(session, steps, progress))
         return self._outputs(result, started, {"source_sha": content_id(source)})
 
 
 def _seconds(mode_name, image, text, do_rewrite, seed_value, random_seed, n_steps, scale, edit_strength, n,
-             *request_and_progress) -> int:
+             side=None, *request_and_progress) -> int:
     """ZeroGPU duration for one request of the tab (the same arguments as the event)."""
     return generation_seconds(clamp_int(n_steps, 1, 100, 20), clamp_int(n, 1, 4, 1))
 
@@ -110,7 +111,11 @@ def build_generate_tab(ctx: AppContext) -> dict:
                 count = gr.Slider(1, 4, value=1, step=1, label="Images")
                 strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Edit strength", visible=False,
                                      info="1 regenerates from the new caption (the paper); lower keeps more layout")
-                gr.Markdown(f"Image size: {defaults.width} x {defaults.height} (this model's native size)")
+                sizes = [f"{side} x {side}" for side in defaults.allowed_sizes]
+                size = gr.Dropdown(sizes, value=f"{defaults.height} x {defaults.height}", label="Size",
+                                   visible=len(sizes) > 1, info="the sizes this model was trained for")
+                if len(sizes) == 1:
+                    gr.Markdown(f"Image size: {sizes[0]} (the only size this model was trained for)")
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="gen-run")
                 stop = gr.Button("Stop", elem_id="gen-stop")
@@ -136,14 +141,15 @@ def build_generate_tab(ctx: AppContext) -> dict:
     @on_gpu(_seconds)
     @user_errors
     def run_ui(mode_name, image, text, do_rewrite, seed_value, random_seed, n_steps, scale, edit_strength, n,
-               request: gr.Request = None, progress=gr.Progress()):
+               size_label, request: gr.Request = None, progress=gr.Progress()):
         session = session_of(request)
+        side = clamp_int(str(size_label or "").split(" x ")[0], 1, 8192, defaults.height)
         if mode_name == "Edit":
             outputs = generator.edit(image, text, seed_value, random_seed, n_steps, scale, edit_strength, n,
-                                     session, progress)
+                                     session, progress, side)
         else:
             outputs = generator.generate(text, do_rewrite, seed_value, random_seed, n_steps, scale, n, session,
-                                         progress)
+                                         progress, side)
         return (*outputs, 0, set())
 
     def stop_now(request: gr.Request = None):
@@ -184,7 +190,7 @@ def build_generate_tab(ctx: AppContext) -> dict:
         return (gr.Radio(value="Edit"), gr.Image(value=item["path"], visible=True), gr.Slider(visible=True),
                 gr.Checkbox(visible=False), gr.Button(value="Edit"))
 
-    ui_inputs = [mode, source, prompt, rewrite, seed, randomize, steps, guidance, strength, count]
+    ui_inputs = [mode, source, prompt, rewrite, seed, randomize, steps, guidance, strength, count, size]
     ui_outputs = [gallery, caption, seed, details, results, selected, rated]
     mode.change(switch, [mode], [source, strength, rewrite, run], queue=False, api_visibility="private")
     running = gr.on([run.click, prompt.submit], run_ui, ui_inputs, ui_outputs, api_visibility="private",
