@@ -14,7 +14,9 @@ from .gallery import build_gallery_tab
 from .generate import build_generate_tab
 
 CSS = """
-#gen-gallery img, #gallery-results img, #gallery-browse img, #chatbot img { image-rendering: pixelated; }
+#gen-gallery img, #gallery-results img, #gallery-browse img, #chatbot img, #compare-left img, #compare-right img,
+#map-item img, #edit-image img { image-rendering: pixelated; }
+#chatbot .message img { width: 192px; height: auto; }
 footer { visibility: hidden; }
 """
 THEME = gr.themes.Soft(primary_hue="indigo")
