@@ -80,7 +80,8 @@ def _load_model(preset: TrainPreset, work_dir: Path, seed: int, need_decoder: bo
 
 def _save_model(model: LoadedModel, work_dir: Path, finished: str, report: dict) -> None:
     record = _stage_record(work_dir)
-    record[finished] = report
+    dit = training_summary(work_dir).get("dit", {})
+    record[finished] = {**report, "decoder_dit_steps": dit.get("steps")}
     save_our_layout(model, model_dir(work_dir))
     (model_dir(work_dir) / "stages.json").write_text(json.dumps(record, indent=2))
 
@@ -105,8 +106,36 @@ def run_stages(preset: TrainPreset, out: Path, work_dir: Path, stages: list[str]
     return report
 
 
+def training_summary(work_dir: Path) -> dict:
+    """Each stage's steps, training seconds, images seen, loss first -> last, and the decoder's eval curve,
+    read back from the stage logs (so it covers every resumed run)."""
+    summary = {}
+    for stage in ("vae", "dit", "llm", "align", "retrieval"):
+        path = Path(work_dir) / stage / "log.jsonl"
+        if not path.exists():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        losses = [r["loss"] for r in rows if "loss" in r]
+        last = rows[-1]
+        entry = {"steps": last["step"], "seconds": last["seconds"], "images_seen": last["images_seen"]}
+        if losses:
+            window = max(1, min(5, len(losses) // 4))
+            entry["first_loss"] = round(sum(losses[:window]) / window, 5)
+            entry["last_loss"] = round(sum(losses[-window:]) / window, 5)
+        evals = [r for r in rows if r.get("event") == "eval"]
+        if evals:
+            entry["eval_curve"] = [{"step": r["step"], "seconds": r["seconds"], "overall": r["overall"],
+                                    "right_object_count": r.get("right_object_count")} for r in evals]
+        done = [r for r in rows if r.get("event") == "done"]
+        if done:
+            entry.update({k: v for k, v in done[-1].items() if k not in ("stage", "step", "seconds", "images_seen",
+                                                                          "event")})
+        summary[stage] = entry
+    return summary
+
+
 def package(work_dir: Path, out: Path) -> dict:
-    """Copy the finished model to `out` (the model card is written by the evaluation)."""
+    """Copy the finished model to `out`, with its training summary (the model card comes from evaluation)."""
     source = model_dir(work_dir)
     if not (source / "omnibridge_config.json").exists():
         raise FileNotFoundError(f"nothing to package in {source}: run the llm/align/retrieval stages first")
@@ -115,11 +144,11 @@ def package(work_dir: Path, out: Path) -> dict:
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("stages.json"))
-    (tmp / "training_report.json").write_text((source / "stages.json").read_text())
+    (tmp / "training_report.json").write_text(json.dumps(training_summary(work_dir), indent=2))
     if out.exists():
-        card = out / "README.md"
-        if card.exists():
-            shutil.copy(card, tmp / "README.md")
+        for kept in ("README.md", "evaluation.json"):
+            if (out / kept).exists():
+                shutil.copy(out / kept, tmp / kept)
         shutil.rmtree(out)
     tmp.rename(out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
