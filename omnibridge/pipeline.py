@@ -20,6 +20,7 @@ How each task flows (see docs in architecture.md):
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -106,8 +107,9 @@ class OmniBridgePipeline:
         # A plain Lock, not an RLock: Gradio resumes a streaming generator on any worker thread, so the
         # thread that releases a job is not always the one that took it. Jobs never nest.
         self._lock = threading.Lock()
-        self.jobs_running = 0
-        self.max_jobs_running = 0  # stays 1 when callers are serialised (checked by the concurrency test)
+        self._counter_lock = threading.Lock()
+        self.jobs_requested = 0  # running or waiting for the model
+        self.max_jobs_requested = 0
 
     # ------------------------------------------------------------------------------------- io
     @classmethod
@@ -145,20 +147,19 @@ class OmniBridgePipeline:
     def device(self) -> torch.device:
         return self.placement.device
 
+    @contextlib.contextmanager
     def _job(self):
-        pipeline = self
-
-        class _Job:
-            def __enter__(self):
-                pipeline._lock.acquire()
-                pipeline.jobs_running += 1
-                pipeline.max_jobs_running = max(pipeline.max_jobs_running, pipeline.jobs_running)
-
-            def __exit__(self, *exc):
-                pipeline.jobs_running -= 1
-                pipeline._lock.release()
-
-        return _Job()
+        """One model job at a time. Callers are counted before they wait, so `max_jobs_requested`
+        shows whether the app really queues model work (it should never exceed 1)."""
+        with self._counter_lock:
+            self.jobs_requested += 1
+            self.max_jobs_requested = max(self.max_jobs_requested, self.jobs_requested)
+        try:
+            with self._lock:
+                yield
+        finally:
+            with self._counter_lock:
+                self.jobs_requested -= 1
 
     def _to_device(self, batch: dict) -> dict:
         moved = {}
@@ -594,6 +595,6 @@ class OmniBridgePipeline:
                            "total": count(self.llm) + count(self.alignment) + sum(decoder_parts.values())},
             "memory": memory,
             "embedding_dim": self.embedding_dim,
-            "jobs": {"running": self.jobs_running, "most_at_once": self.max_jobs_running},
+            "jobs": {"running_or_waiting": self.jobs_requested, "most_at_once": self.max_jobs_requested},
             "image_size": self.config.generation.height,
         }

@@ -22,7 +22,7 @@ def test_stream_can_be_stopped_early(tiny_pipeline):
                                        temperature=1.0, seed=0)
     next(stream, None)
     stream.close()  # the generation thread is told to stop and joined
-    assert tiny_pipeline.jobs_running == 0
+    assert tiny_pipeline.jobs_requested == 0
 
 
 def test_multi_turn_with_several_images_and_openai_parts(tiny_pipeline, scene_image):
@@ -88,7 +88,7 @@ def test_generation_can_be_cancelled_between_steps(tiny_pipeline):
 
     with pytest.raises(GenerationCancelled):
         tiny_pipeline.generate("a circle", num_inference_steps=5, callback=stop_at_second_step)
-    assert tiny_pipeline.jobs_running == 0  # the lock was released
+    assert tiny_pipeline.jobs_requested == 0  # the lock was released
 
 
 def test_nan_latents_raise_instead_of_returning_a_black_image(tiny_pipeline):
