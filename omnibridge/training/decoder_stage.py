@@ -83,10 +83,10 @@ def vae_fidelity(decoder: HunyuanDecoder, n: int = 200, seed: int = 7_100_000) -
     """Share of held-out scenes whose reconstruction the detector reads exactly as the original."""
     rng = random.Random(seed)
     scenes = [sample_scene(rng) for _ in range(n)]
-    pixels = images_to_tensor([render_array(s) for s in scenes])
+    pixels = images_to_tensor([render_array(s) for s in scenes]).to(decoder.device)
     images = decoder.decode_latents(decoder.encode_images(pixels))
     exact = [image_matches(img, describe(scene)) for img, scene in zip(images, scenes)]
-    mse = float(((images_to_tensor([np.asarray(img) for img in images]) - pixels) ** 2).mean())
+    mse = float(((images_to_tensor([np.asarray(img) for img in images]) - pixels.cpu()) ** 2).mean())
     return {"vae_exact_reconstruction": round(sum(exact) / n, 4), "vae_mse": round(mse, 5)}
 
 
@@ -165,12 +165,12 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
         rng = step_rng(seed, "dit", step)
         pairs = [sample_decoder_pair(rng, early=step < EARLY_CURRICULUM_STEPS) for _ in range(preset.dit_batch)]
         captions = ["" if rng.random() < preset.caption_dropout else caption for _, caption in pairs]
-        pixels = images_to_tensor([render_array(scene) for scene, _ in pairs])
-        generator = torch.Generator().manual_seed(rng.randrange(2**31))
+        pixels = images_to_tensor([render_array(scene) for scene, _ in pairs]).to(decoder.device)
+        generator = torch.Generator().manual_seed(rng.randrange(2**31))  # on the CPU: the same data on any device
         with torch.no_grad():
             latents = decoder.encode_images(pixels)
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = logit_normal_timesteps(len(pairs), generator)
+        noise = torch.randn(latents.shape, generator=generator).to(decoder.device)
+        timesteps = logit_normal_timesteps(len(pairs), generator).to(decoder.device)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
         target = noise_schedule.get_velocity(latents, noise, timesteps)
         cond = decoder.encode_captions(captions)
