@@ -1,0 +1,59 @@
+"""The shipped checkpoint (assets/omnibridge-shapes) loads, fits its size budget and does its jobs.
+
+The thresholds sit well below the held-out evaluation in its model card: they catch a broken or
+mis-packaged checkpoint, not a small change in quality.
+"""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omnibridge import OmniBridgePipeline
+from omnibridge.evaluation.generation import generation_cases, score_images
+from omnibridge.evaluation.retrieval import recall_at_k, retrieval_dataset
+from omnibridge.evaluation.understanding import understanding_cases
+from omnibridge.shapes import render
+
+MODEL = Path("assets/omnibridge-shapes")
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    assert MODEL.is_dir(), "the built-in checkpoint must ship with the repository"
+    return OmniBridgePipeline.from_pretrained(MODEL, device="cpu")
+
+
+def test_the_checkpoint_is_small_and_documented():
+    size = sum(f.stat().st_size for f in MODEL.rglob("*") if f.is_file())
+    assert size < 60 * 2**20
+    card = (MODEL / "README.md").read_text()
+    assert "## Evaluation" in card and "python -m omnibridge.train" in card
+    assert (MODEL / "evaluation.json").exists() and (MODEL / "training_report.json").exists()
+
+
+def test_it_answers_questions_about_held_out_scenes(builtin):
+    cases = understanding_cases(10, seed=12345)
+    answers = builtin.answer_batch([c[1] for c in cases], [c[2] for c in cases])
+    accuracy = np.mean([a == c[3] for a, c in zip(answers, cases)])
+    assert accuracy >= 0.5, accuracy
+
+
+def test_it_draws_what_is_asked_more_often_than_chance(builtin):
+    cases = generation_cases(4, seed=54321)
+    images, _ = builtin.generate_batch([c.prompt for c in cases], [c.seed for c in cases])
+    assert all(image.size == (64, 64) for image in images)
+    assert score_images(cases, images)["overall"] >= 0.05
+
+
+def test_its_retrieval_finds_the_right_scene(builtin):
+    scenes, captions, owners = retrieval_dataset(100, seed=999)
+    scores = recall_at_k(builtin.embed_images([render(s) for s in scenes]), builtin.embed_texts(captions), owners)
+    assert scores["t2i_R@5"] >= 0.3 and scores["i2t_R@5"] >= 0.3  # chance is 0.05
+
+
+def test_the_chat_routes_drawing_requests(builtin):
+    events = list(builtin.stream_chat_turn([{"role": "user", "content": "draw a red circle"}],
+                                           num_inference_steps=10, seed=random.Random(0).randrange(1000)))
+    assert events[-1].answer.kind == "draw" and events[-1].result.images[0].size == (64, 64)
