@@ -115,3 +115,14 @@ def test_compare_vote_is_stored_and_counted(client):
     battle, _, _, left_text, right_text = client.predict("Answer about an image", "How many circles are there?",
                                                          handle_file(EXAMPLE), "random pair", api_name="/compare")
     assert isinstance(left_text, str) and client.predict(battle, "tie", api_name="/vote")["winner"] == "tie"
+
+
+def test_lenient_image_input_sends_the_front_end_every_image_prop():
+    import gradio as gr
+
+    from omnibridge.ui.components import ImageInput
+
+    ours = ImageInput(label="x", sources=["upload", "clipboard"]).get_config()
+    plain = gr.Image(label="x", sources=["upload", "clipboard"], type="filepath", image_mode=None).get_config()
+    assert ours["sources"] == ["upload", "clipboard"]
+    assert {k: v for k, v in ours.items() if k != "id"} == {k: v for k, v in plain.items() if k != "id"}

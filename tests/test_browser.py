@@ -27,10 +27,13 @@ def browser_type_launch_args(browser_type_launch_args):
 
 @pytest.fixture
 def app_page(page, app_server):
+    page_errors = []  # a JavaScript error can leave a tab blank while every request still succeeds
+    page.on("pageerror", lambda error: page_errors.append(str(error)))
     page.set_default_timeout(TIMEOUT)
     page.goto(app_server["url"], wait_until="load")
     page.locator("#chat-input textarea").wait_for()  # the app has rendered
-    return page
+    yield page
+    assert not page_errors, f"the page raised JavaScript errors: {page_errors}"
 
 
 def open_tab(page, name):

@@ -21,6 +21,11 @@ class ImageInput(gr.Image):
         kwargs.setdefault("image_mode", None)
         super().__init__(**kwargs)
 
+    def get_config(self, cls=None):
+        # Gradio builds a component's config from the parameters of its class's __init__; ours only
+        # takes **kwargs, so without this the front end would get an Image with no props at all.
+        return super().get_config(cls or gr.Image)
+
     def preprocess(self, payload):
         try:
             return super().preprocess(payload)
