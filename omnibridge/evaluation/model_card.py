@@ -31,6 +31,9 @@ described as shapes; words outside its grammar are ignored or misread.
 ```
 Full numbers: `evaluation.json` beside this card.
 
+### Against the project's goals
+{goals}
+
 ## Training
 {training}
 
@@ -40,6 +43,47 @@ python -m omnibridge.train --preset shapes --out assets/omnibridge-shapes
 python -m omnibridge.evaluate --model assets/omnibridge-shapes --out report.json --write-card
 ```
 """
+
+
+def _goal_rows(report: dict) -> list[tuple[str, str, bool]]:
+    """(goal, measured, met) for every goal of the built-in model that the report measured."""
+    rows = []
+    if "understanding" in report:
+        u = report["understanding"]
+        types = {k: v for k, v in u.items() if isinstance(v, float) and k != "overall"}
+        weakest = min(types, key=types.get)
+        rows.append(("understanding >= 0.95 overall", f"{u['overall']:.2f}", u["overall"] >= 0.95))
+        rows.append(("no question type below 0.90", f"{weakest} {types[weakest]:.2f}", types[weakest] >= 0.90))
+    if "retrieval" in report:
+        r = report["retrieval"]
+        for k in ("t2i", "i2t"):
+            rows.append((f"{k} R@1 >= 0.80", f"{r[f'{k}_R@1']:.3f}", r[f"{k}_R@1"] >= 0.80))
+            rows.append((f"{k} R@5 >= 0.95", f"{r[f'{k}_R@5']:.3f}", r[f"{k}_R@5"] >= 0.95))
+    if "generation" in report:
+        full, alone = report["generation"]["omnibridge"], report["generation"]["decoder_alone"]
+        rows.append(("generation (full path) >= 0.60 overall", f"{full['overall']:.2f}", full["overall"] >= 0.60))
+        for k in ("single_object", "colors"):
+            rows.append((f"generation {k} >= 0.90", f"{full[k]:.2f}", full[k] >= 0.90))
+        gap = alone["overall"] - full["overall"]
+        rows.append(("full path within 0.05 of the decoder alone", f"{gap:+.2f} below", gap <= 0.05))
+    if "editing" in report:
+        rows.append(("editing >= 0.50", f"{report['editing']['overall']:.2f}", report["editing"]["overall"] >= 0.50))
+    if "speed" in report:
+        speed = report["speed"]
+        rows.append(("one 64x64 image <= 0.5 s", f"{speed['image_s']:.3f} s", speed["image_s"] <= 0.5))
+        rows.append(("a short answer <= 0.3 s", f"{speed['short_answer_s']:.3f} s", speed["short_answer_s"] <= 0.3))
+    return rows
+
+
+def _goals(report: dict) -> str:
+    rows = _goal_rows(report)
+    table = ["| goal | measured | met |", "|---|---|---|"]
+    table += [f"| {goal} | {measured} | {'yes' if met else '**no**'} |" for goal, measured, met in rows]
+    missed = sum(not met for _, _, met in rows)
+    table.append(f"\n{len(rows) - missed} of {len(rows)} goals met. The training curves below show where each "
+                 "stage stopped; the project README says what limits each missed goal and what is trained next."
+                 if missed else f"\nAll {len(rows)} goals met.")
+    return "\n".join(table)
 
 
 def _training_summary(folder: Path) -> str:
@@ -69,5 +113,6 @@ def _training_summary(folder: Path) -> str:
 
 def write_model_card(folder: Path, report: dict) -> None:
     (folder / "evaluation.json").write_text(json.dumps(report, indent=2))
-    card = CARD.format(model_id=report["model"], table=format_table(report), training=_training_summary(folder))
+    card = CARD.format(model_id=report["model"], table=format_table(report), goals=_goals(report),
+                       training=_training_summary(folder))
     (folder / "README.md").write_text(card)

@@ -122,7 +122,8 @@ def training_summary(work_dir: Path) -> dict:
             window = max(1, min(5, len(losses) // 4))
             entry["first_loss"] = round(sum(losses[:window]) / window, 5)
             entry["last_loss"] = round(sum(losses[-window:]) / window, 5)
-        evals = [r for r in rows if r.get("event") == "eval"]
+        # a resumed run re-evaluates the step it stopped at: keep one entry per step
+        evals = list({r["step"]: r for r in rows if r.get("event") == "eval"}.values())
         if evals:
             entry["eval_curve"] = [{"step": r["step"], "seconds": r["seconds"], "overall": r["overall"],
                                     "right_object_count": r.get("right_object_count")} for r in evals]
