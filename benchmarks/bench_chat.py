@@ -31,9 +31,10 @@ def run(pipe, image, repeats: int = 5) -> Result:
     batch = pipe._to_device(pipe.format.collate([encoded], "left")["inputs"])
 
     def bare(tokens: int):
+        # the same stop tokens as the pipeline, so both stop after the same answer
         def call():
             with torch.inference_mode():
-                pipe.llm.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                pipe.llm.generate(**batch, max_new_tokens=tokens, do_sample=False, eos_token_id=pipe._stop_ids(),
                                   pad_token_id=pipe.format.pad_id)
         return call
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from omnibridge.gallery.store import GalleryStore
+from omnibridge.gallery.store import HNSW_INDEX, GalleryStore
 from omnibridge.shapes.captions import describe, format_caption
 from omnibridge.shapes.render import render
 from omnibridge.shapes.world import sample_scene
@@ -47,7 +47,8 @@ def search_latency(sizes=(10_000, 100_000), dim: int = 128, queries: int = 200) 
         probes /= np.linalg.norm(probes, axis=1, keepdims=True)
         with tempfile.TemporaryDirectory() as folder:
             client = chromadb.PersistentClient(folder, Settings(anonymized_telemetry=False))
-            collection = client.create_collection("bench", embedding_function=None, metadata={"hnsw:space": "cosine"})
+            collection = client.create_collection("bench", embedding_function=None,
+                                                  configuration={"hnsw": dict(HNSW_INDEX)})
             step = client.get_max_batch_size()
             start = time.perf_counter()
             for i in range(0, size, step):

@@ -7,6 +7,7 @@ baseline measured in the same run, so a busy or different machine changes both a
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -49,7 +50,7 @@ class Result:
 
 def machine_info() -> dict:
     info = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -60,5 +61,11 @@ def ratio(value: float, baseline: float) -> float:
 
 
 def write(results: list[Result], path: str) -> None:
+    """Write `results` into `path`, replacing earlier results of the same benchmarks (`--only` runs)."""
+    kept = {}
+    if os.path.exists(path):
+        with open(path) as handle:
+            kept = {entry["name"]: entry for entry in json.load(handle)}
+    kept.update({r.name: r.to_dict() for r in results})
     with open(path, "w") as handle:
-        json.dump([r.to_dict() for r in results], handle, indent=2)
+        json.dump(list(kept.values()), handle, indent=2)

@@ -22,3 +22,16 @@ def test_the_full_size_gpu_check_runs_at_toy_size():
     report = gpu_check(["--tiny", "--device", "cpu"])
     assert report["tiny"] and report["chat_tokens_per_s"] > 0
     assert {"image_128px_dpm++_25_steps_s", "image_128px_ddpm_100_steps_s", "embed_images_per_s"} <= set(report)
+
+
+def test_a_partial_run_keeps_the_other_benchmarks_results(tmp_path):
+    from benchmarks.harness import Result, write
+
+    out = str(tmp_path / "results.json")
+    write([Result("chat", {"x": 1}, "chat"), Result("embed", {"x": 2}, "embed")], out)
+    write([Result("embed", {"x": 3}, "embed again")], out)
+    import json
+
+    saved = {r["name"]: r for r in json.load(open(out))}
+    assert saved["chat"]["figures"] == {"x": 1} and saved["embed"]["figures"] == {"x": 3}
+    assert "measured_at" in saved["embed"]["machine"]

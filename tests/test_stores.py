@@ -44,6 +44,16 @@ def test_gallery_adds_deduplicates_searches_and_deletes(gallery, tiny_pipeline):
         gallery.delete(ids[0])
 
 
+def test_gallery_collections_use_a_cosine_index_built_for_recall(gallery, tiny_pipeline):
+    for collection in (gallery.images, gallery.captions):
+        hnsw = collection.configuration["hnsw"]
+        assert hnsw["space"] == "cosine" and hnsw["ef_search"] >= 100 and hnsw["max_neighbors"] >= 32
+    # the nearest image to an image's own vector is that image, at similarity 1
+    ids = gallery.add(_images(20), None, source="upload")
+    hit = gallery.search(gallery.vector_of(ids[7]), "images", k=1)[0]
+    assert hit.id == ids[7] and hit.score == pytest.approx(1.0, abs=1e-4)
+
+
 @pytest.mark.parametrize("bad_id", ["../../etc/passwd", "abc", "0" * 31 + "/", "", "..%2f" * 8])
 def test_ids_cannot_reach_outside_the_data_dir(gallery, bad_id):
     with pytest.raises(GalleryError, match="not a gallery id"):
