@@ -72,6 +72,8 @@ def test_generate_shows_progress_and_an_image(app_page, tmp_path):
     page.screenshot(path=str(tmp_path / "generate-progress.png"))
     page.locator("#gen-gallery img").first.wait_for()
     assert page.locator("#gen-caption textarea").input_value() != ""
+    shown, frame = page.locator("#gen-gallery img").first.bounding_box(), page.locator("#gen-gallery").bounding_box()
+    assert shown["height"] <= frame["height"] and shown["width"] <= frame["width"]  # the whole image is visible
     page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
 
 

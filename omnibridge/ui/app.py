@@ -17,6 +17,8 @@ CSS = """
 #gen-gallery img, #gallery-results img, #gallery-browse img, #chatbot img, #compare-left img, #compare-right img,
 #map-item img, #edit-image img { image-rendering: pixelated; }
 #chatbot .message img { width: 192px; height: auto; }
+/* a lone result would otherwise fill the gallery's whole width and overflow its height */
+#gen-gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)); }
 footer { visibility: hidden; }
 """
 THEME = gr.themes.Soft(primary_hue="indigo")
