@@ -1,4 +1,8 @@
-"""App cold start to the first answered request, against importing the libraries alone; peak RSS."""
+"""App start to the first answered request, against importing the libraries alone; the app's RSS.
+
+Two starts on one data dir: the first indexes the 300-scene seed gallery and computes the negative-
+prompt embeddings; the restart finds both cached, which is what a user who restarts the app meets.
+"""
 
 from __future__ import annotations
 
@@ -22,38 +26,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_and_ask(model: str, data_dir: str) -> tuple[float, float]:
+    """Seconds from launch to the first answered request, and the RSS after one generation."""
+    from gradio_client import Client
+
+    port = _free_port()
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "app.py", "--model", model, "--port", str(port),
+                                "--data-dir", data_dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError("the app exited during start-up") from None
+                time.sleep(0.1)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict("all", api_name="/gallery_count")
+        first_request_s = time.perf_counter() - start
+        client.predict("two red circles", True, 1, False, 20, 2.0, 1, api_name="/generate")
+        rss = psutil.Process(process.pid).memory_info().rss
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return first_request_s, rss
+
+
 def run(model: str) -> Result:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", IMPORTS], check=True)
     imports_s = time.perf_counter() - start
-    port = _free_port()
     with tempfile.TemporaryDirectory() as data_dir:
-        start = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "app.py", "--model", model, "--port", str(port),
-                                    "--data-dir", data_dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            from gradio_client import Client
-
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
-                        break
-                except OSError:
-                    if process.poll() is not None:
-                        raise RuntimeError("the app exited during start-up")
-                    time.sleep(0.1)
-            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-            client.predict("all", api_name="/gallery_count")
-            first_request_s = time.perf_counter() - start
-            client.predict("two red circles", True, 1, False, 20, 2.0, 1, api_name="/generate")
-            rss = psutil.Process(process.pid).memory_info().rss
-            client.close()
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-    figures = {"imports_alone_s": round(imports_s, 2), "cold_start_to_first_request_s": round(first_request_s, 2),
-               "ratio_to_imports": ratio(first_request_s, imports_s), "app_rss_mb": round(rss / 2**20, 1),
-               "note": "a fresh data dir: includes indexing the 300-scene seed gallery"}
-    summary = (f"startup: first answered request after {first_request_s:.1f} s (imports alone {imports_s:.1f} s), "
-               f"app RSS {figures['app_rss_mb']} MB")
+        first_start_s, _ = _start_and_ask(model, data_dir)
+        restart_s, rss = _start_and_ask(model, data_dir)
+    figures = {"imports_alone_s": round(imports_s, 2), "first_start_to_first_request_s": round(first_start_s, 2),
+               "restart_to_first_request_s": round(restart_s, 2), "restart_ratio_to_imports": ratio(restart_s, imports_s),
+               "app_rss_mb": round(rss / 2**20, 1)}
+    summary = (f"startup: first answered request after {first_start_s:.1f} s on a fresh data dir, {restart_s:.1f} s "
+               f"on a restart (imports alone {imports_s:.1f} s), app RSS {figures['app_rss_mb']} MB")
     return Result("startup", figures, summary, goal="<= 10 s; report peak memory")
