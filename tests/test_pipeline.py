@@ -169,3 +169,22 @@ def test_chat_turn_routes_by_mode(tiny_pipeline, scene_image):
     assert edited[-1].answer.kind in ("draw", "edit") and edited[-1].result is not None
     with pytest.raises(InvalidInputError):
         list(tiny_pipeline.stream_chat_turn(messages, mode="sing"))
+
+
+def test_the_vision_probe_separates_what_is_encoded_and_only_that(tiny_pipeline):
+    import random
+
+    from omnibridge.evaluation.vision_probe import image_features, linear_probe_accuracy, probe_shapes_and_colours
+    from omnibridge.shapes.world import sample_scene
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 16, generator=generator)
+    encoded = (x[:, 3] > 0).long()  # a feature the labels are a function of
+    unrelated = torch.randint(0, 2, (400,), generator=generator)
+    assert linear_probe_accuracy(x[:300], encoded[:300], x[300:], encoded[300:], 2) >= 0.95
+    assert linear_probe_accuracy(x[:300], unrelated[:300], x[300:], unrelated[300:], 2) <= 0.7
+
+    features = image_features(tiny_pipeline, [sample_scene(random.Random(i), 1) for i in range(5)], batch_size=2)
+    assert {name: tuple(f.shape[:1]) for name, f in features.items()} == {"vision_tower": (5,), "llm_last_layer": (5,)}
+    report = probe_shapes_and_colours(tiny_pipeline, train=12, test=6)
+    assert 0.0 <= report["vision_tower"]["shape"] <= 1.0 and report["chance"]["colour"] == pytest.approx(1 / 6, abs=1e-3)

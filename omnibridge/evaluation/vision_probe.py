@@ -1,0 +1,88 @@
+"""Does the LLM see shapes? A linear probe on frozen image features of one-object scenes.
+
+Understanding answers can be wrong because the vision tower never encodes an attribute, or because
+the language side never learned to read it. A linear classifier trained on frozen features tells the
+two apart: it predicts each object's shape and colour from (a) the vision tower's output and (b) the
+LLM's last hidden states over the image tokens, both max-pooled over the image's tokens.
+
+    python -m omnibridge.evaluation.vision_probe --model assets/omnibridge-shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import torch
+import torch.nn.functional as F
+
+from ..modeling.chat_format import Message, gather_spans
+from ..shapes.render import render
+from ..shapes.world import COLORS, SHAPES, sample_scene
+
+PROBE_SEED = 4242  # held apart from the training and evaluation seeds
+
+
+def image_features(pipe, scenes, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Max-pooled features per scene from the vision tower and from the LLM's last layer."""
+    vision, llm = [], []
+    for start in range(0, len(scenes), batch_size):
+        chunk = scenes[start:start + batch_size]
+        prompts = [pipe.format.encode([Message("user", [render(scene)])]) for scene in chunk]
+        inputs = pipe._to_device(pipe.format.collate(prompts, "right")["inputs"])
+        with torch.inference_mode():
+            tower = pipe.llm.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+            tower = getattr(tower, "pooler_output", tower)  # merged tokens, one row per LLM image token
+            vision.append(tower.reshape(len(chunk), -1, tower.shape[-1]).amax(1).float().cpu())
+            states = pipe.llm.model(**inputs).last_hidden_state
+            image_states, mask = gather_spans(states, [p.spans["image0"] for p in prompts])
+            llm.append(image_states.masked_fill(~mask[..., None].bool(), -1e4).amax(1).float().cpu())
+    return {"vision_tower": torch.cat(vision), "llm_last_layer": torch.cat(llm)}
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, classes: int, steps: int = 500) -> float:
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-5
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    probe = torch.nn.Linear(train_x.shape[1], classes)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(probe(train_x), train_y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return round((probe(test_x).argmax(1) == test_y).float().mean().item(), 3)
+
+
+def probe_shapes_and_colours(pipe, train: int = 1500, test: int = 500, seed: int = PROBE_SEED) -> dict:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    scenes = [sample_scene(rng, 1) for _ in range(train + test)]
+    features = image_features(pipe, scenes)
+    colour_names = list(COLORS)
+    labels = {"shape": torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes]),
+              "colour": torch.tensor([colour_names.index(s.objects[0].color) for s in scenes])}
+    report = {"scenes": {"train": train, "test": test},
+              "chance": {"shape": round(1 / len(SHAPES), 3), "colour": round(1 / len(colour_names), 3)}}
+    for where, x in features.items():
+        report[where] = {attribute: linear_probe_accuracy(x[:train], y[:train], x[train:], y[train:], int(y.max()) + 1)
+                         for attribute, y in labels.items()}
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from ..pipeline import OmniBridgePipeline
+
+    parser = argparse.ArgumentParser(prog="python -m omnibridge.evaluation.vision_probe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="assets/omnibridge-shapes")
+    parser.add_argument("--train", type=int, default=1500)
+    parser.add_argument("--test", type=int, default=500)
+    args = parser.parse_args(argv)
+    report = probe_shapes_and_colours(OmniBridgePipeline.from_pretrained(args.model), args.train, args.test)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
