@@ -83,3 +83,22 @@ def test_the_model_card_marks_each_goal_met_or_missed():
     met = {goal: ok for goal, _, ok in _goal_rows(report)}
     assert met["understanding >= 0.95 overall"] and not met["no question type below 0.90"]
     assert met["editing >= 0.50"] and not met["one 64x64 image <= 0.5 s"] and met["a short answer <= 0.3 s"]
+
+
+def test_a_finer_vision_patch_gives_the_llm_more_image_tokens(tmp_path):
+    train_main(["--preset", "quick", "--out", str(tmp_path / "model"), "--stages", "llm", "--vision-patch", "4",
+                "--llm-steps", "2", "--threads", "2"])
+    saved = tmp_path / "model.train" / "model" / "llm"
+    assert json.loads((saved / "config.json").read_text())["vision_config"]["patch_size"] == 4
+    assert json.loads((saved / "preprocessor_config.json").read_text())["patch_size"] == 4
+
+
+def test_each_resumed_decoder_run_trains_for_its_own_time_budget(tmp_path):
+    from omnibridge.training.builders import build_decoder
+    from omnibridge.training.decoder_stage import train_dit
+    from omnibridge.training.presets import quick_preset
+
+    preset = replace(quick_preset().decoder, dit_steps=0, eval_every=0, eval_prompts_per_category=1)
+    reports = [train_dit(build_decoder(preset), preset, tmp_path, seed=0, resume=True, minutes=0.02)[1]
+               for _ in range(2)]
+    assert reports[0]["steps"] > 0 and reports[1]["steps"] > reports[0]["steps"]  # the second run went on

@@ -28,12 +28,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the decoder stage is the one worth a GPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
-    parser.add_argument("--decoder-minutes", type=float, help="override the preset's DiT training time budget")
+    parser.add_argument("--decoder-minutes", type=float,
+                        help="DiT training minutes for this run (each --resume trains this much longer)")
     parser.add_argument("--decoder-steps", type=int,
                         help="train the DiT to this many steps instead (robust to a busy machine)")
     parser.add_argument("--llm-steps", type=int, help="override stage 1's step count (resume to extend it)")
     parser.add_argument("--align-steps", type=int, help="override stage 2's step count")
     parser.add_argument("--retrieval-steps", type=int, help="override stage 3's step count")
+    parser.add_argument("--vision-patch", type=int, choices=(4, 8),
+                        help="the LLM's vision patch in pixels (a new stage-1 run; give it its own --work-dir)")
     args = parser.parse_args(argv)
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
@@ -51,8 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     preset = get_preset(args.preset)
     if args.decoder_steps:
         preset.decoder.dit_steps = args.decoder_steps
-    for value, owner, name in ((args.llm_steps, preset.llm, "steps"), (args.align_steps, preset.align, "stage2_steps"),
-                               (args.retrieval_steps, preset.align, "stage3_steps")):
+    overrides = ((args.llm_steps, preset.llm, "steps"), (args.vision_patch, preset.llm, "patch_size"),
+                 (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"))
+    for value, owner, name in overrides:
         if value:
             setattr(owner, name, value)
     out = Path(args.out)

@@ -126,9 +126,13 @@ def decoder_alone_generator(decoder: HunyuanDecoder, guidance: float = DEFAULT_G
 
 def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, seed: int, resume: bool,
               minutes: float | None = None) -> tuple[HunyuanDecoder, dict]:
-    """Train until the time budget (or step budget) is spent; returns the best EMA decoder."""
+    """Train until this run's time budget (or the total step budget) is spent; returns the best EMA decoder.
+
+    The time budget counts from this run's start, so every `--resume` trains that much longer.
+    """
     budget_seconds = (minutes if minutes is not None else preset.dit_minutes) * 60
     run = StageRun(work_dir, "dit", preset.dit_steps or None, resume, seed)
+    seconds_before_this_run = run.progress.seconds
     trainable = _Trainable(decoder).train()
     decoder.vae.requires_grad_(False)
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=preset.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -145,7 +149,7 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
     def out_of_budget() -> bool:
         if preset.dit_steps:
             return run.progress.step >= preset.dit_steps
-        return run.progress.seconds >= budget_seconds
+        return run.progress.seconds - seconds_before_this_run >= budget_seconds
 
     def evaluate_and_keep() -> None:
         run.pause_clock()
