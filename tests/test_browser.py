@@ -149,6 +149,7 @@ def test_compare_reveals_the_variants_after_the_vote(app_page, tmp_path):
     page.locator("#compare-run").click()
     page.locator("#compare-left img").wait_for()
     page.locator("#compare-right img").wait_for()
+    assert page.locator("#compare-left img").bounding_box()["height"] >= 192  # 64x64 results shown large enough to judge
     assert "Left:" not in page.locator("#compare-reveal").inner_text()
     page.locator("#vote-left").click()
     page.locator("#compare-reveal").get_by_text("Left:").wait_for()
