@@ -18,10 +18,10 @@ Shapes world (64 x 64 scenes of circles, squares and triangles in six colours). 
 classes as the full-size model: a tiny Qwen2-VL LLM, the BiLM with learned queries, retrieval
 heads, and a tiny HunyuanDiT + AutoencoderKL decoder with BERT and T5 text encoders.
 
-**What it can do:** answer questions about Shapes images (counts, colours, shapes, existence,
-relations, descriptions), draw scenes from prompts (after rewriting them into its caption grammar),
-edit a scene by regenerating it from a rewritten caption, and embed images and captions into one
-space for retrieval.
+**What it is trained to do:** answer questions about Shapes images (counts, colours, shapes,
+existence, relations, descriptions), draw scenes from prompts (after rewriting them into its caption
+grammar), edit a scene by regenerating it from a rewritten caption, and embed images and captions into
+one space for retrieval. How well it does each is measured below: trust the numbers, not this list.
 **What it cannot do:** anything outside the Shapes world. Photos are resized to 64 x 64 and
 described as shapes; words outside its grammar are ignored or misread.
 
