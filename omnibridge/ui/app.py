@@ -14,12 +14,11 @@ from .gallery import build_gallery_tab
 from .generate import build_generate_tab
 
 CSS = """
-#gen-gallery img, #gallery-results img, #gallery-browse img, #chatbot img, #compare-left img, #compare-right img,
-#map-item img, #edit-image img { image-rendering: pixelated; }
+#gen-gallery img, #gallery-results img, #gallery-browse img, #chatbot img { image-rendering: pixelated; }
 #chatbot .message img { width: 192px; height: auto; }
-/* 64x64 results at their native size are too small to judge: show them at 4x, crisp */
-#compare-left .image-frame, #compare-right .image-frame { width: 100%; height: 100%; }
-#compare-left img, #compare-right img { width: 100%; height: 100%; object-fit: contain; }
+/* 64x64 images at their native size are too small to judge: fill the component's frame, crisp */
+.fill-frame .image-frame { width: 100%; height: 100%; }
+.fill-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 /* a lone result would otherwise fill the gallery's whole width and overflow its height */
 #gen-gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)); }
 footer { visibility: hidden; }

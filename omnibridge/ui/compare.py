@@ -117,11 +117,12 @@ def build_compare_tab(ctx: AppContext) -> None:
     run = gr.Button("Compare", variant="primary", elem_id="compare-run")
     with gr.Row():
         with gr.Column():
-            left_image = gr.Image(label="Left", interactive=False, elem_id="compare-left", height=256, format="png")
+            left_image = gr.Image(label="Left", interactive=False, elem_id="compare-left", height=256,
+                                  elem_classes="fill-frame", format="png")
             left_text = gr.Textbox(label="Left", visible=False, interactive=False)
         with gr.Column():
             right_image = gr.Image(label="Right", interactive=False, elem_id="compare-right", height=256,
-                                   format="png")
+                                   elem_classes="fill-frame", format="png")
             right_text = gr.Textbox(label="Right", visible=False, interactive=False)
     with gr.Row():
         votes = [gr.Button(label, elem_id=f"vote-{choice}", interactive=False)

@@ -147,7 +147,8 @@ def build_gallery_tab(ctx: AppContext) -> dict:
         map_view = gr.HTML(elem_id="latent-map-view")
         map_selected = gr.Textbox(elem_id="map-selected", visible="hidden", label="selected")
         with gr.Row():
-            selected_image = gr.Image(label="Selected item", height=160, interactive=False, elem_id="map-item")
+            selected_image = gr.Image(label="Selected item", height=160, interactive=False, elem_id="map-item",
+                                      elem_classes="fill-frame")
             selected_caption = gr.Markdown(elem_id="map-item-caption")
     with gr.Accordion("Browse all", open=False):
         with gr.Row():

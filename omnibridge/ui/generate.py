@@ -95,7 +95,7 @@ def build_generate_tab(ctx: AppContext) -> dict:
         with gr.Column(scale=2):
             mode = gr.Radio(["Generate", "Edit"], value="Generate", label="Mode", elem_id="gen-mode")
             source = ImageInput(label="Image to edit", sources=["upload", "clipboard"], visible=False,
-                              elem_id="edit-image", format="png", height=220)
+                              elem_id="edit-image", format="png", height=220, elem_classes="fill-frame")
             prompt = gr.Textbox(label="Prompt", placeholder="two red circles above a blue square", max_lines=4,
                                 elem_id="gen-prompt", info="Press Enter to run. In Edit mode: the instruction, "
                                                             "e.g. 'make the circle blue'.")
