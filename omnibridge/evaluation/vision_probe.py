@@ -22,6 +22,7 @@ from ..shapes.render import render
 from ..shapes.world import COLORS, SHAPES, sample_scene
 
 PROBE_SEED = 4242  # held apart from the training and evaluation seeds
+ATTRIBUTES = {"shape": ("shape", tuple(SHAPES)), "colour": ("color", tuple(COLORS))}  # report name: (field, values)
 
 
 def image_features(pipe, scenes, batch_size: int = 64) -> dict[str, torch.Tensor]:
@@ -59,14 +60,15 @@ def probe_shapes_and_colours(pipe, train: int = 1500, test: int = 500, seed: int
     rng = random.Random(seed)
     scenes = [sample_scene(rng, 1) for _ in range(train + test)]
     features = image_features(pipe, scenes)
-    colour_names = list(COLORS)
-    labels = {"shape": torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes]),
-              "colour": torch.tensor([colour_names.index(s.objects[0].color) for s in scenes])}
+    labels = {name: torch.tensor([values.index(getattr(s.objects[0], field)) for s in scenes])
+              for name, (field, values) in ATTRIBUTES.items()}
     report = {"scenes": {"train": train, "test": test},
-              "chance": {"shape": round(1 / len(SHAPES), 3), "colour": round(1 / len(colour_names), 3)}}
+              "chance": {name: round(1 / len(values), 3) for name, (_, values) in ATTRIBUTES.items()}}
     for where, x in features.items():
-        report[where] = {attribute: linear_probe_accuracy(x[:train], y[:train], x[train:], y[train:], int(y.max()) + 1)
-                         for attribute, y in labels.items()}
+        # the class count comes from the world, not from which classes this sample happened to draw
+        report[where] = {name: linear_probe_accuracy(x[:train], y[:train], x[train:], y[train:],
+                                                     len(ATTRIBUTES[name][1]))
+                         for name, y in labels.items()}
     return report
 
 
