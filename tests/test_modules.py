@@ -105,6 +105,17 @@ def test_schedule_is_seeded_and_exempts_edits():
     assert len(OFFICIAL_PHASES) == 6
 
 
+def test_schedule_with_longer_final_all_queries_phase():
+    schedule = SemanticGuidedSchedule.with_final_all_queries(0.5)
+    assert schedule.probability_range(0.0) == (0.0, 0.0)
+    assert schedule.probability_range(0.49) != (1.0, 1.0)
+    assert schedule.probability_range(0.5) == (1.0, 1.0)
+    # the ramp keeps the official order of phases, only compressed
+    assert [p.p_min for p in schedule.phases[:-1]] == [p.p_min for p in OFFICIAL_PHASES[:-1]]
+    with pytest.raises(ValueError):
+        SemanticGuidedSchedule.with_final_all_queries(1.0)
+
+
 def test_pooling_is_padding_independent_when_masked():
     torch.manual_seed(0)
     head = AttentionPoolingBlock(32, 4, 16).eval()

@@ -108,6 +108,26 @@ def test_decoder_alone_and_no_rewrite_paths(tiny_pipeline):
     assert len(images) == 2 and captions == ["a circle", "a square"]
 
 
+def test_every_sampler_denoises_on_the_same_noise_schedule(tiny_pipeline):
+    from omnibridge.modeling.decoder import SAMPLERS
+
+    decoder = tiny_pipeline.decoder
+    original, betas = decoder.scheduler, decoder.scheduler.betas.clone()
+    try:
+        classes = set()
+        for kind in SAMPLERS:
+            decoder.set_sampler(kind)
+            classes.add(type(decoder.scheduler).__name__)
+            assert torch.allclose(decoder.scheduler.betas, betas)
+            image = tiny_pipeline.generate("a red circle", seed=0, num_inference_steps=3).images[0]
+            assert image.size == (64, 64) and np.asarray(image).std() > 0
+        assert len(classes) == len(SAMPLERS)
+        with pytest.raises(ValueError):
+            decoder.set_sampler("euler-magic")
+    finally:
+        decoder.scheduler = original
+
+
 def test_edit(tiny_pipeline, scene_image):
     result = tiny_pipeline.edit(scene_image, "make the circle blue", seed=5, num_inference_steps=3)
     assert len(result.images) == 1 and result.caption and result.parameters["mode"] == "edit"

@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
 def test_every_stage_lowers_its_loss(trained):
     _, report = trained
     stages = {"vae": report["decoder"]["vae"], "dit": report["decoder"]["dit"], "llm": report["llm"],
-              "align": report["align"], "retrieval": report["retrieval"]}
+              "vision": report["vision"], "align": report["align"], "retrieval": report["retrieval"]}
     for name, stage in stages.items():
         assert stage["last_loss"] < stage["first_loss"], (name, stage)
         assert stage["images_seen"] > 0 and stage["seconds"] > 0
@@ -33,7 +33,7 @@ def test_the_output_is_a_loadable_model_with_logs(trained):
     pipe = OmniBridgePipeline.from_pretrained(root / "model")
     assert pipe.generate("a red circle", num_inference_steps=2, seed=0).images[0].size == (64, 64)
     assert report["package"]["megabytes"] < 60
-    for stage in ("vae", "dit", "llm", "align", "retrieval"):
+    for stage in ("vae", "dit", "llm", "vision", "align", "retrieval"):
         lines = (root / "model.train" / stage / "log.jsonl").read_text().splitlines()
         assert lines and all("step" in json.loads(line) for line in lines)
 
@@ -46,6 +46,33 @@ def test_resume_continues_where_it_stopped(trained, tiny_model, tmp_path):
     assert first["steps"] == 4
     second = train_llm(tiny_model, replace(preset, steps=7), tmp_path, seed=0, resume=True)
     assert second["steps"] == 7 and second["images_seen"] == 7 * preset.batch
+
+
+def test_vision_stage_trains_only_the_eye(tiny_model, tmp_path):
+    """Stage 1b may move the vision tower and merger, never the language model (text paths stay exact)."""
+    import torch
+
+    from omnibridge.training.presets import quick_preset
+    from omnibridge.training.vision_stage import train_vision
+
+    before = {k: v.clone() for k, v in tiny_model.llm.state_dict().items()}
+    report = train_vision(tiny_model, replace(quick_preset().llm, vision_steps=3), tmp_path, seed=0, resume=False)
+    after = tiny_model.llm.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("visual." in k for k in changed), sorted(changed)[:5]
+    assert 0.0 <= report["held_out_map_accuracy"] <= 1.0 and report["steps"] == 3
+
+
+def test_object_map_labels_name_the_cell_of_each_centre():
+    from omnibridge.shapes.world import Scene, ShapeObject
+    from omnibridge.training.vision_stage import OBJECT_CLASSES, cell_labels
+
+    scene = Scene((ShapeObject("circle", "red", "small", 4, 4, 10),        # centre (9, 9): cell 0
+                   ShapeObject("square", "blue", "large", 40, 20, 16)))    # centre (48, 28): row 1, col 3
+    labels = cell_labels(scene, 4)
+    assert labels[0] == 1 + OBJECT_CLASSES.index(("red", "circle", "small"))
+    assert labels[1 * 4 + 3] == 1 + OBJECT_CLASSES.index(("blue", "square", "large"))
+    assert int((labels > 0).sum()) == 2
 
 
 def test_stage1_data_covers_every_behaviour():

@@ -127,7 +127,7 @@ class HunyuanDecoder:
         (path / "omnibridge_decoder.json").write_text(json.dumps({"rope_base_size": self.rope_base_size}))
 
     def set_sampler(self, kind: str) -> None:
-        """Switch the denoising scheduler (same noise schedule): 'dpm++', 'ddim' or 'ddpm'."""
+        """Switch the denoising scheduler (same noise schedule): 'dpm++', 'unipc', 'ddim' or 'ddpm'."""
         self.scheduler = make_sampler(self.scheduler.config, kind)
 
     def to(self, device: torch.device | str) -> "HunyuanDecoder":
@@ -341,13 +341,13 @@ def get_resize_crop_region_for_grid(grid: tuple[int, int], base_size: int):
     return (top, left), (top + resize_height, left + resize_width)
 
 
-SAMPLERS = ("dpm++", "ddim", "ddpm")
+SAMPLERS = ("dpm++", "unipc", "ddim", "ddpm")
 
 
 def make_sampler(config: dict, kind: str = "dpm++") -> SchedulerMixin:
     """A sampler on the training noise schedule. DPM-Solver++ (2nd order) is the default: at 20 steps it
     matches DDPM at 100 (benchmarks/bench_steps.py); DDPM is the official HunyuanDiT setting."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, UniPCMultistepScheduler
 
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     config["timestep_spacing"] = "trailing"  # start at the last training step: few-step samplers need it
@@ -355,6 +355,8 @@ def make_sampler(config: dict, kind: str = "dpm++") -> SchedulerMixin:
         config.setdefault("algorithm_type", "dpmsolver++")
         config.setdefault("solver_order", 2)
         return DPMSolverMultistepScheduler.from_config(config)
+    if kind == "unipc":
+        return UniPCMultistepScheduler.from_config(config)
     if kind == "ddim":
         return DDIMScheduler.from_config(config)
     if kind == "ddpm":

@@ -44,6 +44,21 @@ class SemanticGuidedSchedule:
         if any(not 0.0 <= p.p_min <= p.p_max <= 1.0 for p in self.phases):
             raise ValueError("each phase needs 0 <= p_min <= p_max <= 1")
 
+    @classmethod
+    def with_final_all_queries(cls, share: float) -> "SemanticGuidedSchedule":
+        """The official phases compressed so that the last `share` of training is all queries.
+
+        The official schedule spends only its last 15% in the inference setting (every position a
+        query). A small model trained for a few thousand steps needs more of it: text-to-image runs
+        in exactly that setting, so the shapes preset gives it half of training.
+        """
+        if not 0.0 < share < 1.0:
+            raise ValueError("share must be in (0, 1)")
+        ramp = OFFICIAL_PHASES[:-1]
+        scale = (1.0 - share) / ramp[-1].until
+        phases = tuple(SchedulePhase(p.until * scale, p.p_min, p.p_max) for p in ramp)
+        return cls(phases + (SchedulePhase(1.0, 1.0, 1.0),))
+
     def probability_range(self, progress: float) -> tuple[float, float]:
         """The (p_min, p_max) replacement probability at a training progress in [0, 1]."""
         for phase in self.phases:

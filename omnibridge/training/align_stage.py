@@ -76,8 +76,8 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return ((prediction - target) ** 2 * weights).sum() / (weights.sum() * prediction.shape[-1]).clamp(min=1)
 
 
-def train_alignment(model: LoadedModel, preset: AlignPreset, work_dir: Path, seed: int, resume: bool,
-                    schedule: SemanticGuidedSchedule = SemanticGuidedSchedule()) -> dict:
+def train_alignment(model: LoadedModel, preset: AlignPreset, work_dir: Path, seed: int, resume: bool) -> dict:
+    schedule = SemanticGuidedSchedule.with_final_all_queries(preset.all_queries_share)
     alignment = model.alignment
     model.llm.requires_grad_(False)
     for module in model.decoder.modules().values():

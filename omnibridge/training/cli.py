@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("decoder", "llm", "align", "retrieval", "package")
+STAGES = ("decoder", "llm", "vision", "align", "retrieval", "package")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decoder-steps", type=int,
                         help="train the DiT to this many steps instead (robust to a busy machine)")
     parser.add_argument("--llm-steps", type=int, help="override stage 1's step count (resume to extend it)")
+    parser.add_argument("--vision-steps", type=int, help="override stage 1b's step count")
     parser.add_argument("--align-steps", type=int, help="override stage 2's step count")
     parser.add_argument("--retrieval-steps", type=int, help="override stage 3's step count")
     parser.add_argument("--vision-patch", type=int, choices=(4, 8),
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.decoder_steps:
         preset.decoder.dit_steps = args.decoder_steps
     overrides = ((args.llm_steps, preset.llm, "steps"), (args.vision_patch, preset.llm, "patch_size"),
+                 (args.vision_steps, preset.llm, "vision_steps"),
                  (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"))
     for value, owner, name in overrides:
         if value:

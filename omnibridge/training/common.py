@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -111,6 +112,14 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor | None, 
     torch.nn.utils.clip_grad_norm_(parameters, clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def warmup_cosine_lr(step: int, total_steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to `peak`, then a cosine down to a tenth of it at `total_steps`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class EMA:

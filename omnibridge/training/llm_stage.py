@@ -6,14 +6,13 @@ from scratch, so the vision tower trains here too (documented in the model card)
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
 from ..modeling.chat_format import ChatFormat, EncodedPrompt
 from ..modeling.loading import LoadedModel
-from .common import StageRun, optimizer_step, step_rng
+from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
 from .llm_data import sample_conversation
 from .presets import LLMPreset
 
@@ -58,13 +57,6 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
     run = StageRun(work_dir, "llm", preset.steps, resume, seed)
     optimizer = torch.optim.AdamW(llm.parameters(), lr=preset.lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, preset.steps // 40)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return preset.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, preset.steps - warmup)
-        return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
     if run.saved_state:
         llm.load_state_dict(run.saved_state["llm"])
         optimizer.load_state_dict(run.saved_state["optimizer"])
@@ -72,7 +64,8 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
         rng = step_rng(seed, "llm", run.progress.step)
         conversations = [sample_conversation(rng) for _ in range(preset.batch)]
         loss = accumulate_gradients(llm, fmt, conversations, preset.max_length)
-        optimizer_step(optimizer, None, llm.parameters(), lr_at(run.progress.step))
+        optimizer_step(optimizer, None, llm.parameters(),
+                       warmup_cosine_lr(run.progress.step, preset.steps, preset.lr, warmup))
         run.tick(preset.batch, loss=loss.item())
         if run.progress.step % 200 == 0:
             run.save(llm=llm.state_dict(), optimizer=optimizer.state_dict())

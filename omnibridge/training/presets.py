@@ -51,6 +51,8 @@ class LLMPreset:
     steps: int = 4000
     batch: int = 48
     lr: float = 1e-3
+    vision_steps: int = 1500  # stage 1b: the vision tower alone, language model frozen
+    vision_lr: float = 5e-4
 
 
 @dataclass
@@ -62,10 +64,11 @@ class AlignPreset:
     image_queries: int = 16
     text_queries: int = 12
     retrieval_dim: int = 128
-    stage2_steps: int = 3000
+    stage2_steps: int = 6000
     stage2_batch: int = 64
     stage2_lr: float = 1e-3
-    stage3_steps: int = 1500
+    all_queries_share: float = 0.5  # last share of stage 2 in the inference setting (official: 0.15)
+    stage3_steps: int = 3000
     stage3_batch: int = 128
     stage3_lr: float = 5e-4
 
@@ -89,7 +92,7 @@ def quick_preset() -> TrainPreset:
                               text_layers=1, vae_steps=25, vae_batch=8, dit_minutes=0, dit_steps=30, dit_batch=8,
                               dit_lr=1e-3, eval_every=0, eval_prompts_per_category=2),
         llm=LLMPreset(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
-                      vision_depth=1, vision_dim=16, vision_heads=2, vocab_size=400, steps=30, batch=8),
+                      vision_depth=1, vision_dim=16, vision_heads=2, vocab_size=400, steps=30, batch=8, vision_steps=30),
         align=AlignPreset(bilm_layers=2, bilm_heads=2, bilm_d_ff=64, cross_attention_layers=(0,), image_queries=4,
                           text_queries=4, retrieval_dim=16, stage2_steps=30, stage2_batch=8, stage3_steps=30,
                           stage3_batch=16),

@@ -4,6 +4,9 @@
     <work_dir>/model/       the whole model in our layout, rewritten after stages 1-3
     <work_dir>/<stage>/     each stage's resumable state.pt and log.jsonl
 
+Stage order: decoder, llm (stage 1), vision (stage 1b: the vision tower alone), align (stage 2),
+retrieval (stage 3), package.
+
 The decoder is frozen from stage 1 on, but a decoder trained further (a later `--resume` of stage
 0) changes the T5 targets, so stages 2 and 3 must then run again; `stages.json` records which
 decoder each alignment was trained against.
@@ -27,6 +30,7 @@ from .decoder_stage import train_dit, train_vae
 from .llm_stage import train_llm
 from .presets import TrainPreset
 from .retrieval_stage import train_retrieval
+from .vision_stage import train_vision
 
 CPU = Placement(torch.device("cpu"), torch.float32, torch.float32)
 
@@ -93,12 +97,13 @@ def run_stages(preset: TrainPreset, out: Path, work_dir: Path, stages: list[str]
         report["decoder"] = run_decoder_stage(preset, work_dir, resume, seed, device, decoder_minutes)
     trainers = {
         "llm": lambda model: train_llm(model, preset.llm, work_dir, seed, resume),
+        "vision": lambda model: train_vision(model, preset.llm, work_dir, seed, resume),
         "align": lambda model: train_alignment(model, preset.align, work_dir, seed, resume),
         "retrieval": lambda model: train_retrieval(model, preset.align, work_dir, seed, resume),
     }
     for stage, trainer in trainers.items():
         if stage in stages:
-            model = _load_model(preset, work_dir, seed, need_decoder=stage != "llm")
+            model = _load_model(preset, work_dir, seed, need_decoder=stage not in ("llm", "vision"))
             report[stage] = trainer(model)
             _save_model(model, work_dir, stage, report[stage])
     if "package" in stages:
@@ -110,7 +115,7 @@ def training_summary(work_dir: Path) -> dict:
     """Each stage's steps, training seconds, images seen, loss first -> last, and the decoder's eval curve,
     read back from the stage logs (so it covers every resumed run)."""
     summary = {}
-    for stage in ("vae", "dit", "llm", "align", "retrieval"):
+    for stage in ("vae", "dit", "llm", "vision", "align", "retrieval"):
         path = Path(work_dir) / stage / "log.jsonl"
         if not path.exists():
             continue
