@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llm-steps", type=int, help="override stage 1's step count (resume to extend it)")
     parser.add_argument("--vision-steps", type=int, help="override stage 1b's step count")
     parser.add_argument("--align-steps", type=int, help="override stage 2's step count")
+    parser.add_argument("--align-all-queries-share", type=float,
+                        help="share of stage 2 spent with every position a learned query (official: 0.15)")
     parser.add_argument("--retrieval-steps", type=int, help="override stage 3's step count")
     parser.add_argument("--vision-patch", type=int, choices=(4, 8),
                         help="the LLM's vision patch in pixels (a new stage-1 run; give it its own --work-dir)")
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
         preset.decoder.dit_steps = args.decoder_steps
     overrides = ((args.llm_steps, preset.llm, "steps"), (args.vision_patch, preset.llm, "patch_size"),
                  (args.vision_steps, preset.llm, "vision_steps"),
-                 (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"))
+                 (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"),
+                 (args.align_all_queries_share, preset.align, "all_queries_share"))
     for value, owner, name in overrides:
         if value:
             setattr(owner, name, value)

@@ -64,10 +64,10 @@ class AlignPreset:
     image_queries: int = 16
     text_queries: int = 12
     retrieval_dim: int = 128
-    stage2_steps: int = 6000
+    stage2_steps: int = 3000
     stage2_batch: int = 64
     stage2_lr: float = 1e-3
-    all_queries_share: float = 0.5  # last share of stage 2 in the inference setting (official: 0.15)
+    all_queries_share: float = 0.15  # last share of stage 2 in the all-queries setting (the official schedule)
     stage3_steps: int = 3000
     stage3_batch: int = 128
     stage3_lr: float = 5e-4
