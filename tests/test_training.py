@@ -129,3 +129,23 @@ def test_each_resumed_decoder_run_trains_for_its_own_time_budget(tmp_path):
     reports = [train_dit(build_decoder(preset), preset, tmp_path, seed=0, resume=True, minutes=0.02)[1]
                for _ in range(2)]
     assert reports[0]["steps"] > 0 and reports[1]["steps"] > reports[0]["steps"]  # the second run went on
+
+
+def test_fresh_align_reinitialises_only_what_stage_2_trains(tiny_pipeline):
+    """After a newer decoder, stage 2 can restart from a fresh projector and BiLM (retrieval heads kept)."""
+    import copy
+
+    import torch
+
+    from omnibridge.training.align_stage import reinitialise_alignment
+
+    model = copy.copy(tiny_pipeline.model)
+    model.alignment = copy.deepcopy(tiny_pipeline.model.alignment)
+    before = {k: v.clone() for k, v in model.alignment.state_dict().items()}
+    reinitialise_alignment(model, seed=3)
+    after = model.alignment.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"downsampling_linear_layer", "bilm"}, changed
+    again = copy.deepcopy(model.alignment)
+    reinitialise_alignment(model, seed=3)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.alignment.state_dict().items())

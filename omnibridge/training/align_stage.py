@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..modeling.alignment import OmniBridgeAlignment
 from ..modeling.chat_format import ChatFormat, Message, gather_spans
 from ..modeling.loading import LoadedModel
 from ..modeling.schedule import SemanticGuidedSchedule
@@ -76,7 +77,20 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return ((prediction - target) ** 2 * weights).sum() / (weights.sum() * prediction.shape[-1]).clamp(min=1)
 
 
-def train_alignment(model: LoadedModel, preset: AlignPreset, work_dir: Path, seed: int, resume: bool) -> dict:
+def reinitialise_alignment(model: LoadedModel, seed: int) -> None:
+    """Fresh projector and BiLM (the parts stage 2 trains), as before the first stage-2 run.
+
+    Stage 2 otherwise starts from the alignment in the model folder, which after a newer decoder is
+    one trained against another decoder's T5 targets.
+    """
+    torch.manual_seed(seed)
+    fresh = OmniBridgeAlignment(model.config)
+    for name in ("downsampling_linear_layer", "bilm"):
+        getattr(model.alignment, name).load_state_dict(getattr(fresh, name).state_dict())
+
+
+def train_alignment(model: LoadedModel, preset: AlignPreset, work_dir: Path, seed: int, resume: bool,
+                    fresh: bool = False) -> dict:
     schedule = SemanticGuidedSchedule.with_final_all_queries(preset.all_queries_share)
     alignment = model.alignment
     model.llm.requires_grad_(False)
@@ -90,6 +104,8 @@ def train_alignment(model: LoadedModel, preset: AlignPreset, work_dir: Path, see
     if run.saved_state:
         alignment.load_state_dict(run.saved_state["alignment"])
         optimizer.load_state_dict(run.saved_state["optimizer"])
+    elif fresh:
+        reinitialise_alignment(model, seed)
     generator = torch.Generator().manual_seed(seed)
     held_out = alignment_batch(model, fmt, step_rng(seed, "align-held-out", 0), preset.stage2_batch)
 

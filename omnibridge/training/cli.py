@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--align-steps", type=int, help="override stage 2's step count")
     parser.add_argument("--align-all-queries-share", type=float,
                         help="share of stage 2 spent with every position a learned query (official: 0.15)")
+    parser.add_argument("--fresh-align", action="store_true",
+                        help="start stage 2 from a fresh projector and BiLM (after training a newer decoder)")
     parser.add_argument("--retrieval-steps", type=int, help="override stage 3's step count")
     parser.add_argument("--vision-patch", type=int, choices=(4, 8),
                         help="the LLM's vision patch in pixels (a new stage-1 run; give it its own --work-dir)")
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     report = run_stages(preset, out, work_dir, args.stages.split(","), resume=args.resume, seed=args.seed,
-                        device=torch.device(args.device), decoder_minutes=args.decoder_minutes)
+                        device=torch.device(args.device), decoder_minutes=args.decoder_minutes,
+                        fresh_align=args.fresh_align)
     report["wall_seconds"] = round(time.monotonic() - started, 1)
     (work_dir / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -91,14 +91,14 @@ def _save_model(model: LoadedModel, work_dir: Path, finished: str, report: dict)
 
 
 def run_stages(preset: TrainPreset, out: Path, work_dir: Path, stages: list[str], resume: bool, seed: int,
-               device: torch.device, decoder_minutes: float | None = None) -> dict:
+               device: torch.device, decoder_minutes: float | None = None, fresh_align: bool = False) -> dict:
     report: dict = {"preset": preset.name}
     if "decoder" in stages:
         report["decoder"] = run_decoder_stage(preset, work_dir, resume, seed, device, decoder_minutes)
     trainers = {
         "llm": lambda model: train_llm(model, preset.llm, work_dir, seed, resume),
         "vision": lambda model: train_vision(model, preset.llm, work_dir, seed, resume),
-        "align": lambda model: train_alignment(model, preset.align, work_dir, seed, resume),
+        "align": lambda model: train_alignment(model, preset.align, work_dir, seed, resume, fresh_align),
         "retrieval": lambda model: train_retrieval(model, preset.align, work_dir, seed, resume),
     }
     for stage, trainer in trainers.items():
