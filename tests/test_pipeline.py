@@ -208,3 +208,15 @@ def test_the_vision_probe_separates_what_is_encoded_and_only_that(tiny_pipeline)
     assert {name: tuple(f.shape[:1]) for name, f in features.items()} == {"vision_tower": (5,), "llm_last_layer": (5,)}
     report = probe_shapes_and_colours(tiny_pipeline, train=12, test=6)
     assert 0.0 <= report["vision_tower"]["shape"] <= 1.0 and report["chance"]["colour"] == pytest.approx(1 / 6, abs=1e-3)
+
+
+def test_alignment_fit_measures_against_the_slot_variance_and_restores_the_pipeline(tiny_pipeline):
+    from omnibridge.evaluation.alignment_fit import noise_tolerance, text_to_image_fit
+
+    fit = text_to_image_fit(tiny_pipeline, batches=1, batch_size=4)
+    assert fit["mse"] > 0 and fit["t5_variance"] > 0
+    assert fit["relative_mse"] == round(fit["mse"] / fit["t5_variance"], 4)
+    method = tiny_pipeline._condition
+    report = noise_tolerance(tiny_pipeline, mse=100.0, per_category=1)
+    assert report["prompts"] == 6 and 0.0 <= report["decoder_alone_with_noise"] <= 1.0
+    assert "_condition" not in vars(tiny_pipeline) and tiny_pipeline._condition == method

@@ -38,10 +38,11 @@ def _pad_cat(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def alignment_batch(model: LoadedModel, fmt: ChatFormat, rng: random.Random, batch_size: int):
+def alignment_batch(model: LoadedModel, fmt: ChatFormat, rng: random.Random, batch_size: int,
+                    edit_share: float = EDIT_SHARE):
     """Frozen-model features for one batch: LLM states (memory), T5 inputs, T5 targets and masks."""
     prompts_cfg = model.config.prompts
-    n_edit = sum(rng.random() < EDIT_SHARE for _ in range(batch_size))
+    n_edit = sum(rng.random() < edit_share for _ in range(batch_size))
     captions, memories, edit_flags = [], [], []
     t2i_prompts = []
     for _ in range(batch_size - n_edit):
