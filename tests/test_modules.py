@@ -156,3 +156,14 @@ def test_alignment_keys_are_the_official_top_level_names():
                  "text_proj_1.norm1_v.bias", "fusion_alpha_image", "fusion_alpha_text", "logit_scale"):
         assert name in keys
     assert math.isclose(float(_alignment(True).logit_scale), math.log(1 / 0.07), rel_tol=1e-6)
+
+
+def test_stage2_loss_counts_the_padding_that_hunyuandits_attention_pool_reads():
+    from omnibridge.training.align_stage import alignment_loss, masked_mse
+
+    target = torch.randn(2, 6, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
+    wrong_padding = torch.where(mask[..., None].bool(), target, target + 3.0)
+    assert masked_mse(wrong_padding, target, mask) == 0
+    assert alignment_loss(wrong_padding, target) > 1.0
+    assert alignment_loss(target, target) == 0

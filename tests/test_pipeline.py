@@ -220,3 +220,20 @@ def test_alignment_fit_measures_against_the_slot_variance_and_restores_the_pipel
     report = noise_tolerance(tiny_pipeline, mse=100.0, per_category=1)
     assert report["prompts"] == 6 and 0.0 <= report["decoder_alone_with_noise"] <= 1.0
     assert "_condition" not in vars(tiny_pipeline) and tiny_pipeline._condition == method
+
+
+def test_hunyuandit_reads_the_t5_padding_positions(tiny_pipeline):
+    """Why stage 2's loss covers padding: the decoder's attention pool reads T5 padding despite the mask."""
+    from omnibridge.modeling.decoder import CaptionEncoding
+
+    with torch.inference_mode():
+        cond = tiny_pipeline.decoder.encode_captions(["a red circle"])
+    padding = ~cond.mask_2[..., None].bool()
+    assert padding.any()
+    changed = CaptionEncoding(cond.embeds, cond.mask, torch.where(padding, cond.embeds_2 + 5.0, cond.embeds_2),
+                              cond.mask_2)
+    size = tiny_pipeline.config.generation.height
+    same = [np.asarray(tiny_pipeline._decode(c, [0], 2, 2.0, size, size, None, None)[0], dtype=int)
+            for c in (cond, cond, changed)]
+    assert (same[0] == same[1]).all()
+    assert np.abs(same[0] - same[2]).max() > 0

@@ -4,6 +4,7 @@ The generation score of the full path can fall far below the decoder's own (the 
 stage 2's loss looks fine. Two numbers separate the causes:
 - `relative_mse`: the text-to-image MSE with every position a learned query (how generation runs),
   divided by the T5 slot's variance over the same tokens (1.0 = no better than predicting the mean);
+- `padding_mse`: the same at the padding positions, which HunyuanDiT's attention pool reads too;
 - with `--noise-prompts`, the decoder alone with its own T5 slot plus isotropic Gaussian noise of that
   same MSE: if this scores like the clean decoder, the BiLM's error is not noise but sits where the
   caption's meaning is.
@@ -30,7 +31,7 @@ FIT_SEED = 99  # held apart from the training seeds
 def text_to_image_fit(pipe, batches: int = 4, batch_size: int = 64) -> dict:
     model = pipe.model
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
-    mse = variance = 0.0
+    mse = variance = padding_mse = 0.0
     with torch.no_grad():
         for index in range(batches):
             memory, memory_mask, _, target, t5_mask, _ = alignment_batch(
@@ -40,7 +41,9 @@ def text_to_image_fit(pipe, batches: int = 4, batch_size: int = 64) -> dict:
             mean = (target * weights).sum((0, 1)) / weights.sum()
             mse += masked_mse(prediction, target, t5_mask).item() / batches
             variance += masked_mse(mean.expand_as(target), target, t5_mask).item() / batches
+            padding_mse += masked_mse(prediction, target, 1 - t5_mask).item() / batches
     return {"mse": round(mse, 5), "t5_variance": round(variance, 5), "relative_mse": round(mse / variance, 4),
+            "padding_mse": round(padding_mse, 5),
             "captions": batches * batch_size}
 
 
