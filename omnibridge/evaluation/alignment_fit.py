@@ -43,8 +43,7 @@ def text_to_image_fit(pipe, batches: int = 4, batch_size: int = 64) -> dict:
             variance += masked_mse(mean.expand_as(target), target, t5_mask).item() / batches
             padding_mse += masked_mse(prediction, target, 1 - t5_mask).item() / batches
     return {"mse": round(mse, 5), "t5_variance": round(variance, 5), "relative_mse": round(mse / variance, 4),
-            "padding_mse": round(padding_mse, 5),
-            "captions": batches * batch_size}
+            "padding_mse": round(padding_mse, 5), "captions": batches * batch_size}
 
 
 def noise_tolerance(pipe, mse: float, per_category: int) -> dict:
@@ -59,8 +58,8 @@ def noise_tolerance(pipe, mse: float, per_category: int) -> dict:
 
     def noisy_condition(captions, states=None, t5_inputs=False):
         encoding = own_condition(captions)
-        noise = torch.randn(encoding.embeds_2.shape, generator=torch.Generator().manual_seed(FIT_SEED))
-        return CaptionEncoding(encoding.embeds, encoding.mask, encoding.embeds_2 + noise.to(encoding.embeds_2) * mse**0.5,
+        noise = torch.randn(encoding.embeds_2.shape, generator=torch.Generator().manual_seed(FIT_SEED)) * mse**0.5
+        return CaptionEncoding(encoding.embeds, encoding.mask, encoding.embeds_2 + noise.to(encoding.embeds_2),
                                encoding.mask_2)
 
     pipe._condition = noisy_condition

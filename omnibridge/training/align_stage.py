@@ -92,8 +92,9 @@ def reinitialise_alignment(model: LoadedModel, seed: int) -> None:
     Stage 2 otherwise starts from the alignment in the model folder, which after a newer decoder is
     one trained against another decoder's T5 targets.
     """
-    torch.manual_seed(seed)
-    fresh = OmniBridgeAlignment(model.config)
+    with torch.random.fork_rng():  # seeded without moving the caller's global RNG
+        torch.manual_seed(seed)
+        fresh = OmniBridgeAlignment(model.config)
     for name in ("downsampling_linear_layer", "bilm"):
         getattr(model.alignment, name).load_state_dict(getattr(fresh, name).state_dict())
 
@@ -121,7 +122,7 @@ def train_alignment(model: LoadedModel, preset: AlignPreset, work_dir: Path, see
     @torch.no_grad()
     def inference_setting_loss() -> float:
         """MSE on a fixed batch with every position a learned query (how text-to-image runs)."""
-        memory, memory_mask, inputs, target, t5_mask, _ = held_out
+        memory, memory_mask, _, target, _, _ = held_out
         prediction = alignment.eval().condition(memory, memory_mask)
         alignment.train()
         return alignment_loss(prediction, target).item()
@@ -134,7 +135,7 @@ def train_alignment(model: LoadedModel, preset: AlignPreset, work_dir: Path, see
         step = run.progress.step
         rng = step_rng(seed, "align", step)
         generator.manual_seed(rng.randrange(2**31))
-        memory, memory_mask, inputs, target, t5_mask, is_edit = alignment_batch(model, fmt, rng, preset.stage2_batch)
+        memory, memory_mask, inputs, target, _, is_edit = alignment_batch(model, fmt, rng, preset.stage2_batch)
         progress = step / max(1, preset.stage2_steps - 1)
         query_mask = schedule.sample_mask(inputs.shape[0], inputs.shape[1], progress, generator, exempt=is_edit)
         prediction = alignment.condition(memory, memory_mask, inputs_embeds=inputs, query_mask=query_mask)

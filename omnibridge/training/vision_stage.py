@@ -89,7 +89,7 @@ def train_vision(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: in
     visual.eval()
     with torch.no_grad():
         held_out = random.Random(f"vision-held-out-{seed}")
-        accuracy = object_map_loss(model, fmt, head, [sample_scene(held_out) for _ in range(256)])[1]
-    run.log(event="done", held_out_map_accuracy=round(accuracy, 4))
+        accuracy = round(object_map_loss(model, fmt, head, [sample_scene(held_out) for _ in range(256)])[1], 4)
+    run.log(event="done", held_out_map_accuracy=accuracy)
     llm.requires_grad_(True)
-    return {**run.close(), "held_out_map_accuracy": round(accuracy, 4)}
+    return {**run.close(), "held_out_map_accuracy": accuracy}
