@@ -81,6 +81,11 @@ class ChatFormat:
 
     # ------------------------------------------------------------------------------------ images
     def image_token_count(self, image: Image.Image) -> int:
+        # The processor's own resize arithmetic: counting tokens must not cost a full preprocessing pass
+        # (a chat turn counts every image twice before it preprocesses them once).
+        count_patches = getattr(self.image_processor, "get_number_of_image_patches", None)
+        if count_patches is not None:
+            return count_patches(image.height, image.width) // (self.merge**2)
         grid = self.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
         return int(grid.prod()) // (self.merge**2)
 
