@@ -25,6 +25,15 @@ def test_stream_can_be_stopped_early(tiny_pipeline):
     assert tiny_pipeline.jobs_requested == 0
 
 
+@pytest.mark.parametrize("size", [(64, 64), (37, 90), (300, 20), (8, 8), (1000, 700)])
+def test_counted_image_tokens_match_the_processors_grid(tiny_pipeline, size):
+    # The prompt reserves this many <|image_pad|> tokens; the vision tower emits grid/merge^2 of them.
+    image = Image.new("RGB", size, (200, 30, 30))
+    chat_format = tiny_pipeline.format
+    grid = chat_format.image_inputs([image])["image_grid_thw"][0]
+    assert chat_format.image_token_count(image) == int(grid.prod()) // chat_format.merge**2
+
+
 def test_multi_turn_with_several_images_and_openai_parts(tiny_pipeline, scene_image):
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
@@ -114,16 +123,35 @@ def test_every_sampler_denoises_on_the_same_noise_schedule(tiny_pipeline):
     decoder = tiny_pipeline.decoder
     original, betas = decoder.scheduler, decoder.scheduler.betas.clone()
     try:
-        classes = set()
+        variants = set()
         for kind in SAMPLERS:
             decoder.set_sampler(kind)
-            classes.add(type(decoder.scheduler).__name__)
+            variants.add((type(decoder.scheduler).__name__, decoder.scheduler.config.get("algorithm_type")))
             assert torch.allclose(decoder.scheduler.betas, betas)
             image = tiny_pipeline.generate("a red circle", seed=0, num_inference_steps=3).images[0]
             assert image.size == (64, 64) and np.asarray(image).std() > 0
-        assert len(classes) == len(SAMPLERS)
+        assert len(variants) == len(SAMPLERS)
         with pytest.raises(ValueError):
             decoder.set_sampler("euler-magic")
+    finally:
+        decoder.scheduler = original
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "dpm++sde"])
+def test_stochastic_samplers_depend_only_on_each_images_seed(tiny_pipeline, kind):
+    # Their step noise comes from per-image generators, not the global RNG: a seed gives the same
+    # image alone or in a batch, whatever ran before.
+    decoder = tiny_pipeline.decoder
+    original = decoder.scheduler
+    try:
+        decoder.set_sampler(kind)
+        settings = dict(rewrite=False, num_inference_steps=4)
+        alone = np.asarray(tiny_pipeline.generate("a red circle", seed=5, **settings).images[0], dtype=int)
+        torch.manual_seed(123)  # moving the global RNG must not matter
+        batch, _ = tiny_pipeline.generate_batch(["a blue square", "a red circle"], [9, 5], **settings)
+        assert np.abs(np.asarray(batch[1], dtype=int) - alone).max() <= 1
+        other = np.asarray(tiny_pipeline.generate("a red circle", seed=6, **settings).images[0], dtype=int)
+        assert np.abs(other - alone).max() > 1
     finally:
         decoder.scheduler = original
 

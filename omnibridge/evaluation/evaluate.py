@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..modeling.decoder import SAMPLERS
 from .editing import evaluate_editing
 from .generation import evaluate_generation, generation_cases
 from .retrieval import evaluate_retrieval
@@ -74,6 +75,7 @@ def measure_speed(pipe, repeats: int = 5) -> dict:
 def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = 100, edits_per_type: int = 15,
                    retrieval_scenes: int = 1000, steps: int | None = None, guidance: float | None = None) -> dict:
     report: dict = {"model": pipe.model_id, "source": pipe.model.source,
+                    "sampler": pipe.decoder.sampler_kind,
                     "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     runners = {
         "generation": lambda: evaluate_generation_paths(pipe, per_category, steps, guidance),
@@ -126,10 +128,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--retrieval-scenes", type=int, default=1000)
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="denoising sampler (default: the model's)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--write-card", action="store_true", help="also write README.md into the model folder")
     args = parser.parse_args(argv)
     pipe = OmniBridgePipeline.from_pretrained(args.model, device=args.device)
+    if args.sampler:
+        pipe.decoder.set_sampler(args.sampler)
     report = run_evaluation(pipe, args.parts.split(","), args.prompts_per_category, args.questions_per_type,
                             args.edits_per_type, args.retrieval_scenes, args.steps, args.guidance)
     Path(args.out).write_text(json.dumps(report, indent=2))

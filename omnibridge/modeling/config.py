@@ -65,7 +65,7 @@ class GenerationDefaults:
     height: int = 1024
     width: int = 1024
     negative_prompt: str = ""
-    sampler: str = "dpm++"  # dpm++, ddim or ddpm (the official setting, at 100 steps)
+    sampler: str = "dpm++"  # one of decoder.SAMPLERS; ddpm at 100 steps is the official setting
     max_new_tokens: int = 256
     allowed_sizes: tuple[int, ...] = (768, 1024, 1280)
 

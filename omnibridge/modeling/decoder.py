@@ -9,6 +9,7 @@ same class loads HunyuanDiT-v1.2-Diffusers and the built-in tiny decoder.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ class HunyuanDecoder:
         self.transformer = transformer.eval()
         self.vae = vae.eval()
         self.scheduler = scheduler
+        self.sampler_kind = "as saved"  # until set_sampler picks one of SAMPLERS
         self.text_encoder = text_encoder.eval()
         self.tokenizer = tokenizer
         self.text_encoder_2 = text_encoder_2.eval()
@@ -127,8 +129,9 @@ class HunyuanDecoder:
         (path / "omnibridge_decoder.json").write_text(json.dumps({"rope_base_size": self.rope_base_size}))
 
     def set_sampler(self, kind: str) -> None:
-        """Switch the denoising scheduler (same noise schedule): 'dpm++', 'unipc', 'ddim' or 'ddpm'."""
+        """Switch the denoising scheduler (same noise schedule), one of SAMPLERS."""
         self.scheduler = make_sampler(self.scheduler.config, kind)
+        self.sampler_kind = kind
 
     def to(self, device: torch.device | str) -> "HunyuanDecoder":
         for module in self.modules().values():
@@ -223,6 +226,13 @@ class HunyuanDecoder:
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         return torch.stack(noise).to(self.device, self.dtype)
 
+    def _step_generators(self, seeds: list[int]) -> dict:
+        """Stochastic samplers draw fresh noise at every step: from per-image generators (a stream apart
+        from the initial noise's), so their images too depend only on their own seeds."""
+        if "generator" not in inspect.signature(self.scheduler.step).parameters:
+            return {}
+        return {"generator": [torch.Generator().manual_seed(int(s) + STEP_NOISE_OFFSET) for s in seeds]}
+
     def _rotary_embedding(self, latent_height: int, latent_width: int):
         patch = self.transformer.config.patch_size
         grid = (latent_height // patch, latent_width // patch)
@@ -290,6 +300,7 @@ class HunyuanDecoder:
         else:
             latents = noise * self.scheduler.init_noise_sigma
         rotary = self._rotary_embedding(latents.shape[-2], latents.shape[-1])
+        step_noise = self._step_generators(seeds)
         for step, timestep in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, timestep)
@@ -298,7 +309,7 @@ class HunyuanDecoder:
             if guided:
                 uncond, text = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (text - uncond)
-            latents = self.scheduler.step(prediction, timestep, latents, return_dict=False)[0]
+            latents = self.scheduler.step(prediction, timestep, latents, return_dict=False, **step_noise)[0]
             if callback is not None:
                 outputs = callback(self, step, int(timestep), {"latents": latents})
                 if outputs:
@@ -341,12 +352,15 @@ def get_resize_crop_region_for_grid(grid: tuple[int, int], base_size: int):
     return (top, left), (top + resize_height, left + resize_width)
 
 
-SAMPLERS = ("dpm++", "unipc", "ddim", "ddpm")
+STEP_NOISE_OFFSET = 1_000_003  # seeds step noise apart from the initial noise of the same seed
+SAMPLERS = ("dpm++", "dpm++sde", "unipc", "ddim", "ddpm")
 
 
 def make_sampler(config: dict, kind: str = "dpm++") -> SchedulerMixin:
-    """A sampler on the training noise schedule. DPM-Solver++ (2nd order) is the default: at 20 steps it
-    matches DDPM at 100 (benchmarks/bench_steps.py); DDPM is the official HunyuanDiT setting."""
+    """A sampler on the training noise schedule. DDPM is the official HunyuanDiT setting (100 steps);
+    `benchmarks/bench_steps.py` measures what the deterministic (dpm++, unipc, ddim) and stochastic
+    (dpm++sde, ddpm) ones reach in fewer steps. (Euler ancestral is left out: on this squared-cosine
+    schedule its first sigma is so large that it overflows at a few steps.)"""
     from diffusers import DDIMScheduler, DDPMScheduler, UniPCMultistepScheduler
 
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
@@ -354,6 +368,9 @@ def make_sampler(config: dict, kind: str = "dpm++") -> SchedulerMixin:
     if kind == "dpm++":
         config.setdefault("algorithm_type", "dpmsolver++")
         config.setdefault("solver_order", 2)
+        return DPMSolverMultistepScheduler.from_config(config)
+    if kind == "dpm++sde":
+        config.update(algorithm_type="sde-dpmsolver++", solver_order=2)
         return DPMSolverMultistepScheduler.from_config(config)
     if kind == "unipc":
         return UniPCMultistepScheduler.from_config(config)
