@@ -149,3 +149,41 @@ def test_fresh_align_reinitialises_only_what_stage_2_trains(tiny_pipeline):
     again = copy.deepcopy(model.alignment)
     reinitialise_alignment(model, seed=3)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.alignment.state_dict().items())
+
+
+def test_stage3_pool_holds_the_frozen_llms_states_and_is_rebuilt_for_another_llm(tiny_pipeline, tmp_path):
+    """Stage 3 trains on cached LLM states: they must equal a fresh forward pass, pair each caption with
+    its own scene, and never be reused once the LLM's weights change."""
+    import copy
+
+    import torch
+
+    from omnibridge.modeling.chat_format import Message
+    from omnibridge.shapes.render import render
+    from omnibridge.shapes.world import sample_scene
+    from omnibridge.training.presets import quick_preset
+    from omnibridge.training.retrieval_stage import llm_states, load_or_build_pool, pool_batch
+
+    model, fmt = tiny_pipeline.model, tiny_pipeline.format
+    preset = replace(quick_preset().align, stage3_pool_scenes=6)
+    pool = load_or_build_pool(model, fmt, preset, seed=1, folder=tmp_path)
+    assert len(pool) == 6 and all(pool.captions_of_scene)
+
+    first_scene = sample_scene(random.Random("1/retrieval-pool"))  # the pool's own scene RNG
+    states, mask = llm_states(model, fmt, [fmt.encode([Message("user", [render(first_scene)])])], "image0")
+    assert torch.allclose(pool.image_states[0].float(), states[0, : int(mask.sum())], atol=1e-2, rtol=1e-2)
+
+    (images, image_mask), (texts, text_mask), image_ids, text_ids = pool_batch(pool, random.Random(0), 4)
+    assert images.shape[0] == 4 and texts.shape[0] == len(text_ids) and set(text_ids.tolist()) == {0, 1, 2, 3}
+    assert image_mask.sum(1).min() > 0 and text_mask.sum(1).min() > 0
+
+    caption = pool.caption_states[pool.captions_of_scene[2][0]]
+    reused = load_or_build_pool(model, fmt, preset, seed=1, folder=tmp_path)
+    assert torch.equal(reused.caption_states[reused.captions_of_scene[2][0]], caption)
+    changed = copy.copy(model)
+    changed.llm = copy.deepcopy(model.llm)
+    with torch.no_grad():
+        for parameter in changed.llm.parameters():
+            parameter.mul_(1.1)
+    rebuilt = load_or_build_pool(changed, fmt, preset, seed=1, folder=tmp_path)
+    assert not torch.equal(rebuilt.caption_states[rebuilt.captions_of_scene[2][0]], caption)

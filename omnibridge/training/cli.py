@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fresh-align", action="store_true",
                         help="start stage 2 from a fresh projector and BiLM (after training a newer decoder)")
     parser.add_argument("--retrieval-steps", type=int, help="override stage 3's step count")
+    parser.add_argument("--retrieval-batch", type=int, help="override stage 3's batch (captions; half as many images)")
+    parser.add_argument("--retrieval-pool", type=int, help="scenes whose frozen-LLM states stage 3 samples from")
     parser.add_argument("--vision-patch", type=int, choices=(4, 8),
                         help="the LLM's vision patch in pixels (a new stage-1 run; give it its own --work-dir)")
     args = parser.parse_args(argv)
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = ((args.llm_steps, preset.llm, "steps"), (args.vision_patch, preset.llm, "patch_size"),
                  (args.vision_steps, preset.llm, "vision_steps"),
                  (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"),
+                 (args.retrieval_batch, preset.align, "stage3_batch"),
+                 (args.retrieval_pool, preset.align, "stage3_pool_scenes"),
                  (args.align_all_queries_share, preset.align, "all_queries_share"))
     for value, owner, name in overrides:
         if value:

@@ -69,8 +69,9 @@ class AlignPreset:
     stage2_lr: float = 1e-3
     all_queries_share: float = 0.15  # last share of stage 2 in the all-queries setting (the official schedule)
     stage3_steps: int = 3000
-    stage3_batch: int = 128
+    stage3_batch: int = 128  # captions per step; half as many images
     stage3_lr: float = 5e-4
+    stage3_pool_scenes: int = 40_000  # frozen-LLM states computed once, sampled by every step
 
 
 @dataclass
@@ -95,7 +96,7 @@ def quick_preset() -> TrainPreset:
                       vision_depth=1, vision_dim=16, vision_heads=2, vocab_size=400, steps=30, batch=8, vision_steps=30),
         align=AlignPreset(bilm_layers=2, bilm_heads=2, bilm_d_ff=64, cross_attention_layers=(0,), image_queries=4,
                           text_queries=4, retrieval_dim=16, stage2_steps=30, stage2_batch=8, stage3_steps=30,
-                          stage3_batch=16),
+                          stage3_batch=16, stage3_pool_scenes=64),
     )
 
 

@@ -4,22 +4,29 @@ Loss = i2t + t2i + 0.05 * t2t, with every caption of the same scene a positive (
 recipe). The LLM stays frozen. Unlike the official retrieval fine-tune, the projector and BiLM are
 frozen as well, so this stage cannot degrade generation: it trains the retrieval query banks, the
 four pooling heads, the fusion gates and the logit scale.
+
+Because the LLM is frozen, its states for a scene never change: they are computed once for a pool of
+scenes (`stage3_pool_scenes`, a few minutes) and each step draws its batch from the pool. A step then
+costs the heads alone, about 20x less than running the LLM on every batch, which buys both many more
+steps and bigger batches (harder negatives) in the same time.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..modeling.chat_format import ChatFormat, Message, SpanText, gather_spans
 from ..modeling.loading import LoadedModel
 from ..shapes.captions import equivalent_captions
 from ..shapes.render import render
 from ..shapes.world import sample_scene
-from .common import StageRun, optimizer_step, step_rng
+from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
 from .presets import AlignPreset
 
 TEXT_TO_TEXT_WEIGHT = 0.05
@@ -54,19 +61,82 @@ def llm_states(model: LoadedModel, fmt: ChatFormat, prompts, span: str):
     return gather_spans(states, [s[span] for s in collated["spans"]])
 
 
-def retrieval_batch(model: LoadedModel, fmt: ChatFormat, rng: random.Random, n_scenes: int):
+@dataclass
+class StatePool:
+    """Frozen-LLM states of a fixed set of scenes: one image span per scene, several captions each."""
+
+    image_states: list[torch.Tensor]  # per scene: [tokens, hidden], float16
+    caption_states: list[torch.Tensor]  # per caption: [tokens, hidden], float16
+    captions_of_scene: list[list[int]]  # scene -> indices into caption_states
+    llm_fingerprint: float
+
+    def __len__(self) -> int:
+        return len(self.image_states)
+
+
+def llm_fingerprint(model: LoadedModel) -> float:
+    """Changes whenever the LLM's weights do, so a pool computed from another LLM is never reused."""
+    return float(sum(p.detach().double().sum() for p in model.llm.parameters()))
+
+
+def _unpadded(states: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    return [row[: int(n)].to(torch.float16).clone() for row, n in zip(states, mask.sum(1))]
+
+
+def build_state_pool(model: LoadedModel, fmt: ChatFormat, seed: int, n_scenes: int, captions_per_scene: int = 3,
+                     chunk: int = 64) -> StatePool:
+    rng = random.Random(f"{seed}/retrieval-pool")
     scenes = [sample_scene(rng) for _ in range(n_scenes)]
-    image_prompts = [fmt.encode([Message("user", [render(s)])]) for s in scenes]
+    image_states, caption_states, captions_of_scene = [], [], []
+    for start in tqdm(range(0, n_scenes, chunk), desc="retrieval pool", dynamic_ncols=True, mininterval=5.0):
+        batch = scenes[start:start + chunk]
+        image_prompts = [fmt.encode([Message("user", [render(s)])]) for s in batch]
+        image_states += _unpadded(*llm_states(model, fmt, image_prompts, "image0"))
+        texts = []
+        for scene in batch:
+            captions = equivalent_captions(scene)
+            chosen = rng.sample(captions, min(captions_per_scene, len(captions)))
+            captions_of_scene.append(list(range(len(caption_states) + len(texts),
+                                                len(caption_states) + len(texts) + len(chosen))))
+            texts += chosen
+        text_prompts = [fmt.encode([Message("user", [SpanText("text", t)])]) for t in texts]
+        caption_states += _unpadded(*llm_states(model, fmt, text_prompts, "text"))
+    return StatePool(image_states, caption_states, captions_of_scene, llm_fingerprint(model))
+
+
+def load_or_build_pool(model: LoadedModel, fmt: ChatFormat, preset: AlignPreset, seed: int, folder: Path) -> StatePool:
+    path = folder / f"pool-{preset.stage3_pool_scenes}-seed{seed}.pt"
+    fingerprint = llm_fingerprint(model)
+    if path.exists():
+        pool = StatePool(**torch.load(path, map_location="cpu", weights_only=False))
+        if abs(pool.llm_fingerprint - fingerprint) <= 1e-6 * max(1.0, abs(fingerprint)):
+            return pool
+    pool = build_state_pool(model, fmt, seed, preset.stage3_pool_scenes)
+    torch.save(pool.__dict__, path)
+    return pool
+
+
+def _padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(r) for r in rows)
+    states = rows[0].new_zeros(len(rows), longest, rows[0].shape[-1], dtype=torch.float32)
+    mask = torch.zeros(len(rows), longest, dtype=torch.long)
+    for i, row in enumerate(rows):
+        states[i, : len(row)] = row.float()
+        mask[i, : len(row)] = 1
+    return states, mask
+
+
+def pool_batch(pool: StatePool, rng: random.Random, n_scenes: int, captions_per_scene: int = 2):
+    """A batch drawn from the pool: n_scenes images, up to `captions_per_scene` of each one's captions."""
+    scenes = rng.sample(range(len(pool)), min(n_scenes, len(pool)))
     texts, text_ids = [], []
     for index, scene in enumerate(scenes):
-        captions = equivalent_captions(scene)
-        for caption in rng.sample(captions, min(2, len(captions))):
-            texts.append(caption)
+        captions = pool.captions_of_scene[scene]
+        for caption in rng.sample(captions, min(captions_per_scene, len(captions))):
+            texts.append(pool.caption_states[caption])
             text_ids.append(index)
-    text_prompts = [fmt.encode([Message("user", [SpanText("text", t)])]) for t in texts]
-    images = llm_states(model, fmt, image_prompts, "image0")
-    captions = llm_states(model, fmt, text_prompts, "text")
-    return images, captions, torch.arange(n_scenes), torch.tensor(text_ids)
+    images = _padded([pool.image_states[i] for i in scenes])
+    return images, _padded(texts), torch.arange(len(scenes)), torch.tensor(text_ids)
 
 
 def retrieval_parameters(model: LoadedModel) -> list[torch.nn.Parameter]:
@@ -89,16 +159,17 @@ def train_retrieval(model: LoadedModel, preset: AlignPreset, work_dir: Path, see
     if run.saved_state:
         alignment.load_state_dict(run.saved_state["alignment"])
         optimizer.load_state_dict(run.saved_state["optimizer"])
+    pool = load_or_build_pool(model, fmt, preset, seed, run.dir)
     n_scenes = preset.stage3_batch // 2
     while run.progress.step < preset.stage3_steps:
         step = run.progress.step
         rng = step_rng(seed, "retrieval", step)
-        (image_states, image_mask), (text_states, text_mask), image_ids, text_ids = retrieval_batch(
-            model, fmt, rng, n_scenes)
+        (image_states, image_mask), (text_states, text_mask), image_ids, text_ids = pool_batch(pool, rng, n_scenes)
         image_embeds = alignment.embed_image_states(image_states, image_mask)
         text_embeds = alignment.embed_text_states(text_states, text_mask)
         loss = retrieval_loss(image_embeds, text_embeds, image_ids, text_ids, alignment.logit_scale)
-        optimizer_step(optimizer, loss, parameters, preset.stage3_lr * min(1.0, (step + 1) / 100))
+        lr = warmup_cosine_lr(step, preset.stage3_steps, preset.stage3_lr, warmup=100)
+        optimizer_step(optimizer, loss, parameters, lr)
         with torch.no_grad():
             alignment.logit_scale.clamp_(0, 4.6052)  # temperature >= 0.01, as CLIP clamps it
         run.tick(n_scenes, loss=loss.item())
