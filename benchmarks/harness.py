@@ -33,7 +33,19 @@ class Timing:
             start = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - start)
-        return cls(round(statistics.median(samples), 6), round(min(samples), 6), round(max(samples), 6), repeats)
+        return cls.from_samples(samples)
+
+    @classmethod
+    def of_samples(cls, fn: Callable[[], float], repeats: int = 5, warmup: int = 1) -> "Timing":
+        """Like `of`, for a function that times its own part of the work and returns seconds."""
+        for _ in range(warmup):
+            fn()
+        return cls.from_samples([fn() for _ in range(repeats)])
+
+    @classmethod
+    def from_samples(cls, samples: list[float]) -> "Timing":
+        return cls(round(statistics.median(samples), 6), round(min(samples), 6), round(max(samples), 6),
+                   len(samples))
 
 
 @dataclass

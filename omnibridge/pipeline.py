@@ -21,17 +21,20 @@ How each task flows (see docs in architecture.md):
 from __future__ import annotations
 
 import contextlib
+import queue
 import random
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from .inputs import InvalidInputError, clean_text, load_image, normalize_messages
 from .modeling.chat_format import ChatFormat, EncodedPrompt, Message, SpanText, gather_spans
@@ -91,6 +94,45 @@ class _StopOnEvent(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class _TokenQueue(BaseStreamer):
+    """Hands each step's new token ids to the consuming thread. Decoding happens there, so the
+    generating thread does nothing per token beyond a queue put."""
+
+    def __init__(self):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._prompt_passed = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_passed:  # generate() first hands over the prompt itself
+            self._prompt_passed = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+    def batches(self, timeout: float) -> Iterator[list[int]]:
+        """The new ids, grouped: a consumer that fell behind catches up in one step."""
+        while True:
+            try:
+                first = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                raise RuntimeError(f"the language model produced nothing for {timeout:.0f} s") from None
+            if first is None:
+                return
+            ids, finished = list(first), False
+            while not finished:
+                try:
+                    more = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                finished = more is None
+                ids += more or []
+            yield ids
+            if finished:
+                return
+
+
 class OmniBridgePipeline:
     """Owns every component; methods are thread-safe (one model job runs at a time)."""
 
@@ -108,6 +150,9 @@ class OmniBridgePipeline:
         # thread that releases a job is not always the one that took it. Jobs never nest.
         self._lock = threading.Lock()
         self._counter_lock = threading.Lock()
+        # Streaming runs generate() on this one long-lived thread: a fresh thread per answer paid for
+        # starting it and its OpenMP team before the first token.
+        self._generation_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnibridge-generate")
         self.jobs_requested = 0  # running or waiting for the model
         self.max_jobs_requested = 0
 
@@ -244,7 +289,7 @@ class OmniBridgePipeline:
         top_p = float(np.clip(top_p, 0.05, 1.0))
         encoded = self.format.encode(conversation, add_generation_prompt=True)
         batch = self._to_device(self.format.collate([encoded], "left")["inputs"])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=False, timeout=300)
+        tokens = _TokenQueue()
         stop = threading.Event()
         sampling = temperature > 0
         errors: list[BaseException] = []
@@ -258,23 +303,24 @@ class OmniBridgePipeline:
                     self.llm.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sampling,
                                       temperature=temperature if sampling else None,
                                       top_p=top_p if sampling else None, top_k=None, eos_token_id=self._stop_ids(),
-                                      pad_token_id=self.format.pad_id, streamer=streamer,
+                                      pad_token_id=self.format.pad_id, streamer=tokens,
                                       stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), **routing)
             except BaseException as error:  # surfaced to the caller below
                 errors.append(error)
-                streamer.end()
+                tokens.end()
 
         with self._job():
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
-            text = ""
+            finished = self._generation_thread.submit(run)
+            ids: list[int] = []
             try:
-                for piece in streamer:
-                    text += piece
-                    yield self.clean_answer(text)
+                for new_ids in tokens.batches(timeout=300):
+                    ids += new_ids
+                    text = self.tokenizer.decode(ids, skip_special_tokens=False)
+                    if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                        yield self.clean_answer(text)
             finally:
                 stop.set()
-                worker.join()
+                finished.result()
         if errors:
             raise errors[0]
 

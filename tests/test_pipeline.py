@@ -17,6 +17,24 @@ def test_chat_and_stream_chat(tiny_pipeline, scene_image):
     assert (pieces[-1] if pieces else "") == answer  # greedy: streaming and non-streaming agree
 
 
+def test_streamed_answer_is_what_a_bare_generate_call_decodes(tiny_pipeline, scene_image):
+    from omnibridge.modeling.chat_format import Message
+
+    question = "What colour is the circle?"
+    streamed = list(tiny_pipeline.stream_chat([{"role": "user", "content": question}], images=[scene_image],
+                                              max_new_tokens=12))
+    encoded = tiny_pipeline.format.encode([Message("user", [scene_image, question])])
+    batch = tiny_pipeline._to_device(tiny_pipeline.format.collate([encoded], "left")["inputs"])
+    with torch.inference_mode():
+        output = tiny_pipeline.llm.generate(**batch, max_new_tokens=12, do_sample=False,
+                                            eos_token_id=tiny_pipeline._stop_ids(),
+                                            pad_token_id=tiny_pipeline.format.pad_id)
+    new_ids = output[0, batch["input_ids"].shape[1]:].tolist()
+    expected = tiny_pipeline.clean_answer(tiny_pipeline.tokenizer.decode(new_ids, skip_special_tokens=False))
+    assert streamed and streamed[-1] == expected
+    assert len(streamed) >= 2  # it really streamed: one yield per generated token (or group of them)
+
+
 def test_stream_can_be_stopped_early(tiny_pipeline):
     stream = tiny_pipeline.stream_chat([{"role": "user", "content": "hello"}], max_new_tokens=50,
                                        temperature=1.0, seed=0)
