@@ -54,6 +54,92 @@ def test_gallery_collections_use_a_cosine_index_built_for_recall(gallery, tiny_p
     assert hit.id == ids[7] and hit.score == pytest.approx(1.0, abs=1e-4)
 
 
+def test_gallery_files_are_durable_before_any_record_points_at_them(gallery, monkeypatch):
+    from omnibridge.gallery import store as store_module
+
+    real = store_module.make_durable
+    seen = []
+
+    def checked(folder, paths):
+        assert gallery.count() == 0  # no record yet
+        assert paths and all(p.exists() and p.stat().st_size > 0 for p in paths)
+        seen.append(len(paths))
+        real(folder, paths)
+
+    monkeypatch.setattr(store_module, "make_durable", checked)
+    gallery.add(_images(3), None, source="upload")
+    assert seen == [6] and gallery.count() == 3  # one flush for the batch: 3 images, 3 thumbnails
+
+
+def test_small_images_are_their_own_thumbnails_and_large_ones_are_shrunk(gallery):
+    small, large = Image.new("RGB", (64, 64), (200, 0, 0)), Image.new("RGB", (1200, 900), (0, 0, 200))
+    small_item, large_item = (gallery.get(i) for i in gallery.add([small, large], None, source="upload"))
+    assert small_item.thumb_path.read_bytes() == small_item.image_path.read_bytes()
+    with Image.open(large_item.thumb_path) as thumb:
+        assert max(thumb.size) <= 384 and thumb.size[0] / thumb.size[1] == pytest.approx(1200 / 900, rel=0.01)
+    gallery.delete(small_item.id)  # both names go; the large item keeps its files
+    assert not small_item.thumb_path.exists() and large_item.thumb_path.exists()
+
+
+def test_without_syncfs_every_new_file_is_fsynced(gallery, monkeypatch):
+    from omnibridge.gallery import store as store_module
+
+    synced = []
+    real_fsync = store_module.os.fsync
+    monkeypatch.setattr(store_module, "_SYNCFS", None)
+    monkeypatch.setattr(store_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    gallery.add(_images(2), None, source="upload")
+    assert len(synced) == 5 and gallery.count() == 2  # 2 images, 2 thumbnails, their folder
+
+
+def test_exact_index_matches_brute_force_through_adds_deletes_and_filters():
+    from omnibridge.gallery.exact_index import ExactIndex
+
+    class Collection:  # the two calls ExactIndex makes of a Chroma collection
+        def __init__(self, ids, vectors, sources):
+            self.rows = {i: (v, s) for i, v, s in zip(ids, vectors, sources)}
+
+        def get(self, include):
+            return {"ids": list(self.rows), "embeddings": [v for v, _ in self.rows.values()],
+                    "metadatas": [{"source": s} for _, s in self.rows.values()]}
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((500, 16)).astype(np.float32)
+    ids = [f"id{i}" for i in range(500)]
+    sources = ["seed" if i % 3 else "upload" for i in range(500)]
+    index = ExactIndex(Collection(ids[:400], vectors[:400], sources[:400]))
+    assert len(index) == 400  # loaded on first use
+    index.added(ids[400:], vectors[400:], sources[400:])
+    index.removed(["id7", "id450"])
+    live = [i for i in range(500) if i not in (7, 450)]
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    for probe in rng.standard_normal((20, 16)).astype(np.float32):
+        for source in (None, "upload"):
+            allowed = [i for i in live if source is None or sources[i] == source]
+            expected = sorted(allowed, key=lambda i: -float(unit[i] @ probe))[:10]
+            found = index.search(probe, 10, source)
+            assert [item_id for item_id, _ in found] == [ids[i] for i in expected]
+            assert all(a >= b for (_, a), (_, b) in zip(found, found[1:]))
+    index.added(["id3"], -vectors[3:4], ["upload"])  # rewriting an id replaces its vector
+    assert index.search(-vectors[3], 1)[0][0] == "id3" and len(index) == 498
+
+
+def test_gallery_search_is_exact_and_sees_every_write(gallery, tiny_pipeline):
+    ids = gallery.add(_images(40), [f"caption {i}" for i in range(40)], source="upload")
+    seeded = gallery.add(_images(5, offset=3), None, source="seed")
+    probe = gallery.vector_of(ids[11])
+    everything = gallery.images.get(include=["embeddings"])
+    scores = np.asarray(everything["embeddings"]) @ probe
+    expected = [everything["ids"][i] for i in np.argsort(-scores)[:12]]
+    assert [hit.id for hit in gallery.search(probe, "images", k=12)] == expected
+    assert {hit.id for hit in gallery.search(probe, "images", k=50, source="seed")} == set(seeded)
+    gallery.delete(ids[11])  # written after the index loaded: a search must not return it
+    assert ids[11] not in [hit.id for hit in gallery.search(probe, "images", k=50)]
+    assert ids[11] not in [hit.id for hit in gallery.search(probe, "captions", k=50)]
+    fresh = gallery.add(_images(1, offset=200), ["a fresh one"], source="upload")[0]
+    assert gallery.search(gallery.vector_of(fresh), "images", k=1)[0].id == fresh
+
+
 @pytest.mark.parametrize("bad_id", ["../../etc/passwd", "abc", "0" * 31 + "/", "", "..%2f" * 8])
 def test_ids_cannot_reach_outside_the_data_dir(gallery, bad_id):
     with pytest.raises(GalleryError, match="not a gallery id"):

@@ -28,6 +28,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from .exact_index import EXACT_SEARCH_LIMIT, ExactIndex
+
 SOURCES = ("seed", "upload", "generated")
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 THUMB_SIDE = 192
@@ -58,12 +60,45 @@ def content_id(image: Image.Image) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name and rename: a reader never sees half a file. Not yet durable:
+    `make_durable` follows, once per batch."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def _syncfs():
+    try:
+        import ctypes
+
+        return getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    except OSError:  # no C library to load (not Linux)
+        return None
+
+
+_SYNCFS = _syncfs()
+
+
+def make_durable(folder: Path, paths: list[Path]) -> None:
+    """Flush freshly renamed files to disk before any record points at them. One `syncfs` of the
+    gallery's file system (Linux) costs about what three `fsync` calls do, so a batch of 64 images and
+    64 thumbnails takes one call instead of 128; elsewhere every file and the folder are fsynced."""
+    if _SYNCFS is not None:
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            if _SYNCFS(descriptor) == 0:
+                return
+        finally:
+            os.close(descriptor)
+    for path in [*paths, folder]:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        except OSError:  # some systems cannot fsync a folder; the files themselves are flushed
+            pass
+        finally:
+            os.close(descriptor)
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -72,13 +107,24 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def make_thumbnail(image: Image.Image) -> Image.Image:
-    if max(image.size) <= 96:  # Shapes scenes: enlarge crisply
-        factor = THUMB_SIDE // max(image.size)
-        return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+def make_thumbnail(image: Image.Image) -> Image.Image | None:
+    """A smaller copy for the grids, or None when the image is small enough to be its own thumbnail
+    (the grids enlarge small images crisply with CSS, so encoding an enlarged copy buys nothing)."""
+    if max(image.size) <= THUMB_SIDE * 2:
+        return None
     thumb = image.copy()
     thumb.thumbnail((THUMB_SIDE * 2, THUMB_SIDE * 2), Image.BICUBIC)
     return thumb
+
+
+def _atomic_link(target: Path, path: Path) -> None:
+    """`path` becomes a second name of `target` (a hard link: no copy), or a copy where links fail."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        os.link(target, tmp)
+    except OSError:
+        tmp.write_bytes(target.read_bytes())
+    os.replace(tmp, path)
 
 
 # Chroma's default graph (16 neighbours, ef 100) finds only 73% of the exact top 10 among 10k
@@ -109,6 +155,10 @@ class GalleryStore:
         self._write_lock = threading.Lock()
         self.images = self._collection(f"{name}_images")
         self.captions = self._collection(f"{name}_captions")
+        # Exact search needs to see every write; a Chroma server may have other writers, so it is
+        # only used on the local store this object owns.
+        self._exact = None if chroma_url else {"images": ExactIndex(self.images),
+                                               "captions": ExactIndex(self.captions)}
 
     # ---------------------------------------------------------------------------- collections
     def _collection(self, name: str):
@@ -150,6 +200,9 @@ class GalleryStore:
                 self.client.delete_collection(name)
             self.images = self._collection(f"{self.name}_images")
             self.captions = self._collection(f"{self.name}_captions")
+            if self._exact:
+                self._exact["images"].reset(self.images)
+                self._exact["captions"].reset(self.captions)
         total, done = sum(len(items) for items in by_source.values()), 0
         for source, items in by_source.items():
             self.add([image for image, _ in items], [caption for _, caption in items], source)
@@ -160,7 +213,7 @@ class GalleryStore:
 
     # ---------------------------------------------------------------------------------- writes
     def add(self, images: list[Image.Image], captions: list[str | None] | None = None, source: str = "upload",
-            progress: ProgressFn | None = None, batch: int = 64) -> list[str]:
+            progress: ProgressFn | None = None, batch: int = 256) -> list[str]:
         """Add images (deduplicated by content) with optional captions; returns their ids in order."""
         if source not in SOURCES:
             raise GalleryError(f"source must be one of {SOURCES}")
@@ -185,9 +238,17 @@ class GalleryStore:
                 fresh[item_id] = (image, (caption or "").strip())
         if not fresh:
             return ids
+        written = []
         for item_id, (image, _) in fresh.items():  # files first: a record never lacks its image
-            _atomic_write(self.image_dir / f"{item_id}.png", _png_bytes(image))
-            _atomic_write(self.image_dir / f"{item_id}.thumb.png", _png_bytes(make_thumbnail(image)))
+            image_path, thumb_path = self.image_dir / f"{item_id}.png", self.image_dir / f"{item_id}.thumb.png"
+            _atomic_write(image_path, _png_bytes(image))
+            thumb = make_thumbnail(image)
+            if thumb is None:
+                _atomic_link(image_path, thumb_path)
+            else:
+                _atomic_write(thumb_path, _png_bytes(thumb))
+            written += [image_path, thumb_path]
+        make_durable(self.image_dir, written)
         fresh_ids = list(fresh)
         image_vectors = self.pipeline.embed_images([fresh[i][0] for i in fresh_ids])
         captioned = [i for i in fresh_ids if fresh[i][1]]
@@ -197,11 +258,17 @@ class GalleryStore:
                      "width": fresh[i][0].width, "height": fresh[i][0].height} for i in fresh_ids]
         with self._write_lock:
             if captioned:
-                self.captions.upsert(ids=captioned, embeddings=caption_vectors.tolist(),
+                self.captions.upsert(ids=captioned, embeddings=caption_vectors,
                                      documents=[fresh[i][1] for i in captioned],
                                      metadatas=[{"source": source, "created_at": now} for _ in captioned])
-            self.images.upsert(ids=fresh_ids, embeddings=image_vectors.tolist(),
-                               documents=[fresh[i][1] for i in fresh_ids], metadatas=metadata)
+            # `add`, not `upsert`: these ids were just found absent, and an id is a hash of the pixels,
+            # so a concurrent add of the same id carries the same image (Chroma keeps the first).
+            self.images.add(ids=fresh_ids, embeddings=image_vectors, documents=[fresh[i][1] for i in fresh_ids],
+                            metadatas=metadata)
+            if self._exact:
+                self._exact["images"].added(fresh_ids, image_vectors, [source] * len(fresh_ids))
+                if captioned:
+                    self._exact["captions"].added(captioned, caption_vectors, [source] * len(captioned))
         return ids
 
     def delete(self, item_id: str) -> None:
@@ -211,6 +278,8 @@ class GalleryStore:
                 raise GalleryError(f"no gallery item with id {item_id}")
             self.images.delete(ids=[item_id])
             self.captions.delete(ids=[item_id])
+            for index in (self._exact or {}).values():
+                index.removed([item_id])
             for suffix in (".png", ".thumb.png"):
                 (self.image_dir / f"{item_id}{suffix}").unlink(missing_ok=True)
 
@@ -227,6 +296,8 @@ class GalleryStore:
             stray_captions = (captions - records) | (captions & missing_file)
             if stray_captions:
                 self.captions.delete(ids=list(stray_captions))
+            for index in (self._exact or {}).values():
+                index.reset()
             orphans = files - (records - missing_file)
             for item_id in orphans:
                 for suffix in (".png", ".thumb.png"):
@@ -286,17 +357,25 @@ class GalleryStore:
         if total == 0:
             return []
         k = int(np.clip(k, 1, 100))
-        found = collection.query(query_embeddings=[np.asarray(vector, dtype=np.float32).tolist()],
-                                 n_results=min(k, total), where={"source": source} if source else None,
-                                 include=["metadatas", "documents", "distances"])
-        hits = []
-        ids = found["ids"][0]
-        metas = self.images.get(ids=ids, include=["metadatas"]) if target == "captions" and ids else None
-        meta_by_id = dict(zip(metas["ids"], metas["metadatas"])) if metas else {}
-        for item_id, meta, document, distance in zip(ids, found["metadatas"][0], found["documents"][0],
-                                                     found["distances"][0]):
-            hits.append(self._item(item_id, meta_by_id.get(item_id, meta), document, round(1.0 - distance, 4)))
-        return hits
+        exact = self._exact[target] if self._exact and total <= EXACT_SEARCH_LIMIT else None
+        if exact is not None:
+            scored = exact.search(vector, k, source)
+            ids, scores = [i for i, _ in scored], [s for _, s in scored]
+            found = collection.get(ids=ids, include=["metadatas", "documents"]) if ids else {"ids": []}
+            by_id = {i: (m, d) for i, m, d in zip(found["ids"], found["metadatas"], found["documents"])}
+            ids = [i for i in ids if i in by_id]  # a row deleted since the snapshot: skip it
+            scores = [s for i, s in scored if i in by_id]
+            metas, documents = [by_id[i][0] for i in ids], [by_id[i][1] for i in ids]
+        else:
+            found = collection.query(query_embeddings=[np.asarray(vector, dtype=np.float32).tolist()],
+                                     n_results=min(k, total), where={"source": source} if source else None,
+                                     include=["metadatas", "documents", "distances"])
+            ids, metas, documents = found["ids"][0], found["metadatas"][0], found["documents"][0]
+            scores = [1.0 - distance for distance in found["distances"][0]]
+        image_metas = self.images.get(ids=ids, include=["metadatas"]) if target == "captions" and ids else None
+        meta_by_id = dict(zip(image_metas["ids"], image_metas["metadatas"])) if image_metas else {}
+        return [self._item(item_id, meta_by_id.get(item_id, meta), document, round(score, 4))
+                for item_id, meta, document, score in zip(ids, metas, documents, scores)]
 
     def all_vectors(self, limit: int | None = None, seed: int = 0) -> dict:
         """Image and caption vectors with ids and metadata (the latent-space map); subsampled to `limit`."""
