@@ -35,3 +35,13 @@ def test_a_partial_run_keeps_the_other_benchmarks_results(tmp_path):
     saved = {r["name"]: r for r in json.load(open(out))}
     assert saved["chat"]["figures"] == {"x": 1} and saved["embed"]["figures"] == {"x": 3}
     assert "measured_at" in saved["embed"]["machine"]
+
+
+def test_gallery_benchmark_compares_its_exact_search_with_chromas_index(tiny_pipeline):
+    from benchmarks import bench_gallery
+
+    search = bench_gallery.search_latency(tiny_pipeline, sizes=(300,), queries=5)["300"]
+    assert search["gallery"]["recall_at_10"] == 1.0  # the gallery's search is exact by construction
+    assert 0 < search["chroma_hnsw"]["recall_at_10"] <= 1.0 and search["gallery"]["p50_ms"] > 0
+    ingest = bench_gallery.ingest(tiny_pipeline, n=6)
+    assert ingest["items"] == 6 and ingest["end_to_end_s"] > 0
