@@ -207,6 +207,25 @@ def test_embeddings_are_unit_norm_and_independent_of_the_batch(tiny_pipeline, sc
     assert tiny_pipeline.embed_texts(texts, batch_size=2).shape == (3, tiny_pipeline.embedding_dim)
 
 
+def test_embedding_with_the_shared_prefix_cached_equals_the_full_forward_pass(tiny_pipeline, scene_image):
+    from omnibridge.modeling.chat_format import Message, SpanText, gather_spans
+
+    pipe = tiny_pipeline
+    wide = Image.fromarray(np.full((48, 96, 3), 90, dtype=np.uint8))  # another grid: other M-RoPE positions
+    for parts, span, embed, cached in (
+        ([scene_image, wide], "image0", pipe.alignment.embed_image_states, pipe.embed_images([scene_image, wide])),
+        (["a red circle", "two blue squares to the left of a small green triangle"], "text",
+         pipe.alignment.embed_text_states, pipe.embed_texts(["a red circle",
+                                                             "two blue squares to the left of a small green triangle"])),
+    ):
+        items = [SpanText("text", p) if isinstance(p, str) else p for p in parts]
+        collated = pipe.format.collate([pipe.format.encode([Message("user", [item])]) for item in items], "right")
+        with torch.inference_mode():
+            states = pipe.llm.model(**pipe._to_device(collated["inputs"])).last_hidden_state
+            full = embed(*gather_spans(states, [s[span] for s in collated["spans"]])).numpy()
+        assert np.allclose(cached, full, atol=1e-5)
+
+
 def test_info(tiny_pipeline):
     info = tiny_pipeline.info()
     assert info["device"] == "cpu" and info["dtype"]["llm"] == "float32"
