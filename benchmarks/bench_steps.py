@@ -8,7 +8,7 @@ from omnibridge.evaluation.generation import evaluate_generation, generation_cas
 
 from .harness import Result
 
-SETTINGS = (("dpm++", 10), ("unipc", 10), ("dpm++", 15), ("dpm++", 20), ("ddpm", 100))
+SETTINGS = (("dpm++", 10), ("unipc", 10), ("dpm++", 20), ("dpm++sde", 20), ("dpm++sde", 30), ("ddpm", 100))
 
 
 def run(pipe, per_category: int = 10) -> Result:

@@ -39,7 +39,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .inputs import InvalidInputError, clean_text, load_image, normalize_messages
 from .modeling.chat_format import ChatFormat, EncodedPrompt, Message, SpanText, gather_spans
-from .modeling.decoder import CaptionEncoding, GenerationCancelled, StepCallback
+from .modeling.decoder import SAMPLERS, CaptionEncoding, GenerationCancelled, StepCallback
 from .modeling.devices import Placement, placement as choose_placement
 from .modeling.loading import (
     LoadedModel,
@@ -442,15 +442,22 @@ class OmniBridgePipeline:
             condition = self.alignment.condition(llm_states, llm_mask, inputs_embeds=inputs)
         return CaptionEncoding(encoding.embeds, encoding.mask, condition.to(self.decoder.dtype), encoding.mask_2)
 
+    def _resolve_sampler(self, sampler: str | None) -> str:
+        if sampler in (None, ""):
+            return self.decoder.sampler_kind
+        if sampler not in SAMPLERS:
+            raise InvalidInputError(f"sampler must be one of {', '.join(SAMPLERS)}")
+        return sampler
+
     def _decode(self, cond, seeds, steps, guidance, height, width, callback, negative_prompt, init_image=None,
-                strength=1.0):
+                strength=1.0, sampler=None):
         negative = self.decoder.negative_encoding(negative_prompt or self.config.generation.negative_prompt)
         init_latents = None
         if init_image is not None and strength < 1.0:
             init_latents = self._encode_image_latents(init_image, height, width)
         latents = self.decoder.denoise(cond.repeat(len(seeds)) if len(cond) == 1 else cond, seeds, height, width,
                                        steps, guidance, negative, callback, init_latents=init_latents,
-                                       strength=strength)
+                                       strength=strength, sampler=sampler)
         return self.decoder.decode_latents(latents)
 
     def _encode_image_latents(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
@@ -487,15 +494,18 @@ class OmniBridgePipeline:
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  height: int | None = None, width: int | None = None, num_images: int = 1,
                  negative_prompt: str | None = None, callback: StepCallback | None = None,
-                 use_learned_queries: bool = True, caption: str | None = None) -> GenerationResult:
+                 use_learned_queries: bool = True, caption: str | None = None,
+                 sampler: str | None = None) -> GenerationResult:
         """Text to image through OmniBridge (or, with use_learned_queries=False, the decoder alone).
 
         Image i uses seed `seed + i`, so any one image can be reproduced on its own. `caption`
-        skips the rewrite with a caption already written (a chat turn's drawing).
+        skips the rewrite with a caption already written (a chat turn's drawing). `sampler` picks
+        one of SAMPLERS for this call (default: the model's).
         """
         prompt = clean_text(prompt)
         steps, guidance, height, width, seeds = self._resolve_settings(
             num_inference_steps, guidance_scale, height, width, num_images, seed)
+        sampler = self._resolve_sampler(sampler)
         timings: dict[str, float] = {}
         with self._job():
             start = time.perf_counter()
@@ -504,32 +514,38 @@ class OmniBridgePipeline:
             cond = self._conditions_for_prompts([prompt], [caption], use_learned_queries)
             timings["rewrite_condition_s"] = time.perf_counter() - start
             mark = time.perf_counter()
-            images = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt)
+            images = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
+                                  sampler=sampler)
             timings["denoise_decode_s"] = time.perf_counter() - mark
             timings["total_s"] = time.perf_counter() - start
         parameters = {"mode": "generate", "prompt": prompt, "caption": caption, "rewrite": rewrite,
-                      "num_inference_steps": steps, "guidance_scale": guidance, "height": height, "width": width,
+                      "sampler": sampler, "num_inference_steps": steps, "guidance_scale": guidance,
+                      "height": height, "width": width,
                       "seeds": seeds, "conditioning": "learned_queries" if use_learned_queries else "decoder_text",
                       "model": self.model_id}
         return GenerationResult(images, prompt, caption, seeds, timings, parameters)
 
     def generate_batch(self, prompts: list[str], seeds: list[int], rewrite: bool = True,
                        use_learned_queries: bool = True, num_inference_steps: int | None = None,
-                       guidance_scale: float | None = None) -> tuple[list[Image.Image], list[str]]:
+                       guidance_scale: float | None = None,
+                       sampler: str | None = None) -> tuple[list[Image.Image], list[str]]:
         """One image per prompt, all in one batch (evaluation and benchmarks): (images, captions)."""
         prompts = [clean_text(p) for p in prompts]
         steps, guidance, height, width, _ = self._resolve_settings(
             num_inference_steps, guidance_scale, None, None, 1, 0)
+        sampler = self._resolve_sampler(sampler)
         with self._job():
             captions = self.rewrite_prompts(prompts) if rewrite else list(prompts)
             cond = self._conditions_for_prompts(prompts, captions, use_learned_queries)
-            images = self._decode(cond, [int(s) for s in seeds], steps, guidance, height, width, None, None)
+            images = self._decode(cond, [int(s) for s in seeds], steps, guidance, height, width, None, None,
+                                  sampler=sampler)
         return images, captions
 
     def edit(self, image, instruction: str, seed: int | None = None, num_inference_steps: int | None = None,
              guidance_scale: float | None = None, num_images: int = 1, strength: float = 1.0,
              negative_prompt: str | None = None, callback: StepCallback | None = None,
-             height: int | None = None, width: int | None = None, caption: str | None = None) -> GenerationResult:
+             height: int | None = None, width: int | None = None, caption: str | None = None,
+             sampler: str | None = None) -> GenerationResult:
         """Edit by regeneration, as OmniBridge does: image + instruction -> target caption -> decoder.
 
         `strength` < 1 starts denoising from the source image's noised latents (SDEdit), which keeps
@@ -540,6 +556,7 @@ class OmniBridgePipeline:
         strength = float(np.clip(strength, 0.05, 1.0))
         steps, guidance, height, width, seeds = self._resolve_settings(
             num_inference_steps, guidance_scale, height, width, num_images, seed)
+        sampler = self._resolve_sampler(sampler)
         timings: dict[str, float] = {}
         with self._job():
             start = time.perf_counter()
@@ -548,10 +565,11 @@ class OmniBridgePipeline:
             timings["rewrite_condition_s"] = time.perf_counter() - start
             mark = time.perf_counter()
             images = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
-                                  init_image=source, strength=strength)
+                                  init_image=source, strength=strength, sampler=sampler)
             timings["denoise_decode_s"] = time.perf_counter() - mark
             timings["total_s"] = time.perf_counter() - start
-        parameters = {"mode": "edit", "instruction": instruction, "caption": caption, "num_inference_steps": steps,
+        parameters = {"mode": "edit", "instruction": instruction, "caption": caption, "sampler": sampler,
+                      "num_inference_steps": steps,
                       "guidance_scale": guidance, "strength": strength, "height": height, "width": width,
                       "seeds": seeds, "model": self.model_id}
         return GenerationResult(images, instruction, caption, seeds, timings, parameters)

@@ -36,6 +36,15 @@ def test_generate_writes_back_the_seed_and_png_metadata(client):
     assert len(seeds) > 1 and all(0 <= s < 2**31 for s in seeds)  # randomized, and the used seed comes back
 
 
+def test_generate_takes_a_sampler_and_refuses_an_unknown_one(client):
+    details = client.predict("a red circle", False, 1, False, 2, 2.0, 1, "ddpm", api_name="/generate")[3]
+    assert details["sampler"] == "ddpm" and details["num_inference_steps"] == 2
+    default = client.predict("a red circle", False, 1, False, 2, 2.0, 1, api_name="/generate")[3]
+    assert default["sampler"] == "dpm++"  # omitted: the model's own
+    with pytest.raises(AppError, match="sampler must be one of"):
+        client.predict("a red circle", False, 1, False, 2, 2.0, 1, "euler-magic", api_name="/generate")
+
+
 def test_edit(client):
     images, caption, seed, details = client.predict(handle_file(EXAMPLE), "make the circle blue", 3, False, 2,
                                                     2.0, 1.0, 1, api_name="/edit")

@@ -174,6 +174,24 @@ def test_stochastic_samplers_depend_only_on_each_images_seed(tiny_pipeline, kind
         decoder.scheduler = original
 
 
+def test_a_call_can_pick_its_sampler_without_changing_the_pipelines(tiny_pipeline):
+    decoder = tiny_pipeline.decoder
+    before, scheduler = decoder.sampler_kind, decoder.scheduler
+    settings = dict(rewrite=False, seed=3, num_inference_steps=4)
+    picked = tiny_pipeline.generate("a red circle", sampler="ddim", **settings)
+    assert picked.parameters["sampler"] == "ddim"
+    assert decoder.sampler_kind == before and decoder.scheduler is scheduler  # nothing shared was touched
+    try:
+        decoder.set_sampler("ddim")
+        switched = tiny_pipeline.generate("a red circle", **settings)
+    finally:
+        decoder.set_sampler(before)
+    assert np.array_equal(np.asarray(picked.images[0]), np.asarray(switched.images[0]))
+    assert tiny_pipeline.generate("a red circle", **settings).parameters["sampler"] == before
+    with pytest.raises(InvalidInputError, match="sampler must be one of"):
+        tiny_pipeline.generate("a red circle", sampler="euler-magic", **settings)
+
+
 def test_edit(tiny_pipeline, scene_image):
     result = tiny_pipeline.edit(scene_image, "make the circle blue", seed=5, num_inference_steps=3)
     assert len(result.images) == 1 and result.caption and result.parameters["mode"] == "edit"

@@ -226,13 +226,6 @@ class HunyuanDecoder:
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         return torch.stack(noise).to(self.device, self.dtype)
 
-    def _step_generators(self, seeds: list[int]) -> dict:
-        """Stochastic samplers draw fresh noise at every step: from per-image generators (a stream apart
-        from the initial noise's), so their images too depend only on their own seeds."""
-        if "generator" not in inspect.signature(self.scheduler.step).parameters:
-            return {}
-        return {"generator": [torch.Generator().manual_seed(int(s) + STEP_NOISE_OFFSET) for s in seeds]}
-
     def _rotary_embedding(self, latent_height: int, latent_width: int):
         patch = self.transformer.config.patch_size
         grid = (latent_height // patch, latent_width // patch)
@@ -277,39 +270,44 @@ class HunyuanDecoder:
         callback: StepCallback | None = None,
         init_latents: torch.Tensor | None = None,
         strength: float = 1.0,
+        sampler: str | None = None,
     ) -> torch.Tensor:
         """Classifier-free-guided sampling; returns scaled latents [B, C, h, w].
 
         With `init_latents` and `strength` < 1, sampling starts from those latents noised to the
-        matching timestep (SDEdit) and runs only the last `strength` share of the steps.
+        matching timestep (SDEdit) and runs only the last `strength` share of the steps. `sampler`
+        (one of SAMPLERS) uses a scheduler of its own for this call; None, the decoder's current one.
         """
+        scheduler = self.scheduler
+        if sampler not in (None, self.sampler_kind):
+            scheduler = make_sampler(self.scheduler.config, sampler)
         noise = self.initial_latents(seeds, height, width)
         batch = noise.shape[0]
         guided = guidance_scale > 1.0
         if guided:
             negative = negative or self.negative_encoding()
             cond = CaptionEncoding.cat([negative.repeat(batch) if len(negative) == 1 else negative, cond])
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        timesteps = self.scheduler.timesteps
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        timesteps = scheduler.timesteps
         if init_latents is not None and strength < 1.0:
             start = min(len(timesteps) - 1, int(round(len(timesteps) * (1.0 - strength))))
             timesteps = timesteps[start:]
-            if hasattr(self.scheduler, "set_begin_index"):
-                self.scheduler.set_begin_index(start)
-            latents = self.scheduler.add_noise(init_latents.expand_as(noise), noise, timesteps[:1].repeat(batch))
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(start)
+            latents = scheduler.add_noise(init_latents.expand_as(noise), noise, timesteps[:1].repeat(batch))
         else:
-            latents = noise * self.scheduler.init_noise_sigma
+            latents = noise * scheduler.init_noise_sigma
         rotary = self._rotary_embedding(latents.shape[-2], latents.shape[-1])
-        step_noise = self._step_generators(seeds)
+        step_noise = _step_generators(scheduler, seeds)
         for step, timestep in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = self.scheduler.scale_model_input(model_input, timestep)
+            model_input = scheduler.scale_model_input(model_input, timestep)
             t = torch.full((model_input.shape[0],), float(timestep), device=self.device)
             prediction = self.predict(model_input, t, cond, rotary)
             if guided:
                 uncond, text = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (text - uncond)
-            latents = self.scheduler.step(prediction, timestep, latents, return_dict=False, **step_noise)[0]
+            latents = scheduler.step(prediction, timestep, latents, return_dict=False, **step_noise)[0]
             if callback is not None:
                 outputs = callback(self, step, int(timestep), {"latents": latents})
                 if outputs:
@@ -354,6 +352,14 @@ def get_resize_crop_region_for_grid(grid: tuple[int, int], base_size: int):
 
 STEP_NOISE_OFFSET = 1_000_003  # seeds step noise apart from the initial noise of the same seed
 SAMPLERS = ("dpm++", "dpm++sde", "unipc", "ddim", "ddpm")
+
+
+def _step_generators(scheduler: SchedulerMixin, seeds: list[int]) -> dict:
+    """Stochastic samplers draw fresh noise at every step: from per-image generators (a stream apart
+    from the initial noise's), so their images too depend only on their own seeds."""
+    if "generator" not in inspect.signature(scheduler.step).parameters:
+        return {}
+    return {"generator": [torch.Generator().manual_seed(int(s) + STEP_NOISE_OFFSET) for s in seeds]}
 
 
 def make_sampler(config: dict, kind: str = "dpm++") -> SchedulerMixin:
