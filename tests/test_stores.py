@@ -92,21 +92,24 @@ def test_without_syncfs_every_new_file_is_fsynced(gallery, monkeypatch):
     assert len(synced) == 5 and gallery.count() == 2  # 2 images, 2 thumbnails, their folder
 
 
-def test_exact_index_matches_brute_force_through_adds_deletes_and_filters():
+def test_exact_index_matches_brute_force_through_adds_deletes_and_filters(monkeypatch):
+    from omnibridge.gallery import exact_index
     from omnibridge.gallery.exact_index import ExactIndex
 
     class Collection:  # the two calls ExactIndex makes of a Chroma collection
         def __init__(self, ids, vectors, sources):
             self.rows = {i: (v, s) for i, v, s in zip(ids, vectors, sources)}
 
-        def get(self, include):
-            return {"ids": list(self.rows), "embeddings": [v for v, _ in self.rows.values()],
-                    "metadatas": [{"source": s} for _, s in self.rows.values()]}
+        def get(self, include, limit, offset):
+            rows = list(self.rows.items())[offset:offset + limit]
+            return {"ids": [i for i, _ in rows], "embeddings": [v for _, (v, _) in rows],
+                    "metadatas": [{"source": s} for _, (_, s) in rows]}
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((500, 16)).astype(np.float32)
     ids = [f"id{i}" for i in range(500)]
     sources = ["seed" if i % 3 else "upload" for i in range(500)]
+    monkeypatch.setattr(exact_index, "LOAD_PAGE", 64)  # several pages, the last one partial
     index = ExactIndex(Collection(ids[:400], vectors[:400], sources[:400]))
     assert len(index) == 400  # loaded on first use
     index.added(ids[400:], vectors[400:], sources[400:])

@@ -21,6 +21,7 @@ import numpy as np
 # Beyond this many items the matrix grows past ~130 MB per collection and a search past ~10 ms:
 # the gallery falls back to Chroma's own index there.
 EXACT_SEARCH_LIMIT = 250_000
+LOAD_PAGE = 5_000
 
 
 def _unit_rows(vectors) -> np.ndarray:
@@ -38,19 +39,32 @@ class _Snapshot:
 
 
 class ExactIndex:
-    def __init__(self, collection):
+    def __init__(self, collection, writer_lock: threading.Lock | None = None):
         self._collection = collection
         self._snapshot: _Snapshot | None = None
         self._lock = threading.Lock()
+        # The lock the collection's writer holds while it writes (and then tells this index): loading
+        # under it means no row lands between two pages unseen. Always taken before `_lock`.
+        self._writer_lock = writer_lock or threading.Lock()
 
     def _load(self) -> _Snapshot:
-        found = self._collection.get(include=["embeddings", "metadatas"])
-        vectors = _unit_rows(found["embeddings"]) if len(found["ids"]) else np.zeros((0, 0), np.float32)
-        sources = np.asarray([str((m or {}).get("source", "")) for m in found["metadatas"]], dtype=object)
-        return _Snapshot(tuple(found["ids"]), vectors, sources)
+        # In pages: one `get` of 100k rows exceeds SQLite's limit on bound variables inside Chroma.
+        ids, vectors, sources = [], [], []
+        while True:
+            page = self._collection.get(include=["embeddings", "metadatas"], limit=LOAD_PAGE, offset=len(ids))
+            ids += page["ids"]
+            vectors += list(page["embeddings"])
+            sources += [str((m or {}).get("source", "")) for m in page["metadatas"]]
+            if len(page["ids"]) < LOAD_PAGE:
+                break
+        matrix = _unit_rows(vectors) if ids else np.zeros((0, 0), np.float32)
+        return _Snapshot(tuple(ids), matrix, np.asarray(sources, dtype=object))
 
     def _current(self) -> _Snapshot:
-        with self._lock:
+        snapshot = self._snapshot
+        if snapshot is not None:
+            return snapshot
+        with self._writer_lock, self._lock:
             if self._snapshot is None:
                 self._snapshot = self._load()
             return self._snapshot

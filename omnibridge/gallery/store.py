@@ -157,8 +157,8 @@ class GalleryStore:
         self.captions = self._collection(f"{name}_captions")
         # Exact search needs to see every write; a Chroma server may have other writers, so it is
         # only used on the local store this object owns.
-        self._exact = None if chroma_url else {"images": ExactIndex(self.images),
-                                               "captions": ExactIndex(self.captions)}
+        self._exact = None if chroma_url else {"images": ExactIndex(self.images, self._write_lock),
+                                               "captions": ExactIndex(self.captions, self._write_lock)}
 
     # ---------------------------------------------------------------------------- collections
     def _collection(self, name: str):
