@@ -35,6 +35,15 @@ def test_streamed_answer_is_what_a_bare_generate_call_decodes(tiny_pipeline, sce
     assert len(streamed) >= 2  # it really streamed: one yield per generated token (or group of them)
 
 
+def test_streaming_leaves_the_main_threads_torch_threads_alone(tiny_pipeline):
+    # On a CPU the generation thread runs a one-thread OpenMP team, so that a second team does not
+    # contend with the main thread's denoising loops.
+    before = torch.get_num_threads()
+    list(tiny_pipeline.stream_chat([{"role": "user", "content": "hello"}], max_new_tokens=3))
+    assert torch.get_num_threads() == before
+    assert tiny_pipeline._generation_thread.submit(torch.get_num_threads).result() == 1
+
+
 def test_stream_can_be_stopped_early(tiny_pipeline):
     stream = tiny_pipeline.stream_chat([{"role": "user", "content": "hello"}], max_new_tokens=50,
                                        temperature=1.0, seed=0)
