@@ -103,7 +103,7 @@ def test_exact_index_matches_brute_force_through_adds_deletes_and_filters(monkey
         def get(self, include, limit, offset):
             rows = list(self.rows.items())[offset:offset + limit]
             return {"ids": [i for i, _ in rows], "embeddings": [v for _, (v, _) in rows],
-                    "metadatas": [{"source": s} for _, (_, s) in rows]}
+                    "metadatas": [{"source": s} for _, (_, s) in rows], "documents": [f"doc {i}" for i, _ in rows]}
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((500, 16)).astype(np.float32)
@@ -112,7 +112,7 @@ def test_exact_index_matches_brute_force_through_adds_deletes_and_filters(monkey
     monkeypatch.setattr(exact_index, "LOAD_PAGE", 64)  # several pages, the last one partial
     index = ExactIndex(Collection(ids[:400], vectors[:400], sources[:400]))
     assert len(index) == 400  # loaded on first use
-    index.added(ids[400:], vectors[400:], sources[400:])
+    index.added(ids[400:], vectors[400:], [{"source": x} for x in sources[400:]], ["new"] * 100)
     index.removed(["id7", "id450"])
     live = [i for i in range(500) if i not in (7, 450)]
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -121,10 +121,12 @@ def test_exact_index_matches_brute_force_through_adds_deletes_and_filters(monkey
             allowed = [i for i in live if source is None or sources[i] == source]
             expected = sorted(allowed, key=lambda i: -float(unit[i] @ probe))[:10]
             found = index.search(probe, 10, source)
-            assert [item_id for item_id, _ in found] == [ids[i] for i in expected]
-            assert all(a >= b for (_, a), (_, b) in zip(found, found[1:]))
-    index.added(["id3"], -vectors[3:4], ["upload"])  # rewriting an id replaces its vector
-    assert index.search(-vectors[3], 1)[0][0] == "id3" and len(index) == 498
+            assert [hit[0] for hit in found] == [ids[i] for i in expected]
+            assert all(a[1] >= b[1] for a, b in zip(found, found[1:]))
+            assert all(hit[2]["source"] == sources[int(hit[0][2:])] for hit in found)
+    assert index.lookup("id450") is None and index.lookup("id420") == ({"source": sources[420]}, "new")
+    index.added(["id3"], -vectors[3:4], [{"source": "upload"}], ["rewritten"])  # an id's new row replaces it
+    assert index.search(-vectors[3], 1)[0][::3] == ("id3", "rewritten") and len(index) == 498
 
 
 def test_gallery_search_is_exact_and_sees_every_write(gallery, tiny_pipeline):

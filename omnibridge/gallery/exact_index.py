@@ -35,7 +35,16 @@ def _unit_rows(vectors) -> np.ndarray:
 class _Snapshot:
     ids: tuple[str, ...]
     vectors: np.ndarray  # [N, D] float32, unit rows
-    sources: np.ndarray  # [N] str, each item's `source` metadata
+    metadatas: tuple[dict, ...]
+    documents: tuple[str, ...]
+    rows: dict[str, int]  # id -> row
+    sources: np.ndarray  # [N] each item's `source` metadata, for filtered searches
+
+    @classmethod
+    def of(cls, ids, vectors, metadatas, documents) -> "_Snapshot":
+        sources = np.asarray([str(m.get("source", "")) for m in metadatas], dtype=object)
+        return cls(tuple(ids), vectors, tuple(metadatas), tuple(documents), {i: n for n, i in enumerate(ids)},
+                   sources)
 
 
 class ExactIndex:
@@ -49,16 +58,18 @@ class ExactIndex:
 
     def _load(self) -> _Snapshot:
         # In pages: one `get` of 100k rows exceeds SQLite's limit on bound variables inside Chroma.
-        ids, vectors, sources = [], [], []
+        ids, vectors, metadatas, documents = [], [], [], []
         while True:
-            page = self._collection.get(include=["embeddings", "metadatas"], limit=LOAD_PAGE, offset=len(ids))
+            page = self._collection.get(include=["embeddings", "metadatas", "documents"], limit=LOAD_PAGE,
+                                        offset=len(ids))
             ids += page["ids"]
             vectors += list(page["embeddings"])
-            sources += [str((m or {}).get("source", "")) for m in page["metadatas"]]
+            metadatas += [dict(m or {}) for m in page["metadatas"]]
+            documents += [d or "" for d in page["documents"]]
             if len(page["ids"]) < LOAD_PAGE:
                 break
         matrix = _unit_rows(vectors) if ids else np.zeros((0, 0), np.float32)
-        return _Snapshot(tuple(ids), matrix, np.asarray(sources, dtype=object))
+        return _Snapshot.of(ids, matrix, metadatas, documents)
 
     def _current(self) -> _Snapshot:
         snapshot = self._snapshot
@@ -70,39 +81,39 @@ class ExactIndex:
             return self._snapshot
 
     # ---------------------------------------------------------------------- told by the writer
-    def added(self, ids: list[str], vectors: np.ndarray, sources: list[str]) -> None:
-        """Rows written to the collection (an id already held gets its new vector, as upsert does)."""
+    def added(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict], documents: list[str]) -> None:
+        """Rows written to the collection (an id already held gets its new row, as upsert does)."""
         with self._lock:
             old = self._snapshot
             if old is None:  # not loaded yet: the first search reads them from Chroma
                 return
             vectors = _unit_rows(vectors)
             latest = {item_id: n for n, item_id in enumerate(ids)}  # the last write of an id wins
-            rows = {item_id: row for row, item_id in enumerate(old.ids)}
-            matrix, item_sources = old.vectors, old.sources
-            replaced = [(rows[i], n) for i, n in latest.items() if i in rows]
+            matrix, metas, docs = old.vectors, list(old.metadatas), list(old.documents)
+            replaced = [(old.rows[i], n) for i, n in latest.items() if i in old.rows]
             if replaced:
-                matrix, item_sources = matrix.copy(), item_sources.copy()
+                matrix = matrix.copy()
                 for row, n in replaced:
-                    matrix[row], item_sources[row] = vectors[n], sources[n]
-            fresh = [n for i, n in latest.items() if i not in rows]
+                    matrix[row], metas[row], docs[row] = vectors[n], dict(metadatas[n]), documents[n] or ""
+            fresh = [n for i, n in latest.items() if i not in old.rows]
             if fresh:
                 matrix = vectors[fresh] if matrix.size == 0 else np.concatenate([matrix, vectors[fresh]])
-                item_sources = np.concatenate([item_sources, np.asarray([sources[n] for n in fresh], object)])
-            self._snapshot = _Snapshot(old.ids + tuple(ids[n] for n in fresh), matrix, item_sources)
+                metas += [dict(metadatas[n]) for n in fresh]
+                docs += [documents[n] or "" for n in fresh]
+            self._snapshot = _Snapshot.of(old.ids + tuple(ids[n] for n in fresh), matrix, metas, docs)
 
     def removed(self, ids: list[str]) -> None:
         with self._lock:
             old = self._snapshot
             if old is None:
                 return
-            gone = set(ids)
-            keep = [i for i, item_id in enumerate(old.ids) if item_id not in gone]
-            if len(keep) == len(old.ids):
+            gone = {old.rows[i] for i in ids if i in old.rows}
+            if not gone:
                 return
-            self._snapshot = _Snapshot(tuple(old.ids[i] for i in keep),
-                                       old.vectors[keep] if keep else np.zeros((0, 0), np.float32),
-                                       old.sources[keep])
+            keep = [n for n in range(len(old.ids)) if n not in gone]
+            self._snapshot = _Snapshot.of([old.ids[n] for n in keep],
+                                          old.vectors[keep] if keep else np.zeros((0, 0), np.float32),
+                                          [old.metadatas[n] for n in keep], [old.documents[n] for n in keep])
 
     def reset(self, collection=None) -> None:
         """Forget everything (after a repair or a reindex); `collection` replaces a recreated one."""
@@ -114,8 +125,14 @@ class ExactIndex:
     def __len__(self) -> int:
         return len(self._current().ids)
 
-    def search(self, vector: np.ndarray, k: int, source: str | None = None) -> list[tuple[str, float]]:
-        """The k items with the highest cosine similarity (vectors are unit length), best first."""
+    def lookup(self, item_id: str) -> tuple[dict, str] | None:
+        """An item's metadata and document, or None."""
+        snapshot = self._current()
+        row = snapshot.rows.get(item_id)
+        return None if row is None else (snapshot.metadatas[row], snapshot.documents[row])
+
+    def search(self, vector: np.ndarray, k: int, source: str | None = None) -> list[tuple[str, float, dict, str]]:
+        """The k items with the highest cosine similarity, best first: (id, score, metadata, document)."""
         snapshot = self._current()
         if not snapshot.ids:
             return []
@@ -125,4 +142,5 @@ class ExactIndex:
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
-        return [(snapshot.ids[i], float(scores[i])) for i in top if np.isfinite(scores[i])]
+        return [(snapshot.ids[i], float(scores[i]), snapshot.metadatas[i], snapshot.documents[i])
+                for i in top if np.isfinite(scores[i])]
