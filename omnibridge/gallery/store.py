@@ -184,7 +184,8 @@ class GalleryStore:
     def needs_reindex(self) -> bool:
         """True when the stored vectors come from another embedding model than the pipeline's."""
         model, dim = self.index_model()
-        return self.count() > 0 and (model != self.pipeline.model_id or dim != self.pipeline.embedding_dim)
+        other_model = model != self.pipeline.model_id or dim != self.pipeline.embedding_dim
+        return other_model and self.count() > 0  # counting last: it is a Chroma call on every search
 
     def reindex(self, progress: ProgressFn | None = None) -> int:
         """Re-embed every stored image and caption with the current model (never mixes vectors)."""
