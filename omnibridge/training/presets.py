@@ -95,8 +95,8 @@ def quick_preset() -> TrainPreset:
         llm=LLMPreset(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
                       vision_depth=1, vision_dim=16, vision_heads=2, vocab_size=400, steps=30, batch=8, vision_steps=30),
         align=AlignPreset(bilm_layers=2, bilm_heads=2, bilm_d_ff=64, cross_attention_layers=(0,), image_queries=4,
-                          text_queries=4, retrieval_dim=16, stage2_steps=30, stage2_batch=8, stage3_steps=30,
-                          stage3_batch=16, stage3_pool_scenes=64),
+                          text_queries=4, retrieval_dim=16, stage2_steps=30, stage2_batch=8, stage3_steps=80,
+                          stage3_batch=32, stage3_pool_scenes=64, stage3_lr=3e-3),
     )
 
 

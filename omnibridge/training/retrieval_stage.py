@@ -168,7 +168,7 @@ def train_retrieval(model: LoadedModel, preset: AlignPreset, work_dir: Path, see
         image_embeds = alignment.embed_image_states(image_states, image_mask)
         text_embeds = alignment.embed_text_states(text_states, text_mask)
         loss = retrieval_loss(image_embeds, text_embeds, image_ids, text_ids, alignment.logit_scale)
-        lr = warmup_cosine_lr(step, preset.stage3_steps, preset.stage3_lr, warmup=100)
+        lr = warmup_cosine_lr(step, preset.stage3_steps, preset.stage3_lr, warmup=min(100, preset.stage3_steps // 10 + 1))
         optimizer_step(optimizer, loss, parameters, lr)
         with torch.no_grad():
             alignment.logit_scale.clamp_(0, 4.6052)  # temperature >= 0.01, as CLIP clamps it
