@@ -83,8 +83,8 @@ def _unpadded(states: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
     return [row[: int(n)].to(torch.float16).clone() for row, n in zip(states, mask.sum(1))]
 
 
-def build_state_pool(model: LoadedModel, fmt: ChatFormat, seed: int, n_scenes: int, fingerprint: float,
-                     captions_per_scene: int = 3, chunk: int = 64) -> StatePool:
+def build_state_pool(model: LoadedModel, fmt: ChatFormat, seed: int, n_scenes: int, captions_per_scene: int = 3,
+                     chunk: int = 64) -> StatePool:
     rng = random.Random(f"{seed}/retrieval-pool")
     scenes = [sample_scene(rng) for _ in range(n_scenes)]
     image_states, caption_states, captions_of_scene = [], [], []
@@ -101,7 +101,7 @@ def build_state_pool(model: LoadedModel, fmt: ChatFormat, seed: int, n_scenes: i
             texts += chosen
         text_prompts = [fmt.encode([Message("user", [SpanText("text", t)])]) for t in texts]
         caption_states += _unpadded(*llm_states(model, fmt, text_prompts, "text"))
-    return StatePool(image_states, caption_states, captions_of_scene, fingerprint)
+    return StatePool(image_states, caption_states, captions_of_scene, llm_fingerprint(model))
 
 
 def load_or_build_pool(model: LoadedModel, fmt: ChatFormat, preset: AlignPreset, seed: int, folder: Path) -> StatePool:
@@ -111,7 +111,7 @@ def load_or_build_pool(model: LoadedModel, fmt: ChatFormat, preset: AlignPreset,
         pool = StatePool(**torch.load(path, map_location="cpu", weights_only=False))
         if abs(pool.llm_fingerprint - fingerprint) <= 1e-6 * max(1.0, abs(fingerprint)):
             return pool
-    pool = build_state_pool(model, fmt, seed, preset.stage3_pool_scenes, fingerprint)
+    pool = build_state_pool(model, fmt, seed, preset.stage3_pool_scenes)
     torch.save(pool.__dict__, path)
     return pool
 
@@ -168,8 +168,7 @@ def train_retrieval(model: LoadedModel, preset: AlignPreset, work_dir: Path, see
         image_embeds = alignment.embed_image_states(image_states, image_mask)
         text_embeds = alignment.embed_text_states(text_states, text_mask)
         loss = retrieval_loss(image_embeds, text_embeds, image_ids, text_ids, alignment.logit_scale)
-        warmup = min(100, preset.stage3_steps // 10 + 1)
-        lr = warmup_cosine_lr(step, preset.stage3_steps, preset.stage3_lr, warmup)
+        lr = warmup_cosine_lr(step, preset.stage3_steps, preset.stage3_lr, warmup=min(100, preset.stage3_steps // 10 + 1))
         optimizer_step(optimizer, loss, parameters, lr)
         with torch.no_grad():
             alignment.logit_scale.clamp_(0, 4.6052)  # temperature >= 0.01, as CLIP clamps it
