@@ -63,6 +63,59 @@ def test_vision_stage_trains_only_the_eye(tiny_model, tmp_path):
     assert 0.0 <= report["held_out_map_accuracy"] <= 1.0 and report["steps"] == 3
 
 
+def test_stage1_after_stage1b_keeps_the_eye_over_a_saved_state(tiny_model, tmp_path):
+    """A stage-1 run after stage 1b teaches the language model to read the new eye: the eye stays
+    frozen, and a stage-1 state saved before stage 1b does not bring the old eye back."""
+    import copy
+
+    import torch
+
+    from omnibridge.training.presets import quick_preset
+
+    model = copy.copy(tiny_model)
+    model.llm = copy.deepcopy(tiny_model.llm)
+    preset = replace(quick_preset().llm, steps=2)
+    train_llm(model, preset, tmp_path, seed=0, resume=False)
+    with torch.no_grad():  # stand-in for stage 1b retraining the eye after that save
+        for parameter in model.llm.model.visual.parameters():
+            parameter.add_(0.01)
+    eye = {k: v.clone() for k, v in model.llm.model.visual.state_dict().items()}
+    text = {k: v.clone() for k, v in model.llm.state_dict().items() if "visual." not in k}
+
+    report = train_llm(model, replace(preset, steps=4), tmp_path, seed=0, resume=True, keep_eye=True)
+    assert report["steps"] == 4
+    assert all(torch.equal(v, eye[k]) for k, v in model.llm.model.visual.state_dict().items())
+    assert any(not torch.equal(v, text[k]) for k, v in model.llm.state_dict().items() if k in text)
+    assert all(p.requires_grad for p in model.llm.parameters())  # left trainable for the next stage
+
+
+def test_a_resumed_stage3_restores_its_heads_and_keeps_a_newer_stage2(tiny_pipeline, tmp_path):
+    """Stage 2 may run again between two stage-3 runs (after a stage-1 run on a new eye): resuming stage 3
+    restores only what stage 3 trains, never the BiLM and projector it saw last time."""
+    import copy
+
+    import torch
+
+    from omnibridge.training.align_stage import reinitialise_alignment
+    from omnibridge.training.presets import quick_preset
+    from omnibridge.training.retrieval_stage import retrieval_state, train_retrieval
+
+    model = copy.copy(tiny_pipeline.model)
+    model.alignment = copy.deepcopy(tiny_pipeline.model.alignment)
+    preset = replace(quick_preset().align, stage3_pool_scenes=6, stage3_steps=2, stage3_batch=4)
+    train_retrieval(model, preset, tmp_path, seed=0, resume=False)
+    heads = {k: v.clone() for k, v in retrieval_state(model.alignment.state_dict()).items()}
+    reinitialise_alignment(model, seed=5)  # stand-in for a new stage-2 run
+    with torch.no_grad():
+        next(model.alignment.text_proj.parameters()).zero_()  # heads that differ from the saved ones
+    stage2 = {k: v.clone() for k, v in model.alignment.state_dict().items() if k not in heads}
+
+    train_retrieval(model, preset, tmp_path, seed=0, resume=True)  # already at its step count: restore only
+    after = model.alignment.state_dict()
+    assert heads and all(torch.equal(after[k], v) for k, v in heads.items())
+    assert stage2 and all(torch.equal(after[k], v) for k, v in stage2.items())
+
+
 def test_object_map_labels_name_the_cell_of_each_centre():
     from omnibridge.shapes.world import Scene, ShapeObject
     from omnibridge.training.vision_stage import OBJECT_CLASSES, cell_labels

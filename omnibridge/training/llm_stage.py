@@ -1,7 +1,9 @@
 """Stage 1, behaviour alignment: next-token loss on the answers of Shapes conversations.
 
 The paper fine-tunes a pretrained Qwen2-VL with its vision tower frozen. Our tiny Qwen2-VL starts
-from scratch, so the vision tower trains here too (documented in the model card).
+from scratch, so the vision tower trains here too (documented in the model card), until stage 1b has
+trained it: from then on the eye is stage 1b's, and a further stage-1 run (the language model
+learning to read the new eye) keeps it frozen, as the paper does.
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ def accumulate_gradients(llm, fmt: ChatFormat, conversations, max_length: int, c
     return total
 
 
-def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, resume: bool) -> dict:
+def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, resume: bool,
+              keep_eye: bool = False) -> dict:
+    """`keep_eye`: stage 1b has trained the vision tower; freeze it, and keep it over a saved state's."""
     llm = model.llm.train()
+    eye = {k: v.clone() for k, v in llm.model.visual.state_dict().items()}
+    llm.model.visual.requires_grad_(not keep_eye)
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
     run = StageRun(work_dir, "llm", preset.steps, resume, seed)
     optimizer = torch.optim.AdamW(llm.parameters(), lr=preset.lr, weight_decay=0.01, betas=(0.9, 0.95))
@@ -60,6 +66,8 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
     if run.saved_state:
         llm.load_state_dict(run.saved_state["llm"])
         optimizer.load_state_dict(run.saved_state["optimizer"])
+        if keep_eye:  # the saved state may predate stage 1b
+            llm.model.visual.load_state_dict(eye)
     while run.progress.step < preset.steps:
         rng = step_rng(seed, "llm", run.progress.step)
         conversations = [sample_conversation(rng) for _ in range(preset.batch)]
@@ -70,5 +78,6 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
         if run.progress.step % 200 == 0:
             run.save(llm=llm.state_dict(), optimizer=optimizer.state_dict())
     run.save(llm=llm.state_dict(), optimizer=optimizer.state_dict())
+    llm.requires_grad_(True)
     llm.eval()
     return run.close()

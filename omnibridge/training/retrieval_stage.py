@@ -139,11 +139,23 @@ def pool_batch(pool: StatePool, rng: random.Random, n_scenes: int, captions_per_
     return images, _padded(texts), torch.arange(len(scenes)), torch.tensor(text_ids)
 
 
+# The parts of the alignment that stage 3 trains, in its optimizer's order; stage 2 owns the rest.
+RETRIEVAL_PARTS = ("image_queries", "text_queries", "fusion_alpha_image", "fusion_alpha_text", "logit_scale",
+                   "image_proj", "image_proj_1", "text_proj", "text_proj_1")
+
+
 def retrieval_parameters(model: LoadedModel) -> list[torch.nn.Parameter]:
-    a = model.alignment
-    modules = [a.image_proj, a.image_proj_1, a.text_proj, a.text_proj_1]
-    return [a.image_queries, a.text_queries, a.fusion_alpha_image, a.fusion_alpha_text, a.logit_scale] + [
-        p for m in modules for p in m.parameters()]
+    parameters = []
+    for part in RETRIEVAL_PARTS:
+        value = getattr(model.alignment, part)
+        parameters += [value] if isinstance(value, torch.nn.Parameter) else list(value.parameters())
+    return parameters
+
+
+def retrieval_state(state: dict) -> dict:
+    """The entries of an alignment state dict that stage 3 trains. A resumed stage 3 restores only
+    these, so that a stage 2 run since its last save (a new LLM, a new decoder) is not rolled back."""
+    return {k: v for k, v in state.items() if k.split(".")[0] in RETRIEVAL_PARTS}
 
 
 def train_retrieval(model: LoadedModel, preset: AlignPreset, work_dir: Path, seed: int, resume: bool) -> dict:
@@ -157,7 +169,11 @@ def train_retrieval(model: LoadedModel, preset: AlignPreset, work_dir: Path, see
     run = StageRun(work_dir, "retrieval", preset.stage3_steps, resume, seed)
     optimizer = torch.optim.AdamW(parameters, lr=preset.stage3_lr, weight_decay=0.01)
     if run.saved_state:
-        alignment.load_state_dict(run.saved_state["alignment"])
+        saved = retrieval_state(run.saved_state["alignment"])
+        missing = set(retrieval_state(alignment.state_dict())) - set(saved)
+        if missing:
+            raise ValueError(f"{run.state_path} lacks stage 3's {sorted(missing)}: train stage 3 without --resume")
+        alignment.load_state_dict(saved, strict=False)
         optimizer.load_state_dict(run.saved_state["optimizer"])
     pool = load_or_build_pool(model, fmt, preset, seed, run.dir)
     n_scenes = preset.stage3_batch // 2
@@ -174,7 +190,7 @@ def train_retrieval(model: LoadedModel, preset: AlignPreset, work_dir: Path, see
             alignment.logit_scale.clamp_(0, 4.6052)  # temperature >= 0.01, as CLIP clamps it
         run.tick(n_scenes, loss=loss.item())
         if run.progress.step % 200 == 0:
-            run.save(alignment=alignment.state_dict(), optimizer=optimizer.state_dict())
-    run.save(alignment=alignment.state_dict(), optimizer=optimizer.state_dict())
+            run.save(alignment=retrieval_state(alignment.state_dict()), optimizer=optimizer.state_dict())
+    run.save(alignment=retrieval_state(alignment.state_dict()), optimizer=optimizer.state_dict())
     alignment.eval()
     return run.close()

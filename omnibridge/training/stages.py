@@ -96,7 +96,8 @@ def run_stages(preset: TrainPreset, out: Path, work_dir: Path, stages: list[str]
     if "decoder" in stages:
         report["decoder"] = run_decoder_stage(preset, work_dir, resume, seed, device, decoder_minutes)
     trainers = {
-        "llm": lambda model: train_llm(model, preset.llm, work_dir, seed, resume),
+        "llm": lambda model: train_llm(model, preset.llm, work_dir, seed, resume,
+                                       keep_eye="vision" in _stage_record(work_dir)),
         "vision": lambda model: train_vision(model, preset.llm, work_dir, seed, resume),
         "align": lambda model: train_alignment(model, preset.align, work_dir, seed, resume, fresh_align),
         "retrieval": lambda model: train_retrieval(model, preset.align, work_dir, seed, resume),
