@@ -155,9 +155,10 @@ class OmniBridgePipeline:
         # starting it and its OpenMP team before the first token. On a CPU its team is one thread: a
         # second team of two beside the main thread's made every later denoising loop 1.5-1.8x slower
         # on two cores (the teams contend), while token-by-token decoding gains little from threads.
-        worker_threads = (torch.set_num_threads, (1,)) if placement.device.type == "cpu" else (None, ())
+        on_cpu = placement.device.type == "cpu"
         self._generation_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnibridge-generate",
-                                                     initializer=worker_threads[0], initargs=worker_threads[1])
+                                                     initializer=torch.set_num_threads if on_cpu else None,
+                                                     initargs=(1,) if on_cpu else ())
         self._prefix_caches: dict[tuple[int, ...], object] = {}  # shared prompt openings -> their KV cache
         self.jobs_requested = 0  # running or waiting for the model
         self.max_jobs_requested = 0

@@ -59,10 +59,15 @@ def content_id(image: Image.Image) -> str:
     return digest.hexdigest()[:32]
 
 
+def _temporary_name(path: Path) -> Path:
+    """A hidden sibling unique to this process and thread (`repair` removes leftovers)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write to a temporary name and rename: a reader never sees half a file. Not yet durable:
     `make_durable` follows, once per batch."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = _temporary_name(path)
     with open(tmp, "wb") as handle:
         handle.write(data)
     os.replace(tmp, path)
@@ -119,7 +124,7 @@ def make_thumbnail(image: Image.Image) -> Image.Image | None:
 
 def _atomic_link(target: Path, path: Path) -> None:
     """`path` becomes a second name of `target` (a hard link: no copy), or a copy where links fail."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = _temporary_name(path)
     try:
         os.link(target, tmp)
     except OSError:
@@ -257,21 +262,20 @@ class GalleryStore:
         now = time.time()
         metadata = [{"source": source, "created_at": now, "model_id": self.pipeline.model_id,
                      "width": fresh[i][0].width, "height": fresh[i][0].height} for i in fresh_ids]
+        documents = [fresh[i][1] for i in fresh_ids]
+        caption_metadata = [{"source": source, "created_at": now} for _ in captioned]
+        caption_documents = [fresh[i][1] for i in captioned]
         with self._write_lock:
             if captioned:
-                self.captions.upsert(ids=captioned, embeddings=caption_vectors,
-                                     documents=[fresh[i][1] for i in captioned],
-                                     metadatas=[{"source": source, "created_at": now} for _ in captioned])
+                self.captions.upsert(ids=captioned, embeddings=caption_vectors, documents=caption_documents,
+                                     metadatas=caption_metadata)
             # `add`, not `upsert`: these ids were just found absent, and an id is a hash of the pixels,
             # so a concurrent add of the same id carries the same image (Chroma keeps the first).
-            self.images.add(ids=fresh_ids, embeddings=image_vectors, documents=[fresh[i][1] for i in fresh_ids],
-                            metadatas=metadata)
+            self.images.add(ids=fresh_ids, embeddings=image_vectors, documents=documents, metadatas=metadata)
             if self._exact:
-                self._exact["images"].added(fresh_ids, image_vectors, metadata, [fresh[i][1] for i in fresh_ids])
+                self._exact["images"].added(fresh_ids, image_vectors, metadata, documents)
                 if captioned:
-                    self._exact["captions"].added(captioned, caption_vectors,
-                                                  [{"source": source, "created_at": now} for _ in captioned],
-                                                  [fresh[i][1] for i in captioned])
+                    self._exact["captions"].added(captioned, caption_vectors, caption_metadata, caption_documents)
         return ids
 
     def delete(self, item_id: str) -> None:
