@@ -153,6 +153,8 @@ def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
     assert "## Evaluation" in (root / "model" / "README.md").read_text()
     card = (root / "model" / "README.md").read_text()
     assert "### Against the project's goals" in card and "goals met" in card
+    # the recipe is the command that trained it, with its real settings, not the preset's defaults
+    assert f"python -m omnibridge.train --preset quick --out {root / 'model'} --threads 2" in card
 
 
 def test_the_model_card_marks_each_goal_met_or_missed():

@@ -37,12 +37,10 @@ Full numbers: `evaluation.json` beside this card.
 ## Training
 {training}
 
-Reproduce:
-```
-python -m omnibridge.train --preset shapes --out assets/omnibridge-shapes
-python -m omnibridge.evaluate --model assets/omnibridge-shapes --out report.json --write-card
-```
+{reproduce}
 """
+
+PLAIN_RECIPE = "python -m omnibridge.train --preset shapes --out assets/omnibridge-shapes"
 
 
 def _goal_rows(report: dict) -> list[tuple[str, str, bool]]:
@@ -91,6 +89,7 @@ def _training_summary(folder: Path) -> str:
     if not path.exists():
         return "No training report in this folder."
     stages = json.loads(path.read_text())
+    stages.pop("commands", None)
     rows = ["| stage | steps | training time | images seen | loss first -> last |", "|---|---|---|---|---|"]
     total = 0.0
     for name, stage in stages.items():
@@ -111,8 +110,19 @@ def _training_summary(folder: Path) -> str:
     return "\n".join(rows)
 
 
+def _reproduce(folder: Path) -> str:
+    """The training commands that made this checkpoint, in order (from its work dir's history)."""
+    path = folder / "training_report.json"
+    commands = json.loads(path.read_text()).get("commands", []) if path.exists() else []
+    lines = [c["command"] + (f"  # {c['note']}" if c.get("note") else "") for c in commands] or [PLAIN_RECIPE]
+    intro = ("The commands that trained this checkpoint, in the order they ran (each `--resume` continues the "
+             "stages it names from their saved state):" if commands else "Reproduce:")
+    evaluate = f"python -m omnibridge.evaluate --model {folder} --out report.json --write-card"
+    return intro + "\n```\n" + "\n".join(lines + [evaluate]) + "\n```"
+
+
 def write_model_card(folder: Path, report: dict) -> None:
     (folder / "evaluation.json").write_text(json.dumps(report, indent=2))
     card = CARD.format(model_id=report["model"], table=format_table(report), goals=_goals(report),
-                       training=_training_summary(folder))
+                       training=_training_summary(folder), reproduce=_reproduce(folder))
     (folder / "README.md").write_text(card)

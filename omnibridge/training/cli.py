@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 STAGES = ("decoder", "llm", "vision", "align", "retrieval", "package")
+COMMANDS_FILE = "commands.jsonl"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +55,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def record_command(work_dir: Path, argv: list[str]) -> None:
+    """Append this run's command line to the work dir's history: a checkpoint is usually several
+    resumed runs with different step counts, and its model card lists them as its recipe."""
+    entry = {"command": shlex.join(["python", "-m", "omnibridge.train", *argv]),
+             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    with (work_dir / COMMANDS_FILE).open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
 def main(argv: list[str] | None = None) -> dict:
     from .presets import get_preset
     from .stages import run_stages
@@ -73,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".train")
     work_dir.mkdir(parents=True, exist_ok=True)
+    record_command(work_dir, sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     report = run_stages(preset, out, work_dir, args.stages.split(","), resume=args.resume, seed=args.seed,
                         device=torch.device(args.device), decoder_minutes=args.decoder_minutes,

@@ -114,7 +114,7 @@ def run_stages(preset: TrainPreset, out: Path, work_dir: Path, stages: list[str]
 
 def training_summary(work_dir: Path) -> dict:
     """Each stage's steps, training seconds, images seen, loss first -> last, and the decoder's eval curve,
-    read back from the stage logs (so it covers every resumed run)."""
+    read back from the stage logs (so it covers every resumed run); and the commands run in the work dir."""
     summary = {}
     for stage in ("vae", "dit", "llm", "vision", "align", "retrieval"):
         path = Path(work_dir) / stage / "log.jsonl"
@@ -138,6 +138,9 @@ def training_summary(work_dir: Path) -> dict:
             entry.update({k: v for k, v in done[-1].items() if k not in ("stage", "step", "seconds", "images_seen",
                                                                           "event")})
         summary[stage] = entry
+    commands = Path(work_dir) / "commands.jsonl"
+    if commands.exists():
+        summary["commands"] = [json.loads(line) for line in commands.read_text().splitlines() if line.strip()]
     return summary
 
 
