@@ -186,6 +186,19 @@ def test_each_resumed_decoder_run_trains_for_its_own_time_budget(tmp_path):
     assert reports[0]["steps"] > 0 and reports[1]["steps"] > reports[0]["steps"]  # the second run went on
 
 
+def test_the_dit_cool_down_decays_to_zero_at_the_last_step():
+    from omnibridge.training.decoder_stage import dit_learning_rate
+    from omnibridge.training.presets import DecoderPreset
+
+    constant = DecoderPreset(dit_lr=1e-3, dit_steps=1000)
+    assert dit_learning_rate(0, constant) < dit_learning_rate(500, constant) == dit_learning_rate(999, constant) == 1e-3
+    cooled = DecoderPreset(dit_lr=1e-3, dit_steps=1000, dit_cooldown_steps=200)
+    assert dit_learning_rate(799, cooled) == 1e-3
+    assert dit_learning_rate(900, cooled) == pytest.approx(5e-4) and dit_learning_rate(999, cooled) == pytest.approx(5e-6)
+    with pytest.raises(SystemExit):
+        train_main(["--out", "unused", "--decoder-cooldown-steps", "200"])  # a decay needs the step it ends at
+
+
 def test_fresh_align_reinitialises_only_what_stage_2_trains(tiny_pipeline):
     """After a newer decoder, stage 2 can restart from a fresh projector and BiLM (retrieval heads kept)."""
     import copy

@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="DiT training minutes for this run (each --resume trains this much longer)")
     parser.add_argument("--decoder-steps", type=int,
                         help="train the DiT to this many steps instead (robust to a busy machine)")
+    parser.add_argument("--decoder-cooldown-steps", type=int,
+                        help="with --decoder-steps: the last N steps decay the DiT's learning rate linearly to zero")
     parser.add_argument("--llm-steps", type=int, help="override stage 1's step count (resume to extend it)")
     parser.add_argument("--vision-steps", type=int, help="override stage 1b's step count")
     parser.add_argument("--align-steps", type=int, help="override stage 2's step count")
@@ -49,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vision-patch", type=int, choices=(4, 8),
                         help="the LLM's vision patch in pixels (a new stage-1 run; give it its own --work-dir)")
     args = parser.parse_args(argv)
+    if args.decoder_cooldown_steps and not args.decoder_steps:
+        parser.error("--decoder-cooldown-steps needs --decoder-steps (the step its decay ends at)")
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
@@ -74,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     preset = get_preset(args.preset)
     if args.decoder_steps:
         preset.decoder.dit_steps = args.decoder_steps
+    if args.decoder_cooldown_steps:
+        preset.decoder.dit_cooldown_steps = args.decoder_cooldown_steps
     overrides = ((args.llm_steps, preset.llm, "steps"), (args.vision_patch, preset.llm, "patch_size"),
                  (args.vision_steps, preset.llm, "vision_steps"),
                  (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"),

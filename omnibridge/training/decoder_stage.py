@@ -124,6 +124,16 @@ def decoder_alone_generator(decoder: HunyuanDecoder, guidance: float = DEFAULT_G
     return generate
 
 
+def dit_learning_rate(step: int, preset: DecoderPreset) -> float:
+    """Warm-up, then constant, as long runs resumed in pieces need; a cool-down may close a run. The
+    DiT trains at a constant rate so that every resume can go on; a linear decay over its last steps
+    (the "warmup-stable-decay" schedule) then settles the weights that constant-rate noise kept moving."""
+    lr = preset.dit_lr * min(1.0, (step + 1) / 200)
+    if preset.dit_cooldown_steps and preset.dit_steps:
+        lr *= min(1.0, max(0.0, (preset.dit_steps - step) / preset.dit_cooldown_steps))
+    return lr
+
+
 def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, seed: int, resume: bool,
               minutes: float | None = None) -> tuple[HunyuanDecoder, dict]:
     """Train until this run's time budget (or the total step budget) is spent; returns the best EMA decoder.
@@ -182,7 +192,7 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
             rotary = decoder._rotary_embedding(latents.shape[-2], latents.shape[-1])
         prediction = decoder.predict(noisy, timesteps.float(), cond, rotary)
         loss = F.mse_loss(prediction, target)
-        optimizer_step(optimizer, loss, trainable.parameters(), preset.dit_lr * min(1.0, (step + 1) / 200))
+        optimizer_step(optimizer, loss, trainable.parameters(), dit_learning_rate(step, preset))
         ema.update(trainable)
         run.tick(len(pairs), loss=loss.item())
         if preset.eval_every and run.progress.step % preset.eval_every == 0:

@@ -28,6 +28,7 @@ class DecoderPreset:
     vae_lr: float = 2e-3
     dit_minutes: float = 100.0
     dit_steps: int = 0  # 0: train for dit_minutes instead
+    dit_cooldown_steps: int = 0  # the last N of dit_steps decay the learning rate linearly to zero
     dit_batch: int = 32
     dit_lr: float = 5e-4
     caption_dropout: float = 0.1
