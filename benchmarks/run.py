@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> list:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--only", default=",".join(NAMES))
     parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument("--steps-prompts-per-category", type=int, default=10,
+                        help="the fewer-steps study's prompts per category (six categories; 25 for a 2-point comparison)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a 10k-only search benchmark")
     args = parser.parse_args(argv)
     chosen = args.only.split(",")
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> list:
     runners = {
         "chat": lambda: bench_chat.run(pipe, image, repeats),
         "generate": lambda: bench_generate.run(pipe, repeats),
-        "steps": lambda: bench_steps.run(pipe, 4 if args.quick else 10),
+        "steps": lambda: bench_steps.run(pipe, 4 if args.quick else args.steps_prompts_per_category),
         "embed": lambda: bench_embed.run(pipe, repeats=repeats),
         "gallery": lambda: bench_gallery.run(pipe, (10_000,) if args.quick else (10_000, 100_000)),
         "startup": lambda: bench_startup.run(args.model),
