@@ -84,12 +84,10 @@ def _goals(report: dict) -> str:
     return "\n".join(table)
 
 
-def _training_summary(folder: Path) -> str:
-    path = folder / "training_report.json"
-    if not path.exists():
+def _training_summary(training: dict | None) -> str:
+    if training is None:
         return "No training report in this folder."
-    stages = json.loads(path.read_text())
-    stages.pop("commands", None)
+    stages = {k: v for k, v in training.items() if k != "commands"}
     rows = ["| stage | steps | training time | images seen | loss first -> last |", "|---|---|---|---|---|"]
     total = 0.0
     for name, stage in stages.items():
@@ -110,10 +108,9 @@ def _training_summary(folder: Path) -> str:
     return "\n".join(rows)
 
 
-def _reproduce(folder: Path) -> str:
+def _reproduce(folder: Path, training: dict | None) -> str:
     """The training commands that made this checkpoint, in order (from its work dir's history)."""
-    path = folder / "training_report.json"
-    commands = json.loads(path.read_text()).get("commands", []) if path.exists() else []
+    commands = (training or {}).get("commands", [])
     lines = [c["command"] + (f"  # {c['note']}" if c.get("note") else "") for c in commands] or [PLAIN_RECIPE]
     intro = ("The commands that trained this checkpoint, in the order they ran (each `--resume` continues the "
              "stages it names from their saved state):" if commands else "Reproduce:")
@@ -123,6 +120,8 @@ def _reproduce(folder: Path) -> str:
 
 def write_model_card(folder: Path, report: dict) -> None:
     (folder / "evaluation.json").write_text(json.dumps(report, indent=2))
+    path = folder / "training_report.json"
+    training = json.loads(path.read_text()) if path.exists() else None
     card = CARD.format(model_id=report["model"], table=format_table(report), goals=_goals(report),
-                       training=_training_summary(folder), reproduce=_reproduce(folder))
+                       training=_training_summary(training), reproduce=_reproduce(folder, training))
     (folder / "README.md").write_text(card)

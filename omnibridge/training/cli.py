@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 STAGES = ("decoder", "llm", "vision", "align", "retrieval", "package")
-COMMANDS_FILE = "commands.jsonl"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,28 +56,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def record_command(work_dir: Path, argv: list[str]) -> None:
-    """Append this run's command line to the work dir's history: a checkpoint is usually several
-    resumed runs with different step counts, and its model card lists them as its recipe."""
-    entry = {"command": shlex.join(["python", "-m", "omnibridge.train", *argv]),
-             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    with (work_dir / COMMANDS_FILE).open("a") as handle:
-        handle.write(json.dumps(entry) + "\n")
-
-
 def main(argv: list[str] | None = None) -> dict:
     from .presets import get_preset
-    from .stages import run_stages
+    from .stages import record_command, run_stages
 
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = get_preset(args.preset)
-    if args.decoder_steps:
-        preset.decoder.dit_steps = args.decoder_steps
-    if args.decoder_cooldown_steps:
-        preset.decoder.dit_cooldown_steps = args.decoder_cooldown_steps
-    overrides = ((args.llm_steps, preset.llm, "steps"), (args.vision_patch, preset.llm, "patch_size"),
+    overrides = ((args.decoder_steps, preset.decoder, "dit_steps"),
+                 (args.decoder_cooldown_steps, preset.decoder, "dit_cooldown_steps"),
+                 (args.llm_steps, preset.llm, "steps"), (args.vision_patch, preset.llm, "patch_size"),
                  (args.vision_steps, preset.llm, "vision_steps"),
                  (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"),
                  (args.retrieval_batch, preset.align, "stage3_batch"),

@@ -57,7 +57,7 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
               keep_eye: bool = False) -> dict:
     """`keep_eye`: stage 1b has trained the vision tower; freeze it, and keep it over a saved state's."""
     llm = model.llm.train()
-    eye = {k: v.clone() for k, v in llm.model.visual.state_dict().items()}
+    eye = {k: v.clone() for k, v in llm.model.visual.state_dict().items()} if keep_eye else None
     llm.model.visual.requires_grad_(not keep_eye)
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
     run = StageRun(work_dir, "llm", preset.steps, resume, seed)

@@ -3,6 +3,7 @@
     <work_dir>/decoder/     stage 0 output (diffusers layout)
     <work_dir>/model/       the whole model in our layout, rewritten after stages 1-3
     <work_dir>/<stage>/     each stage's resumable state.pt and log.jsonl
+    <work_dir>/commands.jsonl  every training command run on this work dir, in order
 
 Stage order: decoder, llm (stage 1), vision (stage 1b: the vision tower alone), align (stage 2),
 retrieval (stage 3), package.
@@ -15,7 +16,9 @@ decoder each alignment was trained against.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -33,6 +36,18 @@ from .retrieval_stage import train_retrieval
 from .vision_stage import train_vision
 
 CPU = Placement(torch.device("cpu"), torch.float32, torch.float32)
+
+
+COMMANDS_FILE = "commands.jsonl"
+
+
+def record_command(work_dir: Path, argv: list[str]) -> None:
+    """Append this run's command line to the work dir's history: a checkpoint is usually several
+    resumed runs with different step counts, and its model card lists them as its recipe."""
+    entry = {"command": shlex.join(["python", "-m", "omnibridge.train", *argv]),
+             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    with (Path(work_dir) / COMMANDS_FILE).open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
 
 
 def decoder_dir(work_dir: Path) -> Path:
@@ -138,7 +153,7 @@ def training_summary(work_dir: Path) -> dict:
             entry.update({k: v for k, v in done[-1].items() if k not in ("stage", "step", "seconds", "images_seen",
                                                                           "event")})
         summary[stage] = entry
-    commands = Path(work_dir) / "commands.jsonl"
+    commands = Path(work_dir) / COMMANDS_FILE
     if commands.exists():
         summary["commands"] = [json.loads(line) for line in commands.read_text().splitlines() if line.strip()]
     return summary

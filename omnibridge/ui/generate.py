@@ -20,7 +20,7 @@ from .context import AppContext
 
 
 # No accuracy figures here: the app may load another model than the built-in one they were measured
-# on (README, "fewer steps": on it, DDPM@100 scores 0.53 and DPM-Solver++@20 0.47, 150 held-out prompts).
+# on (README, "fewer steps", has them: DDPM@100 is the most accurate there).
 SAMPLER_LABELS = {
     "dpm++": "DPM-Solver++, 20 steps (fast)",
     "ddpm": "DDPM, 100 steps (the official setting; about 5x slower)",
