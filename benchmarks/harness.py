@@ -6,11 +6,13 @@ baseline measured in the same run, so a busy or different machine changes both a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -43,9 +45,38 @@ class Timing:
         return cls.from_samples([fn() for _ in range(repeats)])
 
     @classmethod
+    def interleaved(cls, runs: dict[str, Callable[[], object]], repeats: int = 5,
+                    warmup: int = 1) -> dict[str, "Timing"]:
+        """Time several functions in turn, round after round, so that a slow minute of a shared machine
+        falls on all of them alike rather than on whichever ran then. A function that returns a float
+        has timed its own part of the work (seconds), as for `of_samples`."""
+        for fn in runs.values():
+            for _ in range(warmup):
+                fn()
+        samples: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                value = fn()
+                elapsed = time.perf_counter() - start
+                samples[name].append(value if isinstance(value, float) else elapsed)
+        return {name: cls.from_samples(values) for name, values in samples.items()}
+
+    @classmethod
     def from_samples(cls, samples: list[float]) -> "Timing":
         return cls(round(statistics.median(samples), 6), round(min(samples), 6), round(max(samples), 6),
                    len(samples))
+
+
+class RequestThreads:
+    """Calls a function from a pool of long-lived threads in turn, as the app's requests arrive (Gradio
+    runs each event on a thread of its worker pool), so the pipeline is timed where users meet it."""
+
+    def __init__(self, count: int = 4):
+        self._threads = itertools.cycle([ThreadPoolExecutor(max_workers=1) for _ in range(count)])
+
+    def __call__(self, fn: Callable[[], object]) -> Callable[[], object]:
+        return lambda: next(self._threads).submit(fn).result()
 
 
 @dataclass

@@ -28,8 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .inputs import InvalidInputError, clean_text, load_image, normalize_messages
+from .model_thread import ModelThread
 from .modeling.chat_format import ChatFormat, EncodedPrompt, Message, SpanText, gather_spans
 from .modeling.decoder import SAMPLERS, CaptionEncoding, GenerationCancelled, StepCallback
 from .modeling.devices import Placement, placement as choose_placement
@@ -51,6 +51,7 @@ from .modeling.loading import (
 )
 
 MAX_SEED = 2**31 - 1
+Result = TypeVar("Result")
 
 __all__ = ["OmniBridgePipeline", "GenerationResult", "ChatAnswer", "ChatTurnEvent", "GenerationCancelled", "InvalidInputError"]
 
@@ -137,7 +138,7 @@ class _TokenQueue(BaseStreamer):
 class OmniBridgePipeline:
     """Owns every component; methods are thread-safe (one model job runs at a time)."""
 
-    def __init__(self, model: LoadedModel, placement: Placement):
+    def __init__(self, model: LoadedModel, placement: Placement, model_thread: ModelThread | None = None):
         self.model = model
         self.config = model.config
         self.placement = placement
@@ -151,14 +152,8 @@ class OmniBridgePipeline:
         # thread that releases a job is not always the one that took it. Jobs never nest.
         self._lock = threading.Lock()
         self._counter_lock = threading.Lock()
-        # Streaming runs generate() on this one long-lived thread: a fresh thread per answer paid for
-        # starting it and its OpenMP team before the first token. On a CPU its team is one thread: a
-        # second team of two beside the main thread's made every later denoising loop 1.5-1.8x slower
-        # on two cores (the teams contend), while token-by-token decoding gains little from threads.
-        on_cpu = placement.device.type == "cpu"
-        self._generation_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnibridge-generate",
-                                                     initializer=torch.set_num_threads if on_cpu else None,
-                                                     initargs=(1,) if on_cpu else ())
+        # Every model job runs on this one thread, whichever thread asked (model_thread.py says why).
+        self._model_thread = model_thread or ModelThread.for_device(placement.device)
         self._prefix_caches: dict[tuple[int, ...], object] = {}  # shared prompt openings -> their KV cache
         self.jobs_requested = 0  # running or waiting for the model
         self.max_jobs_requested = 0
@@ -170,11 +165,14 @@ class OmniBridgePipeline:
         """Our folder layout, or the official release (with `decoder`: HunyuanDiT-v1.2 diffusers folder/id)."""
         where = choose_placement(device, dtype)
         folder = resolve_folder(path_or_id)
-        if detect_layout(folder) == "omnibridge":
-            loaded = load_our_layout(folder, where)
-        else:
-            loaded = load_official_layout(folder, decoder, where)
-        return cls(loaded, where)
+        model_thread = ModelThread.for_device(where.device)
+
+        def build() -> "OmniBridgePipeline":  # on the model thread: even setting up runs torch ops
+            if detect_layout(folder) == "omnibridge":
+                return cls(load_our_layout(folder, where), where, model_thread)
+            return cls(load_official_layout(folder, decoder, where), where, model_thread)
+
+        return model_thread.run(build)
 
     def save_pretrained(self, path: str | Path) -> None:
         save_our_layout(self.model, path)
@@ -183,9 +181,10 @@ class OmniBridgePipeline:
         """Start-up work done once: the negative-prompt encoding (cached on disk when given a folder)."""
         negative = self.config.generation.negative_prompt
         if cache_dir is None:
-            self.decoder.negative_encoding(negative)
+            self.run_job(lambda: self.decoder.negative_encoding(negative))
         else:
-            self.decoder.load_negative_cache(cache_dir, f"{self.model_id}|{self.model.source}", negative)
+            self.run_job(lambda: self.decoder.load_negative_cache(cache_dir, f"{self.model_id}|{self.model.source}",
+                                                               negative))
 
     def compile(self) -> None:
         """Optional `torch.compile` of the decoder transformer (a flag: slow to start, and not on ZeroGPU)."""
@@ -212,6 +211,17 @@ class OmniBridgePipeline:
         finally:
             with self._counter_lock:
                 self.jobs_requested -= 1
+
+    def run_job(self, work: Callable[[], Result]) -> Result:
+        """Run `work` as one model job: on the model thread, one job at a time, in inference mode (grad
+        mode is per thread). Code that calls the components directly (a benchmark's bare baseline)
+        uses it to run where the pipeline's own jobs run."""
+        def job() -> Result:
+            with torch.inference_mode():
+                return work()
+
+        with self._job():
+            return self._model_thread.run(job)
 
     def _to_device(self, batch: dict) -> dict:
         moved = {}
@@ -295,15 +305,15 @@ class OmniBridgePipeline:
         temperature = float(np.clip(temperature, 0.0, 2.0))
         top_p = float(np.clip(top_p, 0.05, 1.0))
         encoded = self.format.encode(conversation, add_generation_prompt=True)
-        batch = self._to_device(self.format.collate([encoded], "left")["inputs"])
         tokens = _TokenQueue()
         stop = threading.Event()
         sampling = temperature > 0
         errors: list[BaseException] = []
-        routing = self._routing_constraints(mode, has_image, batch["input_ids"].shape[1])
+        routing = self._routing_constraints(mode, has_image, len(encoded.input_ids))
 
         def run():
             try:
+                batch = self._to_device(self.format.collate([encoded], "left")["inputs"])
                 if seed is not None:
                     torch.manual_seed(int(seed))
                 with torch.inference_mode():
@@ -317,7 +327,7 @@ class OmniBridgePipeline:
                 tokens.end()
 
         with self._job():
-            finished = self._generation_thread.submit(run)
+            finished = self._model_thread.submit(run)
             ids: list[int] = []
             try:
                 for new_ids in tokens.batches(timeout=300):
@@ -370,8 +380,7 @@ class OmniBridgePipeline:
         loaded = [load_image(image) for image in images]
         prompts = [self.format.encode([Message("user", [image, clean_text(q, what="question")])])
                    for image, q in zip(loaded, questions, strict=True)]
-        with self._job():
-            return self._generate_after(prompts, None, max_new_tokens)
+        return self.run_job(lambda: self._generate_after(prompts, None, max_new_tokens))
 
     def parse_answer(self, text: str) -> ChatAnswer:
         """Read the model's own routing: `<img>caption</img>` draws, `<edit>caption</edit>` edits."""
@@ -511,18 +520,22 @@ class OmniBridgePipeline:
         steps, guidance, height, width, seeds = self._resolve_settings(
             num_inference_steps, guidance_scale, height, width, num_images, seed)
         sampler = self._resolve_sampler(sampler)
-        timings: dict[str, float] = {}
-        with self._job():
+
+        def job():
             start = time.perf_counter()
-            if caption is None:
-                caption = self.rewrite_prompts([prompt])[0] if rewrite else prompt
-            cond = self._conditions_for_prompts([prompt], [caption], use_learned_queries)
-            timings["rewrite_condition_s"] = time.perf_counter() - start
+            written = caption
+            if written is None:
+                written = self.rewrite_prompts([prompt])[0] if rewrite else prompt
+            cond = self._conditions_for_prompts([prompt], [written], use_learned_queries)
+            timings = {"rewrite_condition_s": time.perf_counter() - start}
             mark = time.perf_counter()
             images = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
                                   sampler=sampler)
             timings["denoise_decode_s"] = time.perf_counter() - mark
             timings["total_s"] = time.perf_counter() - start
+            return written, images, timings
+
+        caption, images, timings = self.run_job(job)
         parameters = {"mode": "generate", "prompt": prompt, "caption": caption, "rewrite": rewrite,
                       "sampler": sampler, "num_inference_steps": steps, "guidance_scale": guidance,
                       "height": height, "width": width,
@@ -539,12 +552,15 @@ class OmniBridgePipeline:
         steps, guidance, height, width, _ = self._resolve_settings(
             num_inference_steps, guidance_scale, None, None, 1, 0)
         sampler = self._resolve_sampler(sampler)
-        with self._job():
+
+        def job():
             captions = self.rewrite_prompts(prompts) if rewrite else list(prompts)
             cond = self._conditions_for_prompts(prompts, captions, use_learned_queries)
             images = self._decode(cond, [int(s) for s in seeds], steps, guidance, height, width, None, None,
                                   sampler=sampler)
-        return images, captions
+            return images, captions
+
+        return self.run_job(job)
 
     def edit(self, image, instruction: str, seed: int | None = None, num_inference_steps: int | None = None,
              guidance_scale: float | None = None, num_images: int = 1, strength: float = 1.0,
@@ -562,17 +578,20 @@ class OmniBridgePipeline:
         steps, guidance, height, width, seeds = self._resolve_settings(
             num_inference_steps, guidance_scale, height, width, num_images, seed)
         sampler = self._resolve_sampler(sampler)
-        timings: dict[str, float] = {}
-        with self._job():
+
+        def job():
             start = time.perf_counter()
-            caption = caption or self._write_edit_caption(source, instruction)
-            cond = self._edit_condition(source, instruction, caption)
-            timings["rewrite_condition_s"] = time.perf_counter() - start
+            written = caption or self._write_edit_caption(source, instruction)
+            cond = self._edit_condition(source, instruction, written)
+            timings = {"rewrite_condition_s": time.perf_counter() - start}
             mark = time.perf_counter()
             images = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
                                   init_image=source, strength=strength, sampler=sampler)
             timings["denoise_decode_s"] = time.perf_counter() - mark
             timings["total_s"] = time.perf_counter() - start
+            return written, images, timings
+
+        caption, images, timings = self.run_job(job)
         parameters = {"mode": "edit", "instruction": instruction, "caption": caption, "sampler": sampler,
                       "num_inference_steps": steps,
                       "guidance_scale": guidance, "strength": strength, "height": height, "width": width,
@@ -632,17 +651,19 @@ class OmniBridgePipeline:
 
     def _embed(self, parts: list, span: str, embed_states, batch_size: int) -> np.ndarray:
         """One user turn per item; the LLM states over the item's own tokens -> retrieval heads."""
-        vectors = [np.zeros((0, self.embedding_dim), np.float32)]
-        with self._job():
+
+        def job() -> np.ndarray:
+            vectors = [np.zeros((0, self.embedding_dim), np.float32)]
             for start in range(0, len(parts), batch_size):
                 prompts = [self.format.encode([Message("user", [part])]) for part in parts[start:start + batch_size]]
                 collated = self.format.collate(prompts, "right")
-                with torch.inference_mode():
-                    states, offset = self._states_after_shared_prefix(collated)
-                    spans = [(a - offset, b - offset) for a, b in (s[span] for s in collated["spans"])]
-                    span_states, mask = gather_spans(states, spans)
-                    vectors.append(embed_states(span_states, mask).cpu().numpy())
-        return np.concatenate(vectors).astype(np.float32)
+                states, offset = self._states_after_shared_prefix(collated)
+                spans = [(a - offset, b - offset) for a, b in (s[span] for s in collated["spans"])]
+                span_states, mask = gather_spans(states, spans)
+                vectors.append(embed_states(span_states, mask).cpu().numpy())
+            return np.concatenate(vectors).astype(np.float32)
+
+        return self.run_job(job)
 
     def _states_after_shared_prefix(self, collated: dict) -> tuple[torch.Tensor, int]:
         """The LLM's last hidden states for a batch, from the first position its prompts do not share.

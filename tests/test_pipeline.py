@@ -1,5 +1,7 @@
 """Every pipeline method end to end on a micro model with random weights (code paths, not quality)."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -35,13 +37,47 @@ def test_streamed_answer_is_what_a_bare_generate_call_decodes(tiny_pipeline, sce
     assert len(streamed) >= 2  # it really streamed: one yield per generated token (or group of them)
 
 
-def test_streaming_leaves_the_main_threads_torch_threads_alone(tiny_pipeline):
-    # On a CPU the generation thread runs a one-thread OpenMP team, so that a second team does not
-    # contend with the main thread's denoising loops.
+def test_every_model_job_runs_on_one_thread_whoever_asks(tiny_pipeline, scene_image):
+    # Gradio calls the model from a pool of threads, and each one used to grow an OpenMP team of its
+    # own (model_thread.py): every forward pass must run on the pipeline's one model thread, with the
+    # team size the pipeline was created with.
+    seen = set()
+
+    def record(module, args, kwargs):
+        seen.add((threading.get_ident(), torch.get_num_threads(), torch.is_inference_mode_enabled()))
+
+    hooks = [module.register_forward_pre_hook(record, with_kwargs=True)
+             for module in (tiny_pipeline.llm.model, tiny_pipeline.decoder.transformer)]
+    try:
+        list(tiny_pipeline.stream_chat([{"role": "user", "content": "hello"}], images=[scene_image], max_new_tokens=3))
+        tiny_pipeline.generate("a red circle", num_inference_steps=2, seed=0)
+        tiny_pipeline.edit(scene_image, "make it blue", num_inference_steps=2, seed=0)
+        tiny_pipeline.embed_images([scene_image])
+        tiny_pipeline.answer_batch([scene_image], ["How many circles are there?"], max_new_tokens=2)
+        other = threading.Thread(target=lambda: tiny_pipeline.embed_texts(["a red circle"]))
+        other.start()
+        other.join()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) == 1, seen
+    (thread, team_size, inference_mode), = seen
+    assert thread != threading.get_ident()
+    assert team_size == torch.get_num_threads()
+    assert inference_mode
+
+
+def test_model_jobs_leave_later_threads_torch_team_size_alone(tiny_pipeline):
+    # `torch.set_num_threads` in one thread sets what every later thread starts with: the one-thread
+    # generation thread this replaces handed later request threads one-thread teams.
     before = torch.get_num_threads()
     list(tiny_pipeline.stream_chat([{"role": "user", "content": "hello"}], max_new_tokens=3))
+    later = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
     assert torch.get_num_threads() == before
-    assert tiny_pipeline._generation_thread.submit(torch.get_num_threads).result() == 1
+    assert later == [before]
 
 
 def test_stream_can_be_stopped_early(tiny_pipeline):
