@@ -153,7 +153,7 @@ class OmniBridgePipeline:
         self._lock = threading.Lock()
         self._counter_lock = threading.Lock()
         # Every model job runs on this one thread, whichever thread asked (model_thread.py says why).
-        self._model_thread = model_thread or ModelThread.for_device(placement.device)
+        self.model_thread = model_thread or ModelThread.for_device(placement.device)
         self._prefix_caches: dict[tuple[int, ...], object] = {}  # shared prompt openings -> their KV cache
         self.jobs_requested = 0  # running or waiting for the model
         self.max_jobs_requested = 0
@@ -161,11 +161,15 @@ class OmniBridgePipeline:
     # ------------------------------------------------------------------------------------- io
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = None, decoder: str | Path | None = None) -> "OmniBridgePipeline":
-        """Our folder layout, or the official release (with `decoder`: HunyuanDiT-v1.2 diffusers folder/id)."""
+                        dtype: str | torch.dtype | None = None, decoder: str | Path | None = None,
+                        model_thread: ModelThread | None = None) -> "OmniBridgePipeline":
+        """Our folder layout, or the official release (with `decoder`: HunyuanDiT-v1.2 diffusers folder/id).
+
+        `model_thread`: another pipeline's, so that two models in one process share one thread team.
+        """
         where = choose_placement(device, dtype)
         folder = resolve_folder(path_or_id)
-        model_thread = ModelThread.for_device(where.device)
+        model_thread = model_thread or ModelThread.for_device(where.device)
 
         def build() -> "OmniBridgePipeline":  # on the model thread: even setting up runs torch ops
             if detect_layout(folder) == "omnibridge":
@@ -221,7 +225,7 @@ class OmniBridgePipeline:
                 return work()
 
         with self._job():
-            return self._model_thread.run(job)
+            return self.model_thread.run(job)
 
     def _to_device(self, batch: dict) -> dict:
         moved = {}
@@ -327,7 +331,7 @@ class OmniBridgePipeline:
                 tokens.end()
 
         with self._job():
-            finished = self._model_thread.submit(run)
+            finished = self.model_thread.submit(run)
             ids: list[int] = []
             try:
                 for new_ids in tokens.batches(timeout=300):

@@ -67,6 +67,20 @@ def test_every_model_job_runs_on_one_thread_whoever_asks(tiny_pipeline, scene_im
     assert inference_mode
 
 
+def test_a_second_model_can_share_the_first_ones_thread(tiny_pipeline, tiny_model_dir):
+    # The Compare tab's second checkpoint: two threads would mean two OpenMP teams again.
+    from omnibridge import OmniBridgePipeline
+
+    second = OmniBridgePipeline.from_pretrained(tiny_model_dir, model_thread=tiny_pipeline.model_thread)
+    seen = set()
+    hook = second.llm.model.register_forward_pre_hook(lambda module, args: seen.add(threading.get_ident()))
+    try:
+        second.embed_texts(["a red circle"])
+    finally:
+        hook.remove()
+    assert seen == {tiny_pipeline.model_thread.run(threading.get_ident)}
+
+
 def test_model_jobs_leave_later_threads_torch_team_size_alone(tiny_pipeline):
     # `torch.set_num_threads` in one thread sets what every later thread starts with: the one-thread
     # generation thread this replaces handed later request threads one-thread teams.

@@ -68,5 +68,6 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
             gallery.seed_builtin(settings.seed_gallery, progress=lambda done, total: bar.update(done - bar.n))
     compare = None
     if settings.compare_model:  # a second checkpoint for the Compare tab's "two checkpoints" pair
-        compare = type(pipeline).from_pretrained(settings.compare_model, device=settings.device, dtype=settings.dtype)
+        compare = type(pipeline).from_pretrained(settings.compare_model, device=settings.device, dtype=settings.dtype,
+                                                 model_thread=pipeline.model_thread)
     return AppContext(pipeline, settings, gallery, feedback, outputs, compare_pipeline=compare)
