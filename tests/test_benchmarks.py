@@ -1,6 +1,7 @@
 """The benchmarks run (on the micro model); they measure, so nothing here checks a timing."""
 
 import random
+import threading
 
 from benchmarks import bench_chat, bench_embed, bench_generate
 from benchmarks.gpu_check import main as gpu_check
@@ -45,3 +46,19 @@ def test_gallery_benchmark_compares_its_exact_search_with_chromas_index(tiny_pip
     assert 0 < search["chroma_hnsw"]["recall_at_10"] <= 1.0 and search["gallery"]["p50_ms"] > 0
     ingest = bench_gallery.ingest(tiny_pipeline, n=6)
     assert ingest["items"] == 6 and ingest["end_to_end_s"] > 0
+
+
+def test_interleaved_timing_runs_the_compared_functions_in_turn():
+    from benchmarks.harness import RequestThreads, Timing
+
+    calls = []
+    timings = Timing.interleaved({"ours": lambda: calls.append("ours"),
+                                  "self_timed": lambda: calls.append("base") or 0.25}, repeats=3, warmup=1)
+    assert calls == ["ours", "base"] * 4  # one warm-up round, then three rounds, alternating
+    assert timings["self_timed"].median_s == 0.25 and timings["self_timed"].repeats == 3
+    assert timings["ours"].repeats == 3
+
+    threads = RequestThreads(count=2)
+    idents = [threads(threading.get_ident)() for _ in range(4)]
+    assert idents[0] == idents[2] != idents[1] == idents[3]  # each call on the next thread of the pool
+    assert threading.get_ident() not in idents
