@@ -175,6 +175,18 @@ def test_a_finer_vision_patch_gives_the_llm_more_image_tokens(tmp_path):
     assert json.loads((saved / "preprocessor_config.json").read_text())["patch_size"] == 4
 
 
+def test_a_bigger_dit_can_be_asked_for(tmp_path):
+    train_main(["--preset", "quick", "--out", str(tmp_path / "model"), "--stages", "decoder", "--dit-width", "64",
+                "--dit-layers", "4", "--decoder-steps", "2", "--threads", "2"])
+    config = json.loads((tmp_path / "model.train" / "decoder" / "transformer" / "config.json").read_text())
+    assert config["num_layers"] == 4
+    assert config["num_attention_heads"] * config["attention_head_dim"] == 64
+    with pytest.raises(SystemExit):
+        train_main(["--out", "unused", "--dit-width", "100"])
+    with pytest.raises(SystemExit):
+        train_main(["--out", "unused", "--dit-layers", "3"])
+
+
 def test_each_resumed_decoder_run_trains_for_its_own_time_budget(tmp_path):
     from omnibridge.training.builders import build_decoder
     from omnibridge.training.decoder_stage import train_dit

@@ -35,6 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train the DiT to this many steps instead (robust to a busy machine)")
     parser.add_argument("--decoder-cooldown-steps", type=int,
                         help="with --decoder-steps: the last N steps decay the DiT's learning rate linearly to zero")
+    parser.add_argument("--dit-width", type=int,
+                        help="the DiT's hidden size, a multiple of 64 (a bigger decoder: a new decoder run in its own "
+                             "--work-dir; worth a GPU)")
+    parser.add_argument("--dit-layers", type=int, help="the DiT's depth, even (as --dit-width)")
     parser.add_argument("--llm-steps", type=int, help="override stage 1's step count (resume to extend it)")
     parser.add_argument("--vision-steps", type=int, help="override stage 1b's step count")
     parser.add_argument("--align-steps", type=int, help="override stage 2's step count")
@@ -50,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.decoder_cooldown_steps and not args.decoder_steps:
         parser.error("--decoder-cooldown-steps needs --decoder-steps (the step its decay ends at)")
+    if args.dit_width and args.dit_width % 64:
+        parser.error("--dit-width must be a multiple of 64 (whole attention heads with room for 2-D rotary positions)")
+    if args.dit_layers and args.dit_layers % 2:
+        parser.error("--dit-layers must be even (HunyuanDiT joins the first half's outputs to the second half)")
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
@@ -66,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     preset = get_preset(args.preset)
     overrides = ((args.decoder_steps, preset.decoder, "dit_steps"),
                  (args.decoder_cooldown_steps, preset.decoder, "dit_cooldown_steps"),
+                 (args.dit_width, preset.decoder, "hidden_size"), (args.dit_layers, preset.decoder, "num_layers"),
                  (args.llm_steps, preset.llm, "steps"), (args.vision_patch, preset.llm, "patch_size"),
                  (args.vision_steps, preset.llm, "vision_steps"),
                  (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"),
