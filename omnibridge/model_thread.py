@@ -16,6 +16,7 @@ job in a new process starts a new thread there.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,8 +56,13 @@ class ModelThread:
         return self._pid == os.getpid() and threading.get_ident() == self._ident
 
     def submit(self, work: Callable[..., Result], *args, **kwargs) -> Future:
-        """Queue `work` on the thread; jobs run one after another in the order they were submitted."""
-        return self._current_executor().submit(work, *args, **kwargs)
+        """Queue `work` on the thread; jobs run one after another in the order they were submitted.
+
+        A job runs in a copy of the caller's context variables, as `asyncio.to_thread` does: a step
+        callback that reports progress to Gradio finds its request there.
+        """
+        caller = contextvars.copy_context()
+        return self._current_executor().submit(caller.run, work, *args, **kwargs)
 
     def run(self, work: Callable[..., Result], *args, **kwargs) -> Result:
         """Run `work` on the thread and return its result (inline when called from the thread itself,

@@ -1,5 +1,6 @@
 """The pipeline's one model thread: order, errors, no self-deadlock, and a fresh thread after a fork."""
 
+import contextvars
 import os
 import select
 import threading
@@ -16,6 +17,13 @@ def test_jobs_run_in_order_on_one_other_thread():
     assert [i for i, _ in values] == list(range(5))
     assert len({ident for _, ident in values}) == 1
     assert values[0][1] != threading.get_ident()
+
+
+def test_jobs_see_the_callers_context_variables():
+    # Gradio finds the request a progress update belongs to in context variables.
+    request = contextvars.ContextVar("request")
+    request.set("request 1")
+    assert ModelThread().run(request.get) == "request 1"
 
 
 def test_errors_reach_the_caller():
