@@ -136,6 +136,10 @@ def test_stage1_data_covers_every_behaviour():
     assert draw.answer.startswith("<img>") and draw.answer.endswith("</img>")
     edit = sample_conversation(random.Random(1), "draw_then_edit")
     assert edit.answer.startswith("<edit>") and edit.messages[1].role == "assistant"
+    asked = sample_conversation(random.Random(1), "ask_then_draw")  # a drawing request after an image Q&A
+    assert [m.role for m in asked.messages] == ["user", "assistant", "user", "assistant"]
+    assert any(not isinstance(part, str) for part in asked.messages[0].parts)
+    assert asked.answer.startswith("<img>") and asked.answer.endswith("</img>") and len(asked.answer) > 12
 
 
 def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):

@@ -29,8 +29,8 @@ CAPABILITY_ANSWER = ("I can describe images of shapes, count them, tell colours 
                      "pictures of circles, squares and triangles, and edit the last picture.")
 NO_IMAGE_ANSWER = "Please add an image first, then ask me about it."
 
-TASK_MIX = {"vqa": 0.46, "rewrite": 0.20, "edit": 0.16, "draw_then_edit": 0.06, "draw_then_ask": 0.04,
-            "multi_qa": 0.05, "small_talk": 0.03}
+TASK_MIX = {"vqa": 0.46, "rewrite": 0.17, "edit": 0.16, "draw_then_edit": 0.06, "draw_then_ask": 0.04,
+            "ask_then_draw": 0.03, "multi_qa": 0.05, "small_talk": 0.03}
 
 
 @dataclass
@@ -112,6 +112,17 @@ def _draw_then_ask(rng: random.Random) -> Conversation:
                         "draw_then_ask", qa.answer)
 
 
+def _ask_then_draw(rng: random.Random) -> Conversation:
+    """A question about an uploaded image, then a drawing request: without this turn order in its data
+    the model wrote broken captions ("<img> and a blue square") once a chat had an image Q&A in it."""
+    conversation = _vqa(rng)
+    _, caption = sample_decoder_pair(rng)
+    answer = _draw_answer(caption)
+    messages = conversation.messages + [Message("user", [paraphrase_prompt(rng, caption)]),
+                                        Message("assistant", [answer])]
+    return Conversation(messages, "ask_then_draw", answer)
+
+
 def _multi_qa(rng: random.Random) -> Conversation:
     scene = sample_scene(rng)
     image = render(scene)
@@ -137,7 +148,8 @@ def _small_talk(rng: random.Random) -> Conversation:
 
 
 _BUILDERS = {"vqa": _vqa, "rewrite": _rewrite, "edit": _edit, "draw_then_edit": _draw_then_edit,
-             "draw_then_ask": _draw_then_ask, "multi_qa": _multi_qa, "small_talk": _small_talk}
+             "draw_then_ask": _draw_then_ask, "ask_then_draw": _ask_then_draw, "multi_qa": _multi_qa,
+             "small_talk": _small_talk}
 
 
 def sample_conversation(rng: random.Random, task: str | None = None) -> Conversation:
