@@ -16,10 +16,14 @@ def run(pipe, n: int = 256, single: int = 32, repeats: int = 3) -> Result:
     scenes = [sample_scene(rng) for _ in range(n)]
     images = [render(s) for s in scenes]
     texts = [format_caption(describe(s)) for s in scenes]
-    batched_images = Timing.of(lambda: pipe.embed_images(images), repeats)
-    batched_texts = Timing.of(lambda: pipe.embed_texts(texts), repeats)
-    one_images = Timing.of(lambda: [pipe.embed_images([i]) for i in images[:single]], repeats)
-    one_texts = Timing.of(lambda: [pipe.embed_texts([t]) for t in texts[:single]], repeats)
+    timings = Timing.interleaved({
+        "batched_images": lambda: pipe.embed_images(images),
+        "batched_texts": lambda: pipe.embed_texts(texts),
+        "one_images": lambda: [pipe.embed_images([i]) for i in images[:single]],
+        "one_texts": lambda: [pipe.embed_texts([t]) for t in texts[:single]],
+    }, repeats)
+    batched_images, batched_texts, one_images, one_texts = (
+        timings[k] for k in ("batched_images", "batched_texts", "one_images", "one_texts"))
     figures = {
         "images_per_s": round(n / batched_images.median_s, 1),
         "images_per_s_one_at_a_time": round(single / one_images.median_s, 1),

@@ -38,18 +38,11 @@ class Timing:
         return cls.from_samples(samples)
 
     @classmethod
-    def of_samples(cls, fn: Callable[[], float], repeats: int = 5, warmup: int = 1) -> "Timing":
-        """Like `of`, for a function that times its own part of the work and returns seconds."""
-        for _ in range(warmup):
-            fn()
-        return cls.from_samples([fn() for _ in range(repeats)])
-
-    @classmethod
     def interleaved(cls, runs: dict[str, Callable[[], object]], repeats: int = 5,
                     warmup: int = 1) -> dict[str, "Timing"]:
         """Time several functions in turn, round after round, so that a slow minute of a shared machine
         falls on all of them alike rather than on whichever ran then. A function that returns a float
-        has timed its own part of the work (seconds), as for `of_samples`."""
+        has timed its own part of the work (seconds): that is its sample."""
         for fn in runs.values():
             for _ in range(warmup):
                 fn()
