@@ -5,6 +5,7 @@ import random
 from dataclasses import replace
 
 import pytest
+import torch
 
 from omnibridge import OmniBridgePipeline
 from omnibridge.training.cli import main as train_main
@@ -271,3 +272,42 @@ def test_stage3_pool_holds_the_frozen_llms_states_and_is_rebuilt_for_another_llm
             parameter.mul_(1.1)
     rebuilt = load_or_build_pool(changed, fmt, preset, seed=1, folder=tmp_path)
     assert not torch.equal(rebuilt.caption_states[rebuilt.captions_of_scene[2][0]], caption)
+
+
+def test_a_new_dit_trains_on_a_trained_decoders_frozen_text_encoders(trained, tmp_path):
+    """--decoder-from: the model's alignment stays valid because the text encoders it imitates do not change."""
+    from safetensors.torch import load_file
+
+    root, _ = trained
+    source = root / "model" / "decoder"
+    work = tmp_path / "work"
+    args = ["--preset", "quick", "--out", str(tmp_path / "unused"), "--work-dir", str(work), "--stages", "decoder",
+            "--decoder-from", str(source), "--dit-width", "64", "--dit-batch", "4", "--decoder-steps", "3",
+            "--threads", "2"]
+    report = train_main(args)
+    assert report["decoder"]["vae"]["kept_from"] == str(source)
+    for part in ("text_encoder", "text_encoder_2", "vae"):
+        before, after = (load_file(next((d / part).glob("*.safetensors"))) for d in (source, work / "decoder"))
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), part
+    config = json.loads((work / "decoder" / "transformer" / "config.json").read_text())
+    assert config["num_attention_heads"] * config["attention_head_dim"] == 64
+    resumed = train_main([*args[:-4], "--decoder-steps", "5", "--resume", "--threads", "2"])
+    assert resumed["decoder"]["dit"]["steps"] == 5
+    with pytest.raises(ValueError, match="frozen_text_encoders"):  # the same state without --decoder-from
+        train_main(["--preset", "quick", "--out", str(tmp_path / "unused"), "--work-dir", str(work), "--stages",
+                    "decoder", "--dit-width", "64", "--decoder-steps", "6", "--resume", "--threads", "2"])
+    with pytest.raises(SystemExit):
+        train_main(["--out", "unused", "--decoder-from", str(tmp_path / "nowhere")])
+
+
+def test_dit_batches_from_worker_processes_arrive_in_step_order_and_match_inline_ones():
+    from omnibridge.training.decoder_stage import _batches
+    from omnibridge.training.presets import quick_preset
+
+    preset = quick_preset().decoder
+    inline, parallel = (_batches(preset, seed=3, first_step=7, latent_shape=(4, 8, 8), workers=w) for w in (0, 2))
+    for _ in range(5):
+        a, b = next(inline), next(parallel)
+        assert a.step == b.step and a.captions == b.captions
+        assert torch.equal(a.pixels, b.pixels) and torch.equal(a.noise, b.noise) and torch.equal(a.timesteps, b.timesteps)
+    assert a.step == 11

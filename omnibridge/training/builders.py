@@ -6,6 +6,8 @@ decoder, Qwen2-VL for the LLM. Only their sizes are tiny.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from diffusers import AutoencoderKL, DDPMScheduler, HunyuanDiT2DModel
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, T5Config, T5EncoderModel
@@ -143,3 +145,22 @@ def build_llm(preset: LLMPreset, tokenizer: PreTrainedTokenizerFast):
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.do_sample = False
     return model
+
+
+def decoder_with_new_dit(trained_decoder: str | Path, preset: DecoderPreset) -> HunyuanDecoder:
+    """A trained decoder's VAE, text encoders and tokenizers around an untrained DiT of the preset's shape.
+
+    OmniBridge's stage 2 teaches the BiLM to reproduce the decoder's text-encoder output, so a DiT
+    trained anew on the *same* frozen text encoders can replace the old one without stages 2 and 3
+    running again: the way HunyuanDiT itself trains on frozen BERT and mT5.
+    """
+    decoder = HunyuanDecoder.from_pretrained(trained_decoder)
+    text_dim = decoder.text_encoder_2.config.d_model
+    latent_channels = decoder.vae.config.latent_channels
+    if (text_dim, latent_channels, decoder.sample_size) != (preset.text_dim, preset.latent_channels, preset.image_size):
+        raise ValueError(f"{trained_decoder} has text width {text_dim}, {latent_channels} latent channels and "
+                         f"{decoder.sample_size} px images; the preset asks for {preset.text_dim}, "
+                         f"{preset.latent_channels} and {preset.image_size}")
+    fresh = build_decoder(preset)
+    decoder.transformer, decoder.rope_base_size = fresh.transformer.eval(), fresh.rope_base_size
+    return decoder

@@ -39,6 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the DiT's hidden size, a multiple of 64 (a bigger decoder: a new decoder run in its own "
                              "--work-dir; worth a GPU)")
     parser.add_argument("--dit-layers", type=int, help="the DiT's depth, even (as --dit-width)")
+    parser.add_argument("--dit-batch", type=int, help="the DiT's batch (a GPU affords more than the preset's 32)")
+    parser.add_argument("--decoder-from", type=Path,
+                        help="train a new DiT on this trained decoder's VAE and text encoders, kept frozen (e.g. "
+                             "assets/omnibridge-shapes/decoder): the model's alignment stays valid, so stages 2-3 "
+                             "need not run again; give it its own --work-dir and repeat it on every --resume")
+    parser.add_argument("--data-workers", type=int,
+                        help="processes that render the DiT's batches ahead (default: 4 on cuda, 0 on cpu)")
     parser.add_argument("--llm-steps", type=int, help="override stage 1's step count (resume to extend it)")
     parser.add_argument("--vision-steps", type=int, help="override stage 1b's step count")
     parser.add_argument("--align-steps", type=int, help="override stage 2's step count")
@@ -58,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--dit-width must be a multiple of 64 (whole attention heads with room for 2-D rotary positions)")
     if args.dit_layers and args.dit_layers % 2:
         parser.error("--dit-layers must be even (HunyuanDiT joins the first half's outputs to the second half)")
+    if args.decoder_from and not (args.decoder_from / "model_index.json").exists():
+        parser.error(f"--decoder-from {args.decoder_from}: no trained decoder there (no model_index.json)")
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
@@ -66,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     from .presets import get_preset
-    from .stages import record_command, run_stages
+    from .stages import DecoderRunOptions, record_command, run_stages
 
     args = parse_args(argv)
     if args.threads:
@@ -75,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = ((args.decoder_steps, preset.decoder, "dit_steps"),
                  (args.decoder_cooldown_steps, preset.decoder, "dit_cooldown_steps"),
                  (args.dit_width, preset.decoder, "hidden_size"), (args.dit_layers, preset.decoder, "num_layers"),
+                 (args.dit_batch, preset.decoder, "dit_batch"),
                  (args.llm_steps, preset.llm, "steps"), (args.vision_patch, preset.llm, "patch_size"),
                  (args.vision_steps, preset.llm, "vision_steps"),
                  (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"),
@@ -88,10 +98,14 @@ def main(argv: list[str] | None = None) -> dict:
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".train")
     work_dir.mkdir(parents=True, exist_ok=True)
     record_command(work_dir, sys.argv[1:] if argv is None else argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores, as diffusers' --allow_tf32
+    workers = args.data_workers if args.data_workers is not None else (4 if device.type == "cuda" else 0)
+    decoder_options = DecoderRunOptions(args.decoder_minutes, args.decoder_from, workers)
     started = time.monotonic()
     report = run_stages(preset, out, work_dir, args.stages.split(","), resume=args.resume, seed=args.seed,
-                        device=torch.device(args.device), decoder_minutes=args.decoder_minutes,
-                        fresh_align=args.fresh_align)
+                        device=device, decoder_options=decoder_options, fresh_align=args.fresh_align)
     report["wall_seconds"] = round(time.monotonic() - started, 1)
     (work_dir / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

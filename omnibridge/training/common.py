@@ -128,6 +128,8 @@ class EMA:
     def __init__(self, module: torch.nn.Module, max_decay: float = 0.999):
         self.max_decay = max_decay
         self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+        # frozen weights are kept as they are: averaging a constant would still round it
+        self.frozen = {name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
         self.updates = 0
 
     @torch.no_grad()
@@ -135,6 +137,8 @@ class EMA:
         self.updates += 1
         decay = min(self.max_decay, (1 + self.updates) / (10 + self.updates))
         for key, value in module.state_dict().items():
+            if key in self.frozen:
+                continue
             if value.dtype.is_floating_point:
                 self.shadow[key].mul_(decay).add_(value.detach().float(), alpha=1 - decay)
             else:

@@ -15,6 +15,7 @@ import copy
 import math
 import random
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -134,20 +135,73 @@ def dit_learning_rate(step: int, preset: DecoderPreset) -> float:
     return lr
 
 
+class DitBatch(NamedTuple):
+    step: int
+    pixels: torch.Tensor  # [B, 3, H, W] in [-1, 1]
+    captions: list[str]  # "" for the classifier-free-guidance dropout
+    noise: torch.Tensor  # [B, C, h, w], the latents' shape
+    timesteps: torch.Tensor  # [B]
+
+
+def dit_batch(preset: DecoderPreset, seed: int, step: int, latent_shape: tuple[int, int, int]) -> DitBatch:
+    """Step `step`'s training batch, drawn from that step's own seed (on the CPU: the same data on any device)."""
+    rng = step_rng(seed, "dit", step)
+    pairs = [sample_decoder_pair(rng, early=step < EARLY_CURRICULUM_STEPS) for _ in range(preset.dit_batch)]
+    captions = ["" if rng.random() < preset.caption_dropout else caption for _, caption in pairs]
+    pixels = images_to_tensor([render_array(scene) for scene, _ in pairs])
+    generator = torch.Generator().manual_seed(rng.randrange(2**31))
+    noise = torch.randn((len(pairs), *latent_shape), generator=generator)
+    return DitBatch(step, pixels, captions, noise, logit_normal_timesteps(len(pairs), generator))
+
+
+class DitBatches(torch.utils.data.IterableDataset):
+    """The batches from `first_step` on. Worker k of n draws steps first+k, first+k+n, ..., and a
+    DataLoader hands workers' batches back in turn, so they arrive in step order: on a GPU, worker
+    processes render ahead while the main process keeps the GPU busy."""
+
+    def __init__(self, preset: DecoderPreset, seed: int, first_step: int, latent_shape: tuple[int, int, int]):
+        self.preset, self.seed, self.first_step, self.latent_shape = preset, seed, first_step, latent_shape
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        offset, stride = (worker.id, worker.num_workers) if worker else (0, 1)
+        step = self.first_step + offset
+        while True:
+            yield dit_batch(self.preset, self.seed, step, self.latent_shape)
+            step += stride
+
+
+def _batches(preset: DecoderPreset, seed: int, first_step: int, latent_shape, workers: int):
+    dataset = DitBatches(preset, seed, first_step, latent_shape)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                         prefetch_factor=4 if workers else None)
+    return iter(loader)
+
+
 def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, seed: int, resume: bool,
-              minutes: float | None = None) -> tuple[HunyuanDecoder, dict]:
+              minutes: float | None = None, freeze_text_encoders: bool = False,
+              data_workers: int = 0) -> tuple[HunyuanDecoder, dict]:
     """Train until this run's time budget (or the total step budget) is spent; returns the best EMA decoder.
 
     The time budget counts from this run's start, so every `--resume` trains that much longer.
+    `freeze_text_encoders` trains the DiT alone on the decoder's text encoders as they are (a new
+    DiT for an already aligned model); `data_workers` processes render the batches ahead (GPU runs).
     """
     budget_seconds = (minutes if minutes is not None else preset.dit_minutes) * 60
     run = StageRun(work_dir, "dit", preset.dit_steps or None, resume, seed)
     seconds_before_this_run = run.progress.seconds
     trainable = _Trainable(decoder).train()
     decoder.vae.requires_grad_(False)
-    optimizer = torch.optim.AdamW(trainable.parameters(), lr=preset.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    if freeze_text_encoders:
+        for encoder in (trainable.text_encoder, trainable.text_encoder_2):
+            encoder.requires_grad_(False).eval()  # eval: no dropout, the conditioning inference will see
+    parameters = [p for p in trainable.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=preset.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
     ema = EMA(trainable)
     if run.saved_state:
+        if run.saved_state.get("frozen_text_encoders", False) != freeze_text_encoders:
+            raise ValueError(f"{run.state_path} was trained with frozen_text_encoders="
+                             f"{not freeze_text_encoders}: resume it the same way (--decoder-from)")
         trainable.load_state_dict(run.saved_state["trainable"])
         optimizer.load_state_dict(run.saved_state["optimizer"])
         ema.load_state_dict(run.saved_state["ema"])
@@ -161,6 +215,10 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
             return run.progress.step >= preset.dit_steps
         return run.progress.seconds - seconds_before_this_run >= budget_seconds
 
+    def save() -> None:
+        run.save(trainable=trainable.state_dict(), optimizer=optimizer.state_dict(), ema=ema.state_dict(),
+                 frozen_text_encoders=freeze_text_encoders)
+
     def evaluate_and_keep() -> None:
         run.pause_clock()
         ema.copy_to(ema_modules)
@@ -170,35 +228,33 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
         if scores["overall"] > run.progress.best_metric:
             run.progress.best_metric = scores["overall"]
             torch.save(ema_modules.state_dict(), best_dir.with_suffix(".pt"))
-        run.save(trainable=trainable.state_dict(), optimizer=optimizer.state_dict(), ema=ema.state_dict())
+        save()
         run.resume_clock()
 
     rotary = None
+    latent_shape = decoder.latent_shape(preset.image_size, preset.image_size)
+    batches = _batches(preset, seed, run.progress.step, latent_shape, data_workers)
     while not out_of_budget():
-        step = run.progress.step
-        rng = step_rng(seed, "dit", step)
-        pairs = [sample_decoder_pair(rng, early=step < EARLY_CURRICULUM_STEPS) for _ in range(preset.dit_batch)]
-        captions = ["" if rng.random() < preset.caption_dropout else caption for _, caption in pairs]
-        pixels = images_to_tensor([render_array(scene) for scene, _ in pairs]).to(decoder.device)
-        generator = torch.Generator().manual_seed(rng.randrange(2**31))  # on the CPU: the same data on any device
+        batch = next(batches)
+        assert batch.step == run.progress.step, "batches arrived out of step order"
         with torch.no_grad():
-            latents = decoder.encode_images(pixels)
-        noise = torch.randn(latents.shape, generator=generator).to(decoder.device)
-        timesteps = logit_normal_timesteps(len(pairs), generator).to(decoder.device)
+            latents = decoder.encode_images(batch.pixels.to(decoder.device))
+        noise, timesteps = batch.noise.to(decoder.device), batch.timesteps.to(decoder.device)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
         target = noise_schedule.get_velocity(latents, noise, timesteps)
-        cond = decoder.encode_captions(captions)
+        cond = decoder.encode_captions(batch.captions)
         if rotary is None:
             rotary = decoder._rotary_embedding(latents.shape[-2], latents.shape[-1])
         prediction = decoder.predict(noisy, timesteps.float(), cond, rotary)
         loss = F.mse_loss(prediction, target)
-        optimizer_step(optimizer, loss, trainable.parameters(), dit_learning_rate(step, preset))
+        optimizer_step(optimizer, loss, parameters, dit_learning_rate(batch.step, preset))
         ema.update(trainable)
-        run.tick(len(pairs), loss=loss.item())
+        run.tick(len(batch.captions), loss=loss.item())
         if preset.eval_every and run.progress.step % preset.eval_every == 0:
             evaluate_and_keep()
         elif run.progress.step % 200 == 0:
-            run.save(trainable=trainable.state_dict(), optimizer=optimizer.state_dict(), ema=ema.state_dict())
+            save()
+    del batches  # stops the worker processes
     evaluate_and_keep()
     summary = run.close()
     best_path = best_dir.with_suffix(".pt")

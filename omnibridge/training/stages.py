@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,8 +29,8 @@ from ..modeling.devices import Placement
 from ..modeling.loading import LoadedModel, load_our_layout, save_our_layout
 from .align_stage import train_alignment
 from .assemble import build_untrained_model
-from .builders import build_decoder
-from .decoder_stage import train_dit, train_vae
+from .builders import build_decoder, decoder_with_new_dit
+from .decoder_stage import train_dit, train_vae, vae_fidelity
 from .llm_stage import train_llm
 from .presets import TrainPreset
 from .retrieval_stage import train_retrieval
@@ -58,12 +59,27 @@ def model_dir(work_dir: Path) -> Path:
     return Path(work_dir) / "model"
 
 
+@dataclass
+class DecoderRunOptions:
+    """How this run trains stage 0 (none of it changes the model's shape)."""
+
+    minutes: float | None = None  # None: the preset's budget
+    start_from: Path | None = None  # a trained decoder whose VAE and text encoders a new DiT trains on, frozen
+    data_workers: int = 0  # processes rendering batches ahead (worth it on a GPU)
+
+
 def run_decoder_stage(preset: TrainPreset, work_dir: Path, resume: bool, seed: int, device: torch.device,
-                      minutes: float | None) -> dict:
-    decoder = build_decoder(preset.decoder)
-    vae_report = train_vae(decoder, preset.decoder, work_dir, seed, resume)
+                      options: DecoderRunOptions) -> dict:
+    if options.start_from:
+        decoder = decoder_with_new_dit(options.start_from, preset.decoder)
+        vae_report = {"kept_from": str(options.start_from), **vae_fidelity(decoder)}
+    else:
+        decoder = build_decoder(preset.decoder)
+        vae_report = train_vae(decoder, preset.decoder, work_dir, seed, resume)
     decoder.to(device)
-    decoder, dit_report = train_dit(decoder, preset.decoder, work_dir, seed, resume, minutes)
+    decoder, dit_report = train_dit(decoder, preset.decoder, work_dir, seed, resume, options.minutes,
+                                    freeze_text_encoders=options.start_from is not None,
+                                    data_workers=options.data_workers)
     decoder.to("cpu").save_pretrained(decoder_dir(work_dir))
     return {"vae": vae_report, "dit": dit_report}
 
@@ -106,10 +122,12 @@ def _save_model(model: LoadedModel, work_dir: Path, finished: str, report: dict)
 
 
 def run_stages(preset: TrainPreset, out: Path, work_dir: Path, stages: list[str], resume: bool, seed: int,
-               device: torch.device, decoder_minutes: float | None = None, fresh_align: bool = False) -> dict:
+               device: torch.device, decoder_options: DecoderRunOptions | None = None,
+               fresh_align: bool = False) -> dict:
     report: dict = {"preset": preset.name}
     if "decoder" in stages:
-        report["decoder"] = run_decoder_stage(preset, work_dir, resume, seed, device, decoder_minutes)
+        report["decoder"] = run_decoder_stage(preset, work_dir, resume, seed, device,
+                                              decoder_options or DecoderRunOptions())
     trainers = {
         "llm": lambda model: train_llm(model, preset.llm, work_dir, seed, resume,
                                        keep_eye="vision" in _stage_record(work_dir)),

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One prepared, unattended lease of a GPU machine (device time is scarce: one call does everything).
+#   1. benchmarks.gpu_check: the full-size OmniBridge path, timed alone on the card;
+#   2. new DiTs of several sizes trained at once on the built-in decoder's frozen VAE and text
+#      encoders (--decoder-from), so that the shipped alignment stays valid; tiny models leave a big
+#      GPU mostly idle, so they share it, each with worker processes rendering its batches;
+#   3. their transformers (half precision: the transfer's 16 MB-per-file limit; loading casts back
+#      to the pipeline's dtype) and logs packed into $OUT as dits.tar.part-*.
+# Dry run on a CPU: PATH=.venv/bin:$PATH WHEELS= DEVICE=cpu MINUTES=0.05 CHECK_ARGS=--tiny SIZES=64x2 BATCH=8 bash scripts/gpu_job.sh
+set -u
+OUT=${OUT:-/tmp/gpu-job-out}
+DEVICE=${DEVICE:-cuda}
+MINUTES=${MINUTES:-4}
+SIZES=${SIZES:-"192x6 256x8 320x8"}
+BATCH=${BATCH:-256}
+CHECK_ARGS=${CHECK_ARGS:-}
+WORK=${WORK:-/tmp/gpu-job-work}
+mkdir -p "$OUT" "$WORK"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD
+WHEELS=${WHEELS-.whl}
+if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then  # this project's transformers/diffusers, where the machine's image lacks them
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
+
+echo "== gpu_check $(date -u +%T)"
+timeout 200 python3 -m benchmarks.gpu_check --device "$DEVICE" --out "$OUT/gpu_check.json" $CHECK_ARGS 2>&1 | tail -4
+
+echo "== training $SIZES for $MINUTES min each, at once $(date -u +%T)"
+for size in $SIZES; do
+  timeout $(python3 -c "print(int($MINUTES * 60 + 120))") python3 -m omnibridge.train --preset shapes \
+    --out "$WORK/unused-$size" --work-dir "$WORK/dit-$size" --stages decoder \
+    --decoder-from assets/omnibridge-shapes/decoder --dit-width "${size%x*}" --dit-layers "${size#*x}" \
+    --dit-batch "$BATCH" --decoder-minutes "$MINUTES" --device "$DEVICE" --threads 2 > "$WORK/train-$size.log" 2>&1 &
+done
+wait
+echo "== packing $(date -u +%T)"
+python3 - "$WORK" $SIZES <<'PY'
+import json, shutil, sys
+from pathlib import Path
+import torch
+from safetensors.torch import load_file, save_file
+work, sizes = Path(sys.argv[1]), sys.argv[2:]
+pack = work / "pack"
+for size in sizes:
+    run, dest = work / f"dit-{size}", pack / size
+    dest.mkdir(parents=True, exist_ok=True)
+    saved = run / "decoder" / "transformer"
+    if (saved / "diffusion_pytorch_model.safetensors").exists():
+        weights = load_file(saved / "diffusion_pytorch_model.safetensors")
+        shutil.copy(saved / "config.json", dest / "config.json")
+    elif (run / "dit" / "best.pt").exists():  # stopped before its final save: its best evaluated EMA weights
+        best = torch.load(run / "dit" / "best.pt", map_location="cpu")
+        weights = {k.removeprefix("transformer."): v for k, v in best.items() if k.startswith("transformer.")}
+    else:
+        print(size, "produced no weights"); continue
+    save_file({k: v.half().contiguous() for k, v in weights.items()}, dest / "diffusion_pytorch_model.safetensors")
+    for name in ("log.jsonl",):
+        if (run / "dit" / name).exists():
+            shutil.copy(run / "dit" / name, dest / name)
+    shutil.copy(work / f"train-{size}.log", dest / "train.log")
+    evals = [json.loads(l) for l in (run / "dit" / "log.jsonl").read_text().splitlines() if '"eval"' in l]
+    print(size, "steps", evals[-1]["step"] if evals else None, "evals", [(e["step"], e["overall"]) for e in evals])
+PY
+for size in $SIZES; do tail -c 600 "$WORK/train-$size.log" | tr '\r' '\n' | tail -3; done
+tar -C "$WORK" -cf "$WORK/dits.tar" pack && split -b 15m "$WORK/dits.tar" "$OUT/dits.tar.part-"
+ls -la "$OUT"; echo "== done $(date -u +%T)"
