@@ -172,6 +172,18 @@ def test_the_model_card_marks_each_goal_met_or_missed():
     assert met["editing >= 0.50"] and not met["one 64x64 image <= 0.5 s"] and met["a short answer <= 0.3 s"]
 
 
+def test_the_model_card_tells_gpu_training_time_from_cpu_time():
+    from omnibridge.evaluation.model_card import _training_summary
+
+    training = {"dit": {"steps": 3525, "seconds": 456.0, "images_seen": 902400, "device": "NVIDIA H200",
+                        "note": "trained on the frozen text encoders"},
+                "llm": {"steps": 100, "seconds": 7200.0, "images_seen": 4800}}
+    summary = _training_summary(training)
+    assert "| dit | 3525 | 7.6 min on NVIDIA H200 |" in summary and "| llm | 100 | 120.0 min |" in summary
+    assert "**2.00 h** on a 2-core CPU" in summary and "plus **7.6 min** on one NVIDIA H200" in summary
+    assert "dit: trained on the frozen text encoders" in summary
+
+
 def test_a_finer_vision_patch_gives_the_llm_more_image_tokens(tmp_path):
     train_main(["--preset", "quick", "--out", str(tmp_path / "model"), "--stages", "llm", "--vision-patch", "4",
                 "--llm-steps", "2", "--threads", "2"])
@@ -285,7 +297,7 @@ def test_a_new_dit_trains_on_a_trained_decoders_frozen_text_encoders(trained, tm
             "--decoder-from", str(source), "--dit-width", "64", "--dit-batch", "4", "--decoder-steps", "3",
             "--threads", "2"]
     report = train_main(args)
-    assert report["decoder"]["vae"]["kept_from"] == str(source)
+    assert report["decoder"]["vae"]["kept_from"] == str(source) and not report["decoder"]["vae"]["dit_trained_on"]
     for part in ("text_encoder", "text_encoder_2", "vae"):
         before, after = (load_file(next((d / part).glob("*.safetensors"))) for d in (source, work / "decoder"))
         assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), part
@@ -298,6 +310,21 @@ def test_a_new_dit_trains_on_a_trained_decoders_frozen_text_encoders(trained, tm
                     "decoder", "--dit-width", "64", "--decoder-steps", "6", "--resume", "--threads", "2"])
     with pytest.raises(SystemExit):
         train_main(["--out", "unused", "--decoder-from", str(tmp_path / "nowhere")])
+
+
+def test_decoder_from_trains_its_dit_on_when_the_shape_matches(trained):
+    from omnibridge.modeling.decoder import HunyuanDecoder
+    from omnibridge.training.builders import decoder_for_new_dit_training
+    from omnibridge.training.presets import quick_preset
+
+    root, _ = trained
+    source = root / "model" / "decoder"
+    preset = quick_preset().decoder
+    decoder, kept = decoder_for_new_dit_training(source, preset)
+    original = HunyuanDecoder.from_pretrained(source).transformer.state_dict()
+    assert kept and all(torch.equal(v, original[k]) for k, v in decoder.transformer.state_dict().items())
+    _, kept = decoder_for_new_dit_training(source, replace(preset, num_layers=4))
+    assert not kept
 
 
 def test_dit_batches_from_worker_processes_arrive_in_step_order_and_match_inline_ones():

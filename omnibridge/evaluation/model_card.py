@@ -89,16 +89,28 @@ def _training_summary(training: dict | None) -> str:
         return "No training report in this folder."
     stages = {k: v for k, v in training.items() if k != "commands"}
     rows = ["| stage | steps | training time | images seen | loss first -> last |", "|---|---|---|---|---|"]
-    total = 0.0
+    cpu_seconds, accelerated = 0.0, {}  # a stage trained on a GPU names its device
     for name, stage in stages.items():
-        total += stage.get("seconds", 0)
+        seconds = stage.get("seconds", 0)
+        device = stage.get("device")
+        if device:
+            accelerated[device] = accelerated.get(device, 0.0) + seconds
+        else:
+            cpu_seconds += seconds
         loss = f"{stage.get('first_loss', '-')} -> {stage.get('last_loss', '-')}"
-        rows.append(f"| {name} | {stage.get('steps')} | {stage.get('seconds', 0) / 60:.1f} min | "
+        where = f" on {device}" if device else ""
+        rows.append(f"| {name} | {stage.get('steps')} | {seconds / 60:.1f} min{where} | "
                     f"{stage.get('images_seen')} | {loss} |")
-    rows.append(f"\nTotal training time: **{total / 3600:.2f} h** on a 2-core CPU (stages 0 and 1 ran side by side).")
+    total = f"\nTotal training time: **{cpu_seconds / 3600:.2f} h** on a 2-core CPU (stages 0 and 1 ran side by side)"
+    total += "".join(f", plus **{seconds / 60:.1f} min** on one {device}" for device, seconds in accelerated.items())
+    rows.append(total + ".")
+    for name, stage in stages.items():
+        if stage.get("note"):
+            rows.append(f"\n{name}: {stage['note']}")
     curve = stages.get("dit", {}).get("eval_curve")
     if curve:
-        rows.append("\nDecoder-alone generation accuracy during stage 0 (60 held-out prompts, EMA weights):\n")
+        where = f" on {stages['dit']['device']}" if stages["dit"].get("device") else ""
+        rows.append(f"\nDecoder-alone generation accuracy during stage 0{where} (60 held-out prompts, EMA weights):\n")
         rows.append("| step | training minutes | overall | right object count |\n|---|---|---|---|")
         rows += [f"| {c['step']} | {c['seconds'] / 60:.0f} | {c['overall']:.3f} | {c['right_object_count']:.2f} |"
                  for c in curve]

@@ -147,12 +147,14 @@ def build_llm(preset: LLMPreset, tokenizer: PreTrainedTokenizerFast):
     return model
 
 
-def decoder_with_new_dit(trained_decoder: str | Path, preset: DecoderPreset) -> HunyuanDecoder:
-    """A trained decoder's VAE, text encoders and tokenizers around an untrained DiT of the preset's shape.
+def decoder_for_new_dit_training(trained_decoder: str | Path, preset: DecoderPreset) -> tuple[HunyuanDecoder, bool]:
+    """A trained decoder's VAE, text encoders and tokenizers around the DiT that stage 0 trains next.
 
     OmniBridge's stage 2 teaches the BiLM to reproduce the decoder's text-encoder output, so a DiT
-    trained anew on the *same* frozen text encoders can replace the old one without stages 2 and 3
-    running again: the way HunyuanDiT itself trains on frozen BERT and mT5.
+    trained on the *same* frozen text encoders can replace the old one without stages 2 and 3
+    running again: the way HunyuanDiT itself trains on frozen BERT and mT5. The trained DiT is kept
+    as the starting point when it has the preset's shape (training it on); otherwise a fresh DiT of
+    the preset's shape starts. Returns the decoder and whether its DiT was kept.
     """
     decoder = HunyuanDecoder.from_pretrained(trained_decoder)
     text_dim = decoder.text_encoder_2.config.d_model
@@ -162,5 +164,8 @@ def decoder_with_new_dit(trained_decoder: str | Path, preset: DecoderPreset) -> 
                          f"{decoder.sample_size} px images; the preset asks for {preset.text_dim}, "
                          f"{preset.latent_channels} and {preset.image_size}")
     fresh = build_decoder(preset)
+    shape = ("hidden_size", "num_layers", "num_attention_heads", "patch_size")
+    if all(decoder.transformer.config[k] == fresh.transformer.config[k] for k in shape):
+        return decoder, True
     decoder.transformer, decoder.rope_base_size = fresh.transformer.eval(), fresh.rope_base_size
-    return decoder
+    return decoder, False

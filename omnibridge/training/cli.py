@@ -41,9 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dit-layers", type=int, help="the DiT's depth, even (as --dit-width)")
     parser.add_argument("--dit-batch", type=int, help="the DiT's batch (a GPU affords more than the preset's 32)")
     parser.add_argument("--decoder-from", type=Path,
-                        help="train a new DiT on this trained decoder's VAE and text encoders, kept frozen (e.g. "
+                        help="train the DiT on this trained decoder's VAE and text encoders, kept frozen (e.g. "
                              "assets/omnibridge-shapes/decoder): the model's alignment stays valid, so stages 2-3 "
-                             "need not run again; give it its own --work-dir and repeat it on every --resume")
+                             "need not run again. Its DiT is trained on when --dit-width/--dit-layers match it, "
+                             "else a new one starts; give it its own --work-dir and repeat it on every --resume")
     parser.add_argument("--data-workers", type=int,
                         help="processes that render the DiT's batches ahead (default: 4 on cuda, 0 on cpu)")
     parser.add_argument("--llm-steps", type=int, help="override stage 1's step count (resume to extend it)")

@@ -148,7 +148,9 @@ class EMA:
         return {"shadow": self.shadow, "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
-        self.shadow, self.updates = state["shadow"], state["updates"]
+        # saved states load on the CPU; the averages live where the module does
+        self.shadow = {k: v.to(self.shadow[k].device) if k in self.shadow else v for k, v in state["shadow"].items()}
+        self.updates = state["updates"]
 
     def copy_to(self, module: torch.nn.Module) -> None:
         module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})

@@ -256,6 +256,8 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
             save()
     del batches  # stops the worker processes
     evaluate_and_keep()
+    if decoder.device.type == "cuda":  # the model card tells GPU time from CPU time
+        run.log(event="done", device=torch.cuda.get_device_name(decoder.device))
     summary = run.close()
     best_path = best_dir.with_suffix(".pt")
     trainable.load_state_dict(torch.load(best_path, map_location="cpu") if best_path.exists() else ema.shadow)

@@ -29,7 +29,7 @@ from ..modeling.devices import Placement
 from ..modeling.loading import LoadedModel, load_our_layout, save_our_layout
 from .align_stage import train_alignment
 from .assemble import build_untrained_model
-from .builders import build_decoder, decoder_with_new_dit
+from .builders import build_decoder, decoder_for_new_dit_training
 from .decoder_stage import train_dit, train_vae, vae_fidelity
 from .llm_stage import train_llm
 from .presets import TrainPreset
@@ -64,15 +64,15 @@ class DecoderRunOptions:
     """How this run trains stage 0 (none of it changes the model's shape)."""
 
     minutes: float | None = None  # None: the preset's budget
-    start_from: Path | None = None  # a trained decoder whose VAE and text encoders a new DiT trains on, frozen
+    start_from: Path | None = None  # a trained decoder: its VAE and text encoders frozen, its DiT trained on
     data_workers: int = 0  # processes rendering batches ahead (worth it on a GPU)
 
 
 def run_decoder_stage(preset: TrainPreset, work_dir: Path, resume: bool, seed: int, device: torch.device,
                       options: DecoderRunOptions) -> dict:
     if options.start_from:
-        decoder = decoder_with_new_dit(options.start_from, preset.decoder)
-        vae_report = {"kept_from": str(options.start_from), **vae_fidelity(decoder)}
+        decoder, kept_dit = decoder_for_new_dit_training(options.start_from, preset.decoder)
+        vae_report = {"kept_from": str(options.start_from), "dit_trained_on": kept_dit, **vae_fidelity(decoder)}
     else:
         decoder = build_decoder(preset.decoder)
         vae_report = train_vae(decoder, preset.decoder, work_dir, seed, resume)
