@@ -13,12 +13,13 @@ SETTINGS = (("dpm++", 10), ("dpm++", 20), ("dpm++", 33), ("unipc", 33), ("ddim",
             ("dpm++sde", 33), ("ddpm", 100))
 
 
-def run(pipe, per_category: int = 10) -> Result:
+def run(pipe, per_category: int = 10, settings: tuple[tuple[str, int], ...] = SETTINGS) -> Result:
+    """`settings`: (sampler, steps) pairs to score; the last reference must be ddpm@100."""
     cases = generation_cases(per_category)
     original = pipe.config.generation.sampler
     rows = {}
     try:
-        for sampler, steps in SETTINGS:
+        for sampler, steps in settings:
             pipe.decoder.set_sampler(sampler)
 
             def generate(prompts, seeds):

@@ -3,7 +3,9 @@
 The sizes were chosen by measurement on the 2-core CPU this project trains on (see
 `shared/research/decoder-feasibility.md` and the model card): the decoder's VAE keeps a 32x32x4
 latent (3x compression, so corners and small triangles survive) and the DiT reads it in 4x4 patches,
-so it still sees only 64 tokens per image.
+so it still sees only 64 tokens per image. The shipped DiT is wider and deeper than this preset's
+(`--dit-width 320 --dit-layers 8`, trained on a GPU: see the model card); the preset keeps the size a
+CPU trains in hours.
 """
 
 from __future__ import annotations
