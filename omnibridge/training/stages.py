@@ -10,7 +10,8 @@ retrieval (stage 3), package.
 
 The decoder is frozen from stage 1 on, but a decoder trained further (a later `--resume` of stage
 0) changes the T5 targets, so stages 2 and 3 must then run again; `stages.json` records which
-decoder each alignment was trained against.
+decoder each alignment was trained against. A DiT trained with `--decoder-from` keeps the text
+encoders frozen, so the targets, and the alignment, stay as they were.
 """
 
 from __future__ import annotations
