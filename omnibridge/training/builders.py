@@ -43,17 +43,13 @@ def training_noise_schedule() -> DDPMScheduler:
                          clip_sample=False)
 
 
-def build_decoder(preset: DecoderPreset) -> HunyuanDecoder:
-    tokenizer = build_caption_tokenizer()
-    latent_side = preset.image_size // 2 ** (len(preset.vae_channels) - 1)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=preset.latent_channels, norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * len(preset.vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(preset.vae_channels),
-        block_out_channels=preset.vae_channels, layers_per_block=1, sample_size=preset.image_size,
-        mid_block_add_attention=False,
-    )
-    transformer = HunyuanDiT2DModel(
+def _latent_side(preset: DecoderPreset) -> int:
+    return preset.image_size // 2 ** (len(preset.vae_channels) - 1)
+
+
+def build_dit(preset: DecoderPreset) -> HunyuanDiT2DModel:
+    latent_side = _latent_side(preset)
+    return HunyuanDiT2DModel(
         num_attention_heads=preset.num_heads, attention_head_dim=preset.hidden_size // preset.num_heads,
         in_channels=preset.latent_channels, patch_size=preset.patch_size, sample_size=latent_side,
         hidden_size=preset.hidden_size, num_layers=preset.num_layers, mlp_ratio=4.0, learn_sigma=False,
@@ -61,6 +57,19 @@ def build_decoder(preset: DecoderPreset) -> HunyuanDecoder:
         pooled_projection_dim=preset.text_dim, text_len=preset.text_len, text_len_t5=preset.text_len,
         use_style_cond_and_image_meta_size=False,
     )
+
+
+def build_decoder(preset: DecoderPreset) -> HunyuanDecoder:
+    tokenizer = build_caption_tokenizer()
+    latent_side = _latent_side(preset)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=preset.latent_channels, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * len(preset.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(preset.vae_channels),
+        block_out_channels=preset.vae_channels, layers_per_block=1, sample_size=preset.image_size,
+        mid_block_add_attention=False,
+    )
+    transformer = build_dit(preset)
     text_encoder = BertModel(BertConfig(
         vocab_size=len(tokenizer), hidden_size=preset.text_dim, num_hidden_layers=preset.text_layers,
         num_attention_heads=4 if preset.text_dim >= 64 else 2, intermediate_size=preset.text_dim * 2,
@@ -163,9 +172,10 @@ def decoder_for_new_dit_training(trained_decoder: str | Path, preset: DecoderPre
         raise ValueError(f"{trained_decoder} has text width {text_dim}, {latent_channels} latent channels and "
                          f"{decoder.sample_size} px images; the preset asks for {preset.text_dim}, "
                          f"{preset.latent_channels} and {preset.image_size}")
-    fresh = build_decoder(preset)
-    shape = ("hidden_size", "num_layers", "num_attention_heads", "patch_size")
-    if all(decoder.transformer.config[k] == fresh.transformer.config[k] for k in shape):
-        return decoder, True
-    decoder.transformer, decoder.rope_base_size = fresh.transformer.eval(), fresh.rope_base_size
-    return decoder, False
+    dit = decoder.transformer.config
+    kept = ((dit.hidden_size, dit.num_layers, dit.num_attention_heads, dit.patch_size)
+            == (preset.hidden_size, preset.num_layers, preset.num_heads, preset.patch_size))
+    if not kept:
+        decoder.transformer = build_dit(preset).eval()
+        decoder.rope_base_size = _latent_side(preset) // preset.patch_size
+    return decoder, kept
