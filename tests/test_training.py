@@ -1,5 +1,6 @@
 """The training CLI trains a micro model through every stage, each lowering its loss, and resumes."""
 
+import collections
 import json
 import random
 from dataclasses import replace
@@ -90,6 +91,56 @@ def test_stage1_after_stage1b_keeps_the_eye_over_a_saved_state(tiny_model, tmp_p
     assert all(p.requires_grad for p in model.llm.parameters())  # left trainable for the next stage
 
 
+def test_at_the_presets_rope_base_one_image_column_turns_the_width_dimensions(tiny_model):
+    """M-RoPE gives height and width the lowest rotary frequencies: at base 10,000 one column of a
+    small grid is invisible to attention (why relation answers sat at chance); at the preset's it is not."""
+    import copy
+
+    from omnibridge.training.llm_stage import set_rope_theta
+    from omnibridge.training.presets import quick_preset
+
+    llm = copy.deepcopy(tiny_model.llm)
+    rotary = llm.model.language_model.rotary_emb
+    half = rotary.inv_freq.shape[0]
+    width = slice(half - rotary.mrope_section[2], half)  # the last section: the image column
+
+    def column_step_angle() -> float:
+        positions = torch.tensor([[[5, 5]], [[5, 5]], [[5, 6]]])  # (t, h, w) of two tokens a column apart
+        cos, sin = rotary(torch.zeros(1, dtype=torch.float32), positions)
+        angle = torch.atan2(sin[0, 0, :half], cos[0, 0, :half]) - torch.atan2(sin[0, 1, :half], cos[0, 1, :half])
+        return float(angle[width].abs().max())
+
+    assert quick_preset().llm.rope_theta == 10.0
+    assert column_step_angle() > 0.1
+    assert set_rope_theta(llm, 10000.0) == 10.0
+    rotary = llm.model.language_model.rotary_emb
+    assert column_step_angle() < 0.01
+
+
+def test_stage1_gives_a_model_the_presets_rope_base_and_saving_keeps_it(tiny_model, tmp_path):
+    import copy
+
+    from omnibridge.modeling.devices import placement
+    from omnibridge.modeling.loading import load_our_layout, save_our_layout
+    from omnibridge.training.llm_stage import set_rope_theta
+    from omnibridge.training.presets import quick_preset
+
+    model = copy.copy(tiny_model)
+    model.llm = copy.deepcopy(tiny_model.llm)
+    set_rope_theta(model.llm, 10000.0)  # as the checkpoints before the eighth session
+    train_llm(model, replace(quick_preset().llm, steps=2), tmp_path, seed=0, resume=False)
+
+    events = [json.loads(line) for line in (tmp_path / "llm" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "rope_theta", "old": 10000.0, "new": 10.0}.items() <= events[0].items()
+    inv_freq = model.llm.model.language_model.rotary_emb.inv_freq
+    dim = 2 * inv_freq.shape[0]
+    assert torch.allclose(inv_freq, 1.0 / 10.0 ** (torch.arange(0, dim, 2).float() / dim))
+    save_our_layout(model, tmp_path / "saved")
+    reloaded = load_our_layout(tmp_path / "saved", placement("cpu"))
+    assert reloaded.llm.config.text_config.rope_parameters["rope_theta"] == 10.0
+    assert torch.allclose(reloaded.llm.model.language_model.rotary_emb.inv_freq, inv_freq)
+
+
 def test_a_resumed_stage3_restores_its_heads_and_keeps_a_newer_stage2(tiny_pipeline, tmp_path):
     """Stage 2 may run again between two stage-3 runs (after a stage-1 run on a new eye): resuming stage 3
     restores only what stage 3 trains, never the BiLM and projector it saw last time."""
@@ -141,6 +192,16 @@ def test_stage1_data_covers_every_behaviour():
     assert [m.role for m in asked.messages] == ["user", "assistant", "user", "assistant"]
     assert any(not isinstance(part, str) for part in asked.messages[0].parts)
     assert asked.answer.startswith("<img>") and asked.answer.endswith("</img>") and len(asked.answer) > 12
+
+
+def test_stage1_asks_every_question_type_and_relations_most():
+    from omnibridge.shapes.qa import QUESTION_TYPES
+
+    rng = random.Random(0)
+    asked = collections.Counter(sample_conversation(rng, "vqa").task.split("/")[1] for _ in range(900))
+    assert set(asked) == set(QUESTION_TYPES)
+    # a relation cannot be asked of every scene (two nameable objects), so its share comes out below 3:1
+    assert asked["relation"] > 1.5 * max(n for t, n in asked.items() if t != "relation")
 
 
 def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):

@@ -138,7 +138,7 @@ def build_llm(preset: LLMPreset, tokenizer: PreTrainedTokenizerFast):
             vocab_size=len(tokenizer), hidden_size=preset.hidden_size, intermediate_size=preset.intermediate_size,
             num_hidden_layers=preset.num_layers, num_attention_heads=preset.num_heads,
             num_key_value_heads=preset.num_kv_heads, max_position_embeddings=1024,
-            rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
+            rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": preset.rope_theta},
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
             tie_word_embeddings=True,
         ),

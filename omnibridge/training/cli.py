@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-workers", type=int,
                         help="processes that render the DiT's batches ahead (default: 4 on cuda, 0 on cpu)")
     parser.add_argument("--llm-steps", type=int, help="override stage 1's step count (resume to extend it)")
+    parser.add_argument("--rope-theta", type=float,
+                        help="the language model's rotary base (preset: 10); stage 1 sets it on a model "
+                             "trained with another, and re-teaches positions")
     parser.add_argument("--vision-steps", type=int, help="override stage 1b's step count")
     parser.add_argument("--align-steps", type=int, help="override stage 2's step count")
     parser.add_argument("--align-all-queries-share", type=float,
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
                  (args.decoder_cooldown_steps, preset.decoder, "dit_cooldown_steps"),
                  (args.dit_width, preset.decoder, "hidden_size"), (args.dit_layers, preset.decoder, "num_layers"),
                  (args.dit_batch, preset.decoder, "dit_batch"),
-                 (args.llm_steps, preset.llm, "steps"), (args.vision_patch, preset.llm, "patch_size"),
+                 (args.llm_steps, preset.llm, "steps"), (args.rope_theta, preset.llm, "rope_theta"),
+                 (args.vision_patch, preset.llm, "patch_size"),
                  (args.vision_steps, preset.llm, "vision_steps"),
                  (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"),
                  (args.retrieval_batch, preset.align, "stage3_batch"),

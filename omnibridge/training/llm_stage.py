@@ -53,14 +53,34 @@ def accumulate_gradients(llm, fmt: ChatFormat, conversations, max_length: int, c
     return total
 
 
+def set_rope_theta(llm, theta: float) -> float | None:
+    """Give the language model's rotary embedding another base; returns the old one (None if unchanged).
+
+    Positions are learned through the rotary angles, so this is only done before a stage-1 run, which
+    re-teaches them (the preset's base is the model's; see `LLMPreset.rope_theta`)."""
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding
+
+    text_config = llm.config.text_config
+    old = float(text_config.rope_parameters["rope_theta"])
+    if old == theta:
+        return None
+    text_config.rope_parameters["rope_theta"] = theta
+    language_model = llm.model.language_model
+    language_model.rotary_emb = Qwen2VLRotaryEmbedding(config=text_config).to(language_model.embed_tokens.weight.device)
+    return old
+
+
 def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, resume: bool,
               keep_eye: bool = False) -> dict:
     """`keep_eye`: stage 1b has trained the vision tower; freeze it, and keep it over a saved state's."""
     llm = model.llm.train()
+    old_theta = set_rope_theta(llm, preset.rope_theta)
     eye = {k: v.clone() for k, v in llm.model.visual.state_dict().items()} if keep_eye else None
     llm.model.visual.requires_grad_(not keep_eye)
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
     run = StageRun(work_dir, "llm", preset.steps, resume, seed)
+    if old_theta is not None:
+        run.log(event="rope_theta", old=old_theta, new=preset.rope_theta)
     optimizer = torch.optim.AdamW(llm.parameters(), lr=preset.lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, preset.steps // 40)
     if run.saved_state:
