@@ -37,6 +37,27 @@ def test_streamed_answer_is_what_a_bare_generate_call_decodes(tiny_pipeline, sce
     assert len(streamed) >= 2  # it really streamed: one yield per generated token (or group of them)
 
 
+def test_with_text_before_images_the_image_sits_at_a_fixed_distance_from_the_answer(tiny_pipeline, scene_image):
+    """M-RoPE advances the row and column axes on every text token: the built-in model puts a turn's
+    text first, so questions of any length leave the image the same distance from the answer."""
+    from dataclasses import replace
+
+    from omnibridge.modeling.chat_format import ChatFormat, Message
+
+    def distances(text_first: bool) -> set[int]:
+        fmt = ChatFormat(tiny_pipeline.tokenizer, tiny_pipeline.format.image_processor,
+                         replace(tiny_pipeline.format.prompts, text_before_images=text_first))
+        seen = set()
+        for question in ("Is there a circle?", "Where is the red circle relative to the big blue square?"):
+            encoded = fmt.encode([Message("user", [scene_image, question])])
+            seen.add(len(encoded.input_ids) - encoded.spans["image0"][1])
+        return seen
+
+    assert tiny_pipeline.format.prompts.text_before_images  # the preset's order
+    assert len(distances(text_first=True)) == 1
+    assert len(distances(text_first=False)) == 2  # the official order: the distance grows with the question
+
+
 def test_every_model_job_runs_on_one_thread_whoever_asks(tiny_pipeline, scene_image):
     # Gradio calls the model from a pool of threads, and each one used to grow an OpenMP team of its
     # own (model_thread.py): every forward pass must run on the pipeline's one model thread, with the

@@ -117,7 +117,7 @@ def test_at_the_presets_rope_base_one_image_column_turns_the_width_dimensions(ti
     assert column_step_angle() < 0.01
 
 
-def test_stage1_gives_a_model_the_presets_rope_base_and_saving_keeps_it(tiny_model, tmp_path):
+def test_stage1_gives_a_model_the_presets_rope_base_and_turn_order_and_saving_keeps_them(tiny_model, tmp_path):
     import copy
 
     from omnibridge.modeling.devices import placement
@@ -128,16 +128,19 @@ def test_stage1_gives_a_model_the_presets_rope_base_and_saving_keeps_it(tiny_mod
     model = copy.copy(tiny_model)
     model.llm = copy.deepcopy(tiny_model.llm)
     set_rope_theta(model.llm, 10000.0)  # as the checkpoints before the eighth session
+    model.config = replace(model.config, prompts=replace(model.config.prompts, text_before_images=False))
     train_llm(model, replace(quick_preset().llm, steps=2), tmp_path, seed=0, resume=False)
 
     events = [json.loads(line) for line in (tmp_path / "llm" / "log.jsonl").read_text().splitlines()]
     assert {"event": "rope_theta", "old": 10000.0, "new": 10.0}.items() <= events[0].items()
+    assert {"event": "text_before_images", "old": False, "new": True}.items() <= events[1].items()
     inv_freq = model.llm.model.language_model.rotary_emb.inv_freq
     dim = 2 * inv_freq.shape[0]
     assert torch.allclose(inv_freq, 1.0 / 10.0 ** (torch.arange(0, dim, 2).float() / dim))
     save_our_layout(model, tmp_path / "saved")
     reloaded = load_our_layout(tmp_path / "saved", placement("cpu"))
     assert reloaded.llm.config.text_config.rope_parameters["rope_theta"] == 10.0
+    assert reloaded.config.prompts.text_before_images
     assert torch.allclose(reloaded.llm.model.language_model.rotary_emb.inv_freq, inv_freq)
 
 

@@ -111,7 +111,7 @@ class ChatFormat:
         spans: dict[str, tuple[int, int]] = {}
         for message in messages:
             ids += [self.im_start] + self.text_ids(f"{message.role}\n")
-            for part in message.parts:
+            for part in self._ordered_parts(message):
                 if isinstance(part, Image.Image):
                     start = len(ids) + 1
                     ids += [self.vision_start] + [self.image_pad] * self.image_token_count(part) + [self.vision_end]
@@ -134,6 +134,11 @@ class ChatFormat:
             spans[answer_span] = (len(ids), len(ids) + len(answer_ids))
             ids += answer_ids + [self.im_end]
         return EncodedPrompt(ids, images, spans, labels_from)
+
+    def _ordered_parts(self, message: Message) -> list:
+        if message.role != "user" or not self.prompts.text_before_images:
+            return message.parts
+        return sorted(message.parts, key=lambda part: isinstance(part, Image.Image))  # stable: text, then images
 
     def with_caption(self, prompt: EncodedPrompt, caption: str, opener: str, closer: str) -> EncodedPrompt:
         """The prompt followed by the assistant answer `<opener>caption<closer>`, its caption span recorded.

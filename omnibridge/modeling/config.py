@@ -56,6 +56,12 @@ class PromptConfig:
     image_close: str = "</img>"
     edit_open: str = ""  # the built-in model wraps edit captions in <edit> ... </edit>; the official one does not
     edit_close: str = ""
+    # Within a user turn, put the text before the images. Text after an image advances M-RoPE's row and
+    # column axes too, so with the image first the rotary angle from the answer to an image token mixes
+    # the question's length with the token's row and column; with the text first the image sits at a
+    # fixed distance from the answer and its angles say only where a token is. The built-in model is
+    # trained this way; the official one was trained image first.
+    text_before_images: bool = False
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from ..modeling.alignment import OmniBridgeAlignment
 from ..modeling.config import GenerationDefaults, OmniBridgeConfig, PromptConfig
@@ -32,7 +33,7 @@ def shapes_config(preset: TrainPreset, decoder: HunyuanDecoder, llm_hidden_size:
                         num_query_tokens=decoder.t5_length, dropout_rate=0.0),
         retrieval=RetrievalConfig(num_image_queries=align.image_queries, num_text_queries=align.text_queries,
                                   embed_dim=align.retrieval_dim, pool_heads=4 if d_model >= 64 else 2),
-        prompts=SHAPES_PROMPTS,
+        prompts=replace(SHAPES_PROMPTS, text_before_images=preset.llm.text_before_images),
         generation=GenerationDefaults(num_inference_steps=20, guidance_scale=2.0, height=decoder.sample_size,
                                       width=decoder.sample_size, max_new_tokens=40,
                                       allowed_sizes=(decoder.sample_size,)),

@@ -8,6 +8,7 @@ learning to read the new eye) keeps it frozen, as the paper does.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -72,15 +73,22 @@ def set_rope_theta(llm, theta: float) -> float | None:
 
 def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, resume: bool,
               keep_eye: bool = False) -> dict:
-    """`keep_eye`: stage 1b has trained the vision tower; freeze it, and keep it over a saved state's."""
+    """`keep_eye`: stage 1b has trained the vision tower; freeze it, and keep it over a saved state's.
+
+    The preset's rotary base and turn order become the model's (older checkpoints had others): the
+    positions are learned through them, and this run re-teaches them."""
     llm = model.llm.train()
     old_theta = set_rope_theta(llm, preset.rope_theta)
     eye = {k: v.clone() for k, v in llm.model.visual.state_dict().items()} if keep_eye else None
     llm.model.visual.requires_grad_(not keep_eye)
+    old_order = model.config.prompts.text_before_images
+    model.config.prompts = replace(model.config.prompts, text_before_images=preset.text_before_images)
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
     run = StageRun(work_dir, "llm", preset.steps, resume, seed)
     if old_theta is not None:
         run.log(event="rope_theta", old=old_theta, new=preset.rope_theta)
+    if old_order != preset.text_before_images:
+        run.log(event="text_before_images", old=old_order, new=preset.text_before_images)
     optimizer = torch.optim.AdamW(llm.parameters(), lr=preset.lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, preset.steps // 40)
     if run.saved_state:
