@@ -38,8 +38,8 @@ def test_streamed_answer_is_what_a_bare_generate_call_decodes(tiny_pipeline, sce
 
 
 def test_with_text_before_images_the_image_sits_at_a_fixed_distance_from_the_answer(tiny_pipeline, scene_image):
-    """M-RoPE advances the row and column axes on every text token: the built-in model puts a turn's
-    text first, so questions of any length leave the image the same distance from the answer."""
+    """M-RoPE advances the row and column axes on every text token: with a turn's text first, questions
+    of any length leave the image the same distance from the answer (PromptConfig.text_before_images)."""
     from dataclasses import replace
 
     from omnibridge.modeling.chat_format import ChatFormat, Message
@@ -53,7 +53,6 @@ def test_with_text_before_images_the_image_sits_at_a_fixed_distance_from_the_ans
             seen.add(len(encoded.input_ids) - encoded.spans["image0"][1])
         return seen
 
-    assert tiny_pipeline.format.prompts.text_before_images  # the preset's order
     assert len(distances(text_first=True)) == 1
     assert len(distances(text_first=False)) == 2  # the official order: the distance grows with the question
 

@@ -117,7 +117,7 @@ def test_at_the_presets_rope_base_one_image_column_turns_the_width_dimensions(ti
     assert column_step_angle() < 0.01
 
 
-def test_stage1_gives_a_model_the_presets_rope_base_and_turn_order_and_saving_keeps_them(tiny_model, tmp_path):
+def test_stage1_gives_a_model_the_runs_rope_base_and_turn_order_and_saving_keeps_them(tiny_model, tmp_path):
     import copy
 
     from omnibridge.modeling.devices import placement
@@ -129,7 +129,7 @@ def test_stage1_gives_a_model_the_presets_rope_base_and_turn_order_and_saving_ke
     model.llm = copy.deepcopy(tiny_model.llm)
     set_rope_theta(model.llm, 10000.0)  # as the checkpoints before the eighth session
     model.config = replace(model.config, prompts=replace(model.config.prompts, text_before_images=False))
-    train_llm(model, replace(quick_preset().llm, steps=2), tmp_path, seed=0, resume=False)
+    train_llm(model, replace(quick_preset().llm, steps=2, text_before_images=True), tmp_path, seed=0, resume=False)
 
     events = [json.loads(line) for line in (tmp_path / "llm" / "log.jsonl").read_text().splitlines()]
     assert {"event": "rope_theta", "old": 10000.0, "new": 10.0}.items() <= events[0].items()
@@ -248,12 +248,14 @@ def test_the_model_card_tells_gpu_training_time_from_cpu_time():
     assert "dit: trained on the frozen text encoders" in summary
 
 
-def test_a_finer_vision_patch_gives_the_llm_more_image_tokens(tmp_path):
+def test_a_finer_vision_patch_and_text_first_turns_can_be_asked_for(tmp_path):
     train_main(["--preset", "quick", "--out", str(tmp_path / "model"), "--stages", "llm", "--vision-patch", "4",
-                "--llm-steps", "2", "--threads", "2"])
+                "--text-before-images", "--llm-steps", "2", "--threads", "2"])
     saved = tmp_path / "model.train" / "model" / "llm"
     assert json.loads((saved / "config.json").read_text())["vision_config"]["patch_size"] == 4
     assert json.loads((saved / "preprocessor_config.json").read_text())["patch_size"] == 4
+    config = json.loads((saved.parent / "omnibridge_config.json").read_text())
+    assert config["prompts"]["text_before_images"] is True
 
 
 def test_a_bigger_dit_can_be_asked_for(tmp_path):

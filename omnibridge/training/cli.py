@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rope-theta", type=float,
                         help="the language model's rotary base (preset: 10); stage 1 sets it on a model "
                              "trained with another, and re-teaches positions")
+    parser.add_argument("--text-before-images", action="store_true",
+                        help="train stage 1 with each turn's text before its images (PromptConfig."
+                             "text_before_images; tried in the ninth session: colour answers fell, relations did not rise)")
     parser.add_argument("--vision-steps", type=int, help="override stage 1b's step count")
     parser.add_argument("--align-steps", type=int, help="override stage 2's step count")
     parser.add_argument("--align-all-queries-share", type=float,
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
                  (args.dit_width, preset.decoder, "hidden_size"), (args.dit_layers, preset.decoder, "num_layers"),
                  (args.dit_batch, preset.decoder, "dit_batch"),
                  (args.llm_steps, preset.llm, "steps"), (args.rope_theta, preset.llm, "rope_theta"),
+                 (args.text_before_images, preset.llm, "text_before_images"),
                  (args.vision_patch, preset.llm, "patch_size"),
                  (args.vision_steps, preset.llm, "vision_steps"),
                  (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"),
