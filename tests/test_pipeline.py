@@ -356,7 +356,7 @@ def test_chat_turn_routes_by_mode(tiny_pipeline, scene_image):
 def test_the_vision_probe_separates_what_is_encoded_and_only_that(tiny_pipeline):
     import random
 
-    from omnibridge.evaluation.vision_probe import image_features, linear_probe_accuracy, probe_shapes_and_colours
+    from omnibridge.evaluation.vision_probe import image_features, linear_probe_accuracy, probe_objects
     from omnibridge.shapes.world import sample_scene
 
     generator = torch.Generator().manual_seed(0)
@@ -368,8 +368,21 @@ def test_the_vision_probe_separates_what_is_encoded_and_only_that(tiny_pipeline)
 
     features = image_features(tiny_pipeline, [sample_scene(random.Random(i), 1) for i in range(5)], batch_size=2)
     assert {name: tuple(f.shape[:1]) for name, f in features.items()} == {"vision_tower": (5,), "llm_last_layer": (5,)}
-    report = probe_shapes_and_colours(tiny_pipeline, train=12, test=6)
-    assert 0.0 <= report["vision_tower"]["shape"] <= 1.0 and report["chance"]["colour"] == pytest.approx(1 / 6, abs=1e-3)
+    report = probe_objects(tiny_pipeline, train=12, test=6)
+    assert set(report["vision_tower"]) == {"shape", "colour", "row", "column"}
+    assert all(0.0 <= accuracy <= 1.0 for accuracy in report["llm_last_layer"].values())
+    assert all(1 / 6 <= share <= 1.0 for share in report["chance"].values())  # the most common of 6 test labels
+
+
+def test_the_vision_probe_puts_an_object_in_the_grid_cell_of_its_centre():
+    from types import SimpleNamespace
+
+    from omnibridge.evaluation.vision_probe import ATTRIBUTES
+
+    row, column = ATTRIBUTES["row"][0], ATTRIBUTES["column"][0]
+    top_left, bottom_right = SimpleNamespace(cx=10.0, cy=15.9), SimpleNamespace(cx=63.5, cy=48.0)
+    assert (row(top_left), column(top_left)) == (0, 0)
+    assert (row(bottom_right), column(bottom_right)) == (3, 3)
 
 
 def test_alignment_fit_measures_against_the_slot_variance_and_restores_the_pipeline(tiny_pipeline):

@@ -62,7 +62,10 @@ def test_vision_stage_trains_only_the_eye(tiny_model, tmp_path):
     after = tiny_model.llm.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("visual." in k for k in changed), sorted(changed)[:5]
-    assert 0.0 <= report["held_out_map_accuracy"] <= 1.0 and report["steps"] == 3
+    assert report["steps"] == 3
+    assert 0.0 <= report["held_out_map_accuracy"] <= 1.0 and 0.0 <= report["held_out_position_accuracy"] <= 1.0
+    logged = [json.loads(line) for line in (tmp_path / "vision" / "log.jsonl").read_text().splitlines()]
+    assert any(entry.get("position_loss", 0) > 0 for entry in logged)  # every token is asked where it is
 
 
 def test_stage1_after_stage1b_keeps_the_eye_over_a_saved_state(tiny_model, tmp_path):
@@ -181,6 +184,17 @@ def test_object_map_labels_name_the_cell_of_each_centre():
     assert labels[0] == 1 + OBJECT_CLASSES.index(("red", "circle", "small"))
     assert labels[1 * 4 + 3] == 1 + OBJECT_CLASSES.index(("blue", "square", "large"))
     assert int((labels > 0).sum()) == 2
+
+
+def test_each_merged_token_is_asked_for_its_own_row_and_column_in_the_object_maps_order():
+    from omnibridge.shapes.world import Scene, ShapeObject
+    from omnibridge.training.vision_stage import cell_labels, cell_positions
+
+    rows, columns = cell_positions(4)
+    labels = cell_labels(Scene((ShapeObject("square", "blue", "large", 40, 20, 16),)), 4)  # row 1, col 3
+    occupied = int(labels.nonzero())
+    assert (int(rows[occupied]), int(columns[occupied])) == (1, 3)
+    assert rows.tolist() == [r for r in range(4) for _ in range(4)] and columns.tolist() == list(range(4)) * 4
 
 
 def test_stage1_data_covers_every_behaviour():

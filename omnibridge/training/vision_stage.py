@@ -4,14 +4,21 @@ Qwen2-VL comes with a pretrained vision encoder; our tiny one learns from scratc
 the next-token loss says little about shape, and a linear probe finds that it hardly encodes it
 (`evaluation/vision_probe.py`). This stage gives the tower a direct signal: every merged image token
 (one per 2x2 patch window) must name the object whose centre lies in its cell (colour, shape and
-size, or nothing), beside the usual answer loss on image conversations. The language model and the
+size, or nothing) and the row and column of its own cell, beside the usual answer loss on image
+conversations. The cell target is there because the tower has no absolute position of its own (Qwen2-VL's
+is 2D rotary, relative only): a per-token probe of the shipped eye found an object's token telling its
+row no better than chance, and the language model, which gathers an object's tokens by content and gets
+back only their values, cannot answer "is the circle left of the square?" from content that has no "where"
+in it. The language model and the
 LM head stay frozen, so text-only behaviour (prompt rewriting and the caption states that stage 2
 aligns to the decoder) is exactly unchanged; only what the image tokens carry moves.
 """
 
 from __future__ import annotations
 
+import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,8 +48,38 @@ def cell_labels(scene: Scene, cells_per_side: int) -> torch.Tensor:
     return labels
 
 
-def object_map_loss(model: LoadedModel, fmt: ChatFormat, head: torch.nn.Linear, scenes: list[Scene]) -> tuple:
-    """Cross-entropy of each merged image token's object class; returns (loss, token accuracy)."""
+def cell_positions(cells_per_side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of each merged token of one image, row-major like `cell_labels`."""
+    index = torch.arange(cells_per_side * cells_per_side)
+    return index // cells_per_side, index % cells_per_side
+
+
+@dataclass
+class EyeHeads:
+    """Linear read-outs trained with the tower and thrown away after: what each merged token must name."""
+
+    objects: torch.nn.Linear  # 0 empty, else 1 + OBJECT_CLASSES index
+    position: torch.nn.Linear  # row logits, then column logits
+
+    @classmethod
+    def build(cls, hidden_size: int, cells_per_side: int) -> "EyeHeads":
+        return cls(torch.nn.Linear(hidden_size, 1 + len(OBJECT_CLASSES)), torch.nn.Linear(hidden_size, 2 * cells_per_side))
+
+    def parameters(self) -> list:
+        return list(self.objects.parameters()) + list(self.position.parameters())
+
+    def state_dict(self) -> dict:
+        return {"objects": self.objects.state_dict(), "position": self.position.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.objects.load_state_dict(state["objects"])
+        self.position.load_state_dict(state["position"])
+
+
+def object_map_loss(model: LoadedModel, fmt: ChatFormat, heads: EyeHeads, scenes: list[Scene]) -> dict:
+    """Cross-entropy of each merged image token's object class and of its own row and column.
+
+    Returns the summed `loss` and each target's token accuracy."""
     prompts = [fmt.encode([Message("user", [render(scene)])]) for scene in scenes]
     inputs = fmt.collate(prompts)["inputs"]
     grid = inputs["image_grid_thw"][0]
@@ -50,9 +87,18 @@ def object_map_loss(model: LoadedModel, fmt: ChatFormat, head: torch.nn.Linear, 
     cells_per_side = int(grid[1]) // merge
     tokens = model.llm.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
     labels = torch.cat([cell_labels(scene, cells_per_side) for scene in scenes])
-    logits = head(tokens)
-    loss = F.cross_entropy(logits, labels)
-    return loss, (logits.argmax(1) == labels).float().mean().item()
+    rows, columns = (axis.repeat(len(scenes)) for axis in cell_positions(cells_per_side))
+    logits = heads.objects(tokens)
+    row_logits, column_logits = heads.position(tokens).split(cells_per_side, dim=1)
+    map_loss = F.cross_entropy(logits, labels)
+    position_loss = F.cross_entropy(row_logits, rows) + F.cross_entropy(column_logits, columns)
+
+    def accuracy(predicted: torch.Tensor, target: torch.Tensor) -> float:
+        return (predicted.argmax(1) == target).float().mean().item()
+
+    return {"loss": map_loss + position_loss, "map_loss": map_loss.item(), "position_loss": position_loss.item(),
+            "map_accuracy": accuracy(logits, labels),
+            "position_accuracy": (accuracy(row_logits, rows) + accuracy(column_logits, columns)) / 2}
 
 
 def train_vision(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, resume: bool) -> dict:
@@ -62,14 +108,18 @@ def train_vision(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: in
     visual.requires_grad_(True)
     llm.eval()
     visual.train()
-    head = torch.nn.Linear(llm.config.text_config.hidden_size, 1 + len(OBJECT_CLASSES))
-    parameters = list(visual.parameters()) + list(head.parameters())
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
+    cells_per_side = math.isqrt(fmt.image_token_count(render(sample_scene(random.Random(0)))))
+    heads = EyeHeads.build(llm.config.text_config.hidden_size, cells_per_side)
+    parameters = list(visual.parameters()) + heads.parameters()
     run = StageRun(work_dir, "vision", preset.vision_steps, resume, seed)
     optimizer = torch.optim.AdamW(parameters, lr=preset.vision_lr, weight_decay=0.01, betas=(0.9, 0.95))
     if run.saved_state:
         visual.load_state_dict(run.saved_state["visual"])
-        head.load_state_dict(run.saved_state["head"])
+        if "heads" in run.saved_state:
+            heads.load_state_dict(run.saved_state["heads"])
+        else:  # a state saved before the position head: its object head only
+            heads.objects.load_state_dict(run.saved_state["head"])
         optimizer.load_state_dict(run.saved_state["optimizer"])
     warmup = max(1, preset.vision_steps // 20)
     tasks, weights = list(IMAGE_TASKS), list(IMAGE_TASKS.values())
@@ -77,19 +127,20 @@ def train_vision(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: in
         rng = step_rng(seed, "vision", run.progress.step)
         conversations = [sample_conversation(rng, rng.choices(tasks, weights)[0]) for _ in range(preset.batch // 2)]
         answer_loss = accumulate_gradients(llm, fmt, conversations, preset.max_length)
-        map_loss, map_accuracy = object_map_loss(model, fmt, head, [sample_scene(rng) for _ in range(preset.batch)])
-        map_loss.backward()
+        eye = object_map_loss(model, fmt, heads, [sample_scene(rng) for _ in range(preset.batch)])
+        eye["loss"].backward()
         optimizer_step(optimizer, None, parameters,
                        warmup_cosine_lr(run.progress.step, preset.vision_steps, preset.vision_lr, warmup))
-        run.tick(len(conversations) + preset.batch, loss=answer_loss.item() + map_loss.item(),
-                 answer_loss=answer_loss.item(), map_loss=map_loss.item(), map_accuracy=map_accuracy)
+        run.tick(len(conversations) + preset.batch, loss=answer_loss.item() + eye.pop("loss").item(),
+                 answer_loss=answer_loss.item(), **eye)
         if run.progress.step % 200 == 0:
-            run.save(visual=visual.state_dict(), head=head.state_dict(), optimizer=optimizer.state_dict())
-    run.save(visual=visual.state_dict(), head=head.state_dict(), optimizer=optimizer.state_dict())
+            run.save(visual=visual.state_dict(), heads=heads.state_dict(), optimizer=optimizer.state_dict())
+    run.save(visual=visual.state_dict(), heads=heads.state_dict(), optimizer=optimizer.state_dict())
     visual.eval()
     with torch.no_grad():
         held_out = random.Random(f"vision-held-out-{seed}")
-        accuracy = round(object_map_loss(model, fmt, head, [sample_scene(held_out) for _ in range(256)])[1], 4)
-    run.log(event="done", held_out_map_accuracy=accuracy)
+        eye = object_map_loss(model, fmt, heads, [sample_scene(held_out) for _ in range(256)])
+    held_out_accuracy = {f"held_out_{name}": round(eye[name], 4) for name in ("map_accuracy", "position_accuracy")}
+    run.log(event="done", **held_out_accuracy)
     llm.requires_grad_(True)
-    return {**run.close(), "held_out_map_accuracy": accuracy}
+    return {**run.close(), **held_out_accuracy}
