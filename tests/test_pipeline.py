@@ -367,9 +367,10 @@ def test_the_vision_probe_separates_what_is_encoded_and_only_that(tiny_pipeline)
     assert linear_probe_accuracy(x[:300], unrelated[:300], x[300:], unrelated[300:], 2) <= 0.7
 
     features = image_features(tiny_pipeline, [sample_scene(random.Random(i), 1) for i in range(5)], batch_size=2)
-    assert {name: tuple(f.shape[:1]) for name, f in features.items()} == {"vision_tower": (5,), "llm_last_layer": (5,)}
+    assert {name: tuple(f.shape[:1]) for name, f in features.items()} == {
+        "vision_tower": (5,), "llm_last_layer": (5,), "vision_tower_object_token": (5,), "llm_last_layer_object_token": (5,)}
     report = probe_objects(tiny_pipeline, train=12, test=6)
-    assert set(report["vision_tower"]) == {"shape", "colour", "row", "column"}
+    assert set(report["vision_tower_object_token"]) == {"shape", "colour", "row", "column"}
     assert all(0.0 <= accuracy <= 1.0 for accuracy in report["llm_last_layer"].values())
     assert all(1 / 6 <= share <= 1.0 for share in report["chance"].values())  # the most common of 6 test labels
 

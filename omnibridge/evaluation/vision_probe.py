@@ -4,9 +4,10 @@ Understanding answers can be wrong because the vision tower never encodes an att
 the language side never learned to read it. A linear classifier trained on frozen features tells the
 two apart: it predicts each object's shape, colour, and the row and column of the 4x4 grid cell its centre
 lies in, from (a) the vision tower's output and (b) the LLM's last hidden states over the image tokens, both
-max-pooled over the image's tokens. Pooling drops which token held the object, so the row and column
-probes read only position written into the features' content, which is what a relation answer needs: the
-attention that gathers an object's tokens brings back their values, and rotary positions never reach them.
+max-pooled over the image's tokens, and from the single token whose cell holds the object's centre. That
+token's row and column probes read only position written into its content, which is what a relation
+answer needs: the attention that gathers an object's tokens brings back their values, and rotary
+positions never reach them.
 
     python -m omnibridge.evaluation.vision_probe --model assets/omnibridge-shapes
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 
 import torch
@@ -28,8 +30,8 @@ PROBE_SEED = 4242  # held apart from the training and evaluation seeds
 GRID = 4  # the language model's 4x4 image tokens (64 pixels, patch 8, 2x2 merge)
 
 
-def _cell(centre: float) -> int:
-    return min(GRID - 1, int(centre * GRID / CANVAS))
+def _cell(centre: float, grid: int = GRID) -> int:
+    return min(grid - 1, int(centre * grid / CANVAS))
 
 
 # report name -> (label of a one-object scene's object, number of classes)
@@ -42,20 +44,27 @@ ATTRIBUTES = {
 
 
 def image_features(pipe, scenes, batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """Max-pooled features per scene from the vision tower and from the LLM's last layer."""
-    vision, llm = [], []
+    """Per one-object scene, from the vision tower and from the LLM's last layer: the image's tokens
+    max-pooled, and the one token whose cell holds the object's centre (what a question's attention
+    to that object brings back)."""
+    features: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start:start + batch_size]
         prompts = [pipe.format.encode([Message("user", [render(scene)])]) for scene in chunk]
         inputs = pipe._to_device(pipe.format.collate(prompts, "right")["inputs"])
+        rows = torch.arange(len(chunk))
         with torch.inference_mode():
             tower = pipe.llm.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
             tower = getattr(tower, "pooler_output", tower)  # merged tokens, one row per LLM image token
-            vision.append(tower.reshape(len(chunk), -1, tower.shape[-1]).amax(1).float().cpu())
+            tower = tower.reshape(len(chunk), -1, tower.shape[-1])
             states = pipe.llm.model(**inputs).last_hidden_state
-            image_states, mask = gather_spans(states, [p.spans["image0"] for p in prompts])
-            llm.append(image_states.masked_fill(~mask[..., None].bool(), -1e4).amax(1).float().cpu())
-    return {"vision_tower": torch.cat(vision), "llm_last_layer": torch.cat(llm)}
+            image_states, _ = gather_spans(states, [p.spans["image0"] for p in prompts])  # one image size: no padding
+        grid = math.isqrt(tower.shape[1])
+        own = torch.tensor([_cell(s.objects[0].cy, grid) * grid + _cell(s.objects[0].cx, grid) for s in chunk])
+        for name, tokens in (("vision_tower", tower), ("llm_last_layer", image_states)):
+            features.setdefault(name, []).append(tokens.amax(1).float().cpu())
+            features.setdefault(f"{name}_object_token", []).append(tokens[rows, own].float().cpu())
+    return {name: torch.cat(parts) for name, parts in features.items()}
 
 
 def linear_probe_accuracy(train_x, train_y, test_x, test_y, classes: int, steps: int = 500) -> float:
