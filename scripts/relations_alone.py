@@ -17,7 +17,7 @@ import random
 import torch
 
 from omnibridge import OmniBridgePipeline
-from omnibridge.evaluation.understanding import evaluate_understanding, understanding_cases
+from omnibridge.evaluation.understanding import evaluate_understanding, is_exact_match, understanding_cases
 from omnibridge.modeling.chat_format import Message
 from omnibridge.shapes.qa import sample_question
 from omnibridge.shapes.render import render
@@ -40,7 +40,7 @@ def relation_conversations(rng: random.Random, count: int) -> list[Conversation]
 def relation_accuracy(pipe, cases) -> float:
     pipe.llm.eval()
     answers = pipe.answer_batch([c[1] for c in cases], [c[2] for c in cases])
-    return sum(a.strip().lower().rstrip(".") == c[3] for a, c in zip(answers, cases)) / len(cases)
+    return sum(is_exact_match(a, c[3]) for a, c in zip(answers, cases)) / len(cases)
 
 
 def main() -> None:

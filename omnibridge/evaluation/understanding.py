@@ -24,6 +24,11 @@ def understanding_cases(per_type: int, seed: int = EVAL_SEED) -> list[tuple[str,
     return cases
 
 
+def is_exact_match(answer: str, expected: str) -> bool:
+    """The evaluation's one leniency: case, surrounding space and a final full stop."""
+    return answer.strip().lower().rstrip(".") == expected
+
+
 def evaluate_understanding(pipe, per_type: int = 100, batch: int = 64) -> dict:
     cases = understanding_cases(per_type)
     answers: list[str] = []
@@ -32,7 +37,7 @@ def evaluate_understanding(pipe, per_type: int = 100, batch: int = 64) -> dict:
         answers += pipe.answer_batch([c[1] for c in chunk], [c[2] for c in chunk])
     correct: dict[str, list[bool]] = {t: [] for t in QUESTION_TYPES}
     for (qtype, _, _, expected), answer in zip(cases, answers):
-        correct[qtype].append(answer.strip().lower().rstrip(".") == expected)
+        correct[qtype].append(is_exact_match(answer, expected))
     per_type_accuracy = {t: round(sum(v) / len(v), 4) for t, v in correct.items()}
     total = [ok for v in correct.values() for ok in v]
     return {**per_type_accuracy, "overall": round(sum(total) / len(total), 4), "n_questions": len(total)}

@@ -24,22 +24,18 @@ import torch.nn.functional as F
 
 from ..modeling.chat_format import Message, gather_spans
 from ..shapes.render import render
-from ..shapes.world import CANVAS, COLORS, SHAPES, sample_scene
+from ..shapes.world import COLORS, SHAPES, grid_cell, sample_scene
 
 PROBE_SEED = 4242  # held apart from the training and evaluation seeds
 GRID = 4  # the language model's 4x4 image tokens (64 pixels, patch 8, 2x2 merge)
-
-
-def _cell(centre: float, grid: int = GRID) -> int:
-    return min(grid - 1, int(centre * grid / CANVAS))
 
 
 # report name -> (label of a one-object scene's object, number of classes)
 ATTRIBUTES = {
     "shape": (lambda obj: tuple(SHAPES).index(obj.shape), len(SHAPES)),
     "colour": (lambda obj: tuple(COLORS).index(obj.color), len(COLORS)),
-    "row": (lambda obj: _cell(obj.cy), GRID),
-    "column": (lambda obj: _cell(obj.cx), GRID),
+    "row": (lambda obj: grid_cell(obj.cy, GRID), GRID),
+    "column": (lambda obj: grid_cell(obj.cx, GRID), GRID),
 }
 
 
@@ -60,7 +56,7 @@ def image_features(pipe, scenes, batch_size: int = 64) -> dict[str, torch.Tensor
             states = pipe.llm.model(**inputs).last_hidden_state
             image_states, _ = gather_spans(states, [p.spans["image0"] for p in prompts])  # one image size: no padding
         grid = math.isqrt(tower.shape[1])
-        own = torch.tensor([_cell(s.objects[0].cy, grid) * grid + _cell(s.objects[0].cx, grid) for s in chunk])
+        own = torch.tensor([grid_cell(s.objects[0].cy, grid) * grid + grid_cell(s.objects[0].cx, grid) for s in chunk])
         for name, tokens in (("vision_tower", tower), ("llm_last_layer", image_states)):
             features.setdefault(name, []).append(tokens.amax(1).float().cpu())
             features.setdefault(f"{name}_object_token", []).append(tokens[rows, own].float().cpu())

@@ -67,6 +67,11 @@ class Scene:
         return len(self.objects)
 
 
+def grid_cell(centre: float, cells_per_side: int) -> int:
+    """The row (from a y) or column (from an x) of the square grid cell that holds a centre."""
+    return min(int(centre * cells_per_side / CANVAS), cells_per_side - 1)
+
+
 def relation_holds(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
     """The contract's rule between object centres: `a <relation> b`."""
     dx, dy = a.cx - b.cx, a.cy - b.cy

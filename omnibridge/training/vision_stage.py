@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from ..modeling.chat_format import ChatFormat, Message
 from ..modeling.loading import LoadedModel
 from ..shapes.render import render
-from ..shapes.world import CANVAS, COLORS, SHAPES, SIZE_NAMES, Scene, sample_scene
+from ..shapes.world import COLORS, SHAPES, SIZE_NAMES, Scene, grid_cell, sample_scene
 from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
 from .llm_stage import accumulate_gradients
 from .llm_data import sample_conversation
@@ -41,9 +40,8 @@ OBJECT_CLASSES = [(c, s, z) for c in COLORS for s in SHAPES for z in SIZE_NAMES]
 def cell_labels(scene: Scene, cells_per_side: int) -> torch.Tensor:
     """[cells_per_side**2] class per merged token, row-major: 0 empty, else 1 + OBJECT_CLASSES index."""
     labels = torch.zeros(cells_per_side * cells_per_side, dtype=torch.long)
-    cell = CANVAS / cells_per_side
     for obj in scene.objects:
-        row, col = min(int(obj.cy // cell), cells_per_side - 1), min(int(obj.cx // cell), cells_per_side - 1)
+        row, col = grid_cell(obj.cy, cells_per_side), grid_cell(obj.cx, cells_per_side)
         labels[row * cells_per_side + col] = 1 + OBJECT_CLASSES.index((obj.color, obj.shape, obj.size))
     return labels
 
@@ -54,29 +52,15 @@ def cell_positions(cells_per_side: int) -> tuple[torch.Tensor, torch.Tensor]:
     return index // cells_per_side, index % cells_per_side
 
 
-@dataclass
-class EyeHeads:
+def eye_heads(hidden_size: int, cells_per_side: int) -> torch.nn.ModuleDict:
     """Linear read-outs trained with the tower and thrown away after: what each merged token must name."""
-
-    objects: torch.nn.Linear  # 0 empty, else 1 + OBJECT_CLASSES index
-    position: torch.nn.Linear  # row logits, then column logits
-
-    @classmethod
-    def build(cls, hidden_size: int, cells_per_side: int) -> "EyeHeads":
-        return cls(torch.nn.Linear(hidden_size, 1 + len(OBJECT_CLASSES)), torch.nn.Linear(hidden_size, 2 * cells_per_side))
-
-    def parameters(self) -> list:
-        return list(self.objects.parameters()) + list(self.position.parameters())
-
-    def state_dict(self) -> dict:
-        return {"objects": self.objects.state_dict(), "position": self.position.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.objects.load_state_dict(state["objects"])
-        self.position.load_state_dict(state["position"])
+    return torch.nn.ModuleDict({
+        "objects": torch.nn.Linear(hidden_size, 1 + len(OBJECT_CLASSES)),  # 0 empty, else 1 + OBJECT_CLASSES index
+        "position": torch.nn.Linear(hidden_size, 2 * cells_per_side),  # row logits, then column logits
+    })
 
 
-def object_map_loss(model: LoadedModel, fmt: ChatFormat, heads: EyeHeads, scenes: list[Scene]) -> dict:
+def object_map_loss(model: LoadedModel, fmt: ChatFormat, heads: torch.nn.ModuleDict, scenes: list[Scene]) -> dict:
     """Cross-entropy of each merged image token's object class and of its own row and column.
 
     Returns the summed `loss` and each target's token accuracy."""
@@ -88,8 +72,8 @@ def object_map_loss(model: LoadedModel, fmt: ChatFormat, heads: EyeHeads, scenes
     tokens = model.llm.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
     labels = torch.cat([cell_labels(scene, cells_per_side) for scene in scenes])
     rows, columns = (axis.repeat(len(scenes)) for axis in cell_positions(cells_per_side))
-    logits = heads.objects(tokens)
-    row_logits, column_logits = heads.position(tokens).split(cells_per_side, dim=1)
+    logits = heads["objects"](tokens)
+    row_logits, column_logits = heads["position"](tokens).split(cells_per_side, dim=1)
     map_loss = F.cross_entropy(logits, labels)
     position_loss = F.cross_entropy(row_logits, rows) + F.cross_entropy(column_logits, columns)
 
@@ -110,16 +94,16 @@ def train_vision(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: in
     visual.train()
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
     cells_per_side = math.isqrt(fmt.image_token_count(render(sample_scene(random.Random(0)))))
-    heads = EyeHeads.build(llm.config.text_config.hidden_size, cells_per_side)
-    parameters = list(visual.parameters()) + heads.parameters()
+    heads = eye_heads(llm.config.text_config.hidden_size, cells_per_side)
+    parameters = list(visual.parameters()) + list(heads.parameters())
     run = StageRun(work_dir, "vision", preset.vision_steps, resume, seed)
     optimizer = torch.optim.AdamW(parameters, lr=preset.vision_lr, weight_decay=0.01, betas=(0.9, 0.95))
     if run.saved_state:
         visual.load_state_dict(run.saved_state["visual"])
-        if "heads" in run.saved_state:
-            heads.load_state_dict(run.saved_state["heads"])
-        else:  # a state saved before the position head: its object head only
-            heads.objects.load_state_dict(run.saved_state["head"])
+        if "heads" not in run.saved_state:  # its optimizer state has no room for the position head either
+            raise ValueError(f"{run.state_path} predates stage 1b's position head: move {run.dir} aside to start "
+                             "stage 1b again (warm from the model's eye)")
+        heads.load_state_dict(run.saved_state["heads"])
         optimizer.load_state_dict(run.saved_state["optimizer"])
     warmup = max(1, preset.vision_steps // 20)
     tasks, weights = list(IMAGE_TASKS), list(IMAGE_TASKS.values())
