@@ -10,7 +10,7 @@ import torch
 
 from omnibridge import OmniBridgePipeline
 from omnibridge.training.cli import main as train_main
-from omnibridge.training.llm_data import TASK_MIX, sample_conversation
+from omnibridge.training.llm_data import TASK_MIX, question_mix, sample_conversation
 from omnibridge.training.llm_stage import train_llm
 
 
@@ -135,8 +135,9 @@ def test_stage1_gives_a_model_the_runs_rope_base_and_turn_order_and_saving_keeps
     train_llm(model, replace(quick_preset().llm, steps=2, text_before_images=True), tmp_path, seed=0, resume=False)
 
     events = [json.loads(line) for line in (tmp_path / "llm" / "log.jsonl").read_text().splitlines()]
-    assert {"event": "rope_theta", "old": 10000.0, "new": 10.0}.items() <= events[0].items()
-    assert {"event": "text_before_images", "old": False, "new": True}.items() <= events[1].items()
+    assert {"event": "recipe", "lr": quick_preset().llm.lr, "relation_weight": 3.0}.items() <= events[0].items()
+    assert {"event": "rope_theta", "old": 10000.0, "new": 10.0}.items() <= events[1].items()
+    assert {"event": "text_before_images", "old": False, "new": True}.items() <= events[2].items()
     inv_freq = model.llm.model.language_model.rotary_emb.inv_freq
     dim = 2 * inv_freq.shape[0]
     assert torch.allclose(inv_freq, 1.0 / 10.0 ** (torch.arange(0, dim, 2).float() / dim))
@@ -219,6 +220,9 @@ def test_stage1_asks_every_question_type_and_relations_most():
     assert set(asked) == set(QUESTION_TYPES)
     # a relation cannot be asked of every scene (two nameable objects), so its share comes out below 3:1
     assert asked["relation"] > 1.5 * max(n for t, n in asked.items() if t != "relation")
+    heavy = collections.Counter(sample_conversation(rng, "vqa", question_mix(12)).task.split("/")[1]
+                                for _ in range(900))
+    assert heavy["relation"] > 450 and set(heavy) == set(QUESTION_TYPES)  # the relation-heavy phase keeps the rest
 
 
 def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):

@@ -39,6 +39,11 @@ TASK_MIX = {"vqa": 0.46, "rewrite": 0.17, "edit": 0.16, "draw_then_edit": 0.06, 
 QUESTION_MIX = {"count": 1, "colour": 1, "shape": 1, "exist": 1, "relation": 3, "describe": 1}
 
 
+def question_mix(relation_weight: float) -> dict[str, float]:
+    """QUESTION_MIX with relations at `relation_weight` (a relation-heavy phase of stage 1 raises it)."""
+    return {**QUESTION_MIX, "relation": relation_weight}
+
+
 @dataclass
 class Conversation:
     messages: list[Message]  # ends with the assistant answer the loss covers
@@ -54,11 +59,11 @@ def _edit_answer(caption: str) -> str:
     return f"<edit>{caption}</edit>"
 
 
-def _vqa(rng: random.Random) -> Conversation:
+def _vqa(rng: random.Random, questions: dict[str, float] = QUESTION_MIX) -> Conversation:
     scene = sample_scene(rng)
     qa = None
     while qa is None:
-        qa = sample_question(rng, scene, rng.choices(list(QUESTION_MIX), weights=list(QUESTION_MIX.values()))[0])
+        qa = sample_question(rng, scene, rng.choices(list(questions), weights=list(questions.values()))[0])
         if qa is None:
             scene = sample_scene(rng)
     image = render(scene)
@@ -158,8 +163,13 @@ _BUILDERS = {"vqa": _vqa, "rewrite": _rewrite, "edit": _edit, "draw_then_edit": 
              "small_talk": _small_talk}
 
 
-def sample_conversation(rng: random.Random, task: str | None = None) -> Conversation:
+def sample_conversation(rng: random.Random, task: str | None = None,
+                        questions: dict[str, float] = QUESTION_MIX) -> Conversation:
+    """One stage-1 conversation; `questions` weighs the question types of the single-question VQA task
+    (the multi-turn tasks keep an even mix: they teach the turn order, not the skill)."""
     task = task or rng.choices(list(TASK_MIX), weights=list(TASK_MIX.values()))[0]
+    if task == "vqa":
+        return _vqa(rng, questions)
     return _BUILDERS[task](rng)
 
 

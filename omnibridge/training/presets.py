@@ -60,6 +60,10 @@ class LLMPreset:
     steps: int = 4000
     batch: int = 48
     lr: float = 1e-3
+    # Relations' weight among the VQA question types (llm_data.QUESTION_MIX). A relation-heavy phase
+    # warm from a trained model raises it, at a lower lr: trained on relations alone the model learns
+    # them but forgets the rest (scripts/relations_alone.py).
+    relation_weight: float = 3.0
     vision_steps: int = 1500  # stage 1b: the vision tower alone, language model frozen
     vision_lr: float = 5e-4
 
