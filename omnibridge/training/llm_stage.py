@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..modeling.chat_format import ChatFormat, EncodedPrompt
 from ..modeling.loading import LoadedModel
@@ -20,6 +21,7 @@ from .llm_data import question_mix, sample_conversation
 from .presets import LLMPreset
 
 IGNORE = -100
+ANSWER_WEIGHTINGS = ("token", "conversation")
 
 
 def encode_conversations(fmt: ChatFormat, conversations) -> list[EncodedPrompt]:
@@ -38,17 +40,37 @@ def labelled_batch(fmt: ChatFormat, encoded: list[EncodedPrompt], max_length: in
     return {**inputs, "labels": labels}
 
 
-def accumulate_gradients(llm, fmt: ChatFormat, conversations, max_length: int, chunks: int = 2) -> torch.Tensor:
+def answer_losses(llm, batch: dict) -> torch.Tensor:
+    """Each row's mean next-token loss over its own answer tokens."""
+    labels = batch["labels"][:, 1:]
+    logits = llm(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
+    token_losses = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
+                                   reduction="none").view_as(labels)
+    answered = labels != IGNORE
+    return (token_losses * answered).sum(1) / answered.sum(1)
+
+
+def accumulate_gradients(llm, fmt: ChatFormat, conversations, max_length: int, chunks: int = 2,
+                         weighting: str = "token") -> torch.Tensor:
     """Backward over length-sorted chunks: multi-turn conversations are twice as long as one-question
-    ones, so sorting first removes most of the padding. Returns the token-weighted mean loss."""
+    ones, so sorting first removes most of the padding. Returns the mean loss.
+
+    `weighting` "token" averages over every answer token of the batch, so a one-word answer ("left")
+    weighs a twentieth of a caption; "conversation" averages each answer first, so every conversation
+    weighs the same and the data mix is the loss mix."""
+    if weighting not in ANSWER_WEIGHTINGS:
+        raise ValueError(f"weighting {weighting!r}: choose from {ANSWER_WEIGHTINGS}")
     encoded = sorted(encode_conversations(fmt, conversations), key=lambda e: len(e.input_ids))
     size = -(-len(encoded) // chunks)
     batches = [labelled_batch(fmt, encoded[i:i + size], max_length) for i in range(0, len(encoded), size)]
     total_tokens = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
     total = torch.zeros(())
     for batch in batches:
-        tokens = int((batch["labels"] != IGNORE).sum())
-        loss = llm(**batch).loss * tokens / total_tokens
+        if weighting == "token":
+            tokens = int((batch["labels"] != IGNORE).sum())
+            loss = llm(**batch).loss * tokens / total_tokens
+        else:
+            loss = answer_losses(llm, batch).sum() / len(encoded)
         loss.backward()
         total += loss.detach()
     return total
@@ -85,7 +107,8 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
     model.config.prompts = replace(model.config.prompts, text_before_images=preset.text_before_images)
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
     run = StageRun(work_dir, "llm", preset.steps, resume, seed)
-    run.log(event="recipe", lr=preset.lr, relation_weight=preset.relation_weight, batch=preset.batch)
+    run.log(event="recipe", lr=preset.lr, relation_weight=preset.relation_weight, batch=preset.batch,
+            answer_weighting=preset.answer_weighting)
     if old_theta is not None:
         run.log(event="rope_theta", old=old_theta, new=preset.rope_theta)
     if old_order != preset.text_before_images:
@@ -101,7 +124,7 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
     while run.progress.step < preset.steps:
         rng = step_rng(seed, "llm", run.progress.step)
         conversations = [sample_conversation(rng, questions=questions) for _ in range(preset.batch)]
-        loss = accumulate_gradients(llm, fmt, conversations, preset.max_length)
+        loss = accumulate_gradients(llm, fmt, conversations, preset.max_length, weighting=preset.answer_weighting)
         optimizer_step(optimizer, None, llm.parameters(),
                        warmup_cosine_lr(run.progress.step, preset.steps, preset.lr, warmup))
         run.tick(preset.batch, loss=loss.item())

@@ -64,6 +64,9 @@ class LLMPreset:
     # warm from a trained model raises it, at a lower lr: trained on relations alone the model learns
     # them but forgets the rest (scripts/relations_alone.py).
     relation_weight: float = 3.0
+    # How stage 1 averages its loss (llm_stage.accumulate_gradients): "token" (every checkpoint up to the
+    # ninth session's) or "conversation", which stops one-word answers drowning under captions.
+    answer_weighting: str = "token"
     vision_steps: int = 1500  # stage 1b: the vision tower alone, language model frozen
     vision_lr: float = 5e-4
 
