@@ -10,7 +10,7 @@ import torch
 
 from omnibridge import OmniBridgePipeline
 from omnibridge.training.cli import main as train_main
-from omnibridge.training.llm_data import TASK_MIX, question_mix, sample_conversation
+from omnibridge.training.llm_data import TASK_MIX, question_mix, sample_conversation, task_mix
 from omnibridge.training.llm_stage import train_llm
 
 
@@ -244,6 +244,13 @@ def test_stage1_asks_every_question_type_and_relations_most():
     heavy = collections.Counter(sample_conversation(rng, "vqa", question_mix(12)).task.split("/")[1]
                                 for _ in range(900))
     assert heavy["relation"] > 450 and set(heavy) == set(QUESTION_TYPES)  # the relation-heavy phase keeps the rest
+    drill = {sample_conversation(rng, questions=question_mix(1e6), tasks=task_mix(1.0)).task for _ in range(50)}
+    assert drill == {"vqa/relation"}  # a phase that drills relations alone
+    mixed = task_mix(0.7)
+    assert mixed["vqa"] == 0.7 and sum(mixed.values()) == pytest.approx(1.0)
+    assert mixed["rewrite"] / mixed["edit"] == pytest.approx(TASK_MIX["rewrite"] / TASK_MIX["edit"])
+    with pytest.raises(ValueError, match="vqa_share"):
+        task_mix(1.5)
 
 
 def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):

@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--relation-weight", type=float,
                         help="relations' weight among stage 1's question types, the others weighing 1 (preset: 3); "
                              "a relation-heavy phase warm from a trained model raises it, with a lower --llm-lr")
+    parser.add_argument("--vqa-share", type=float,
+                        help="single-question VQA's share of stage 1's conversations (preset: 0.46); 1 with a large "
+                             "--relation-weight drills relations alone, a phase to follow with the full mix")
     parser.add_argument("--answer-weighting", choices=("token", "conversation"),
                         help="stage 1's loss: the mean over all answer tokens (preset) or over conversations, each "
                              "answer averaged first (a one-word answer then weighs as much as a caption)")
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
                  (args.dit_batch, preset.decoder, "dit_batch"),
                  (args.llm_steps, preset.llm, "steps"), (args.llm_lr, preset.llm, "lr"),
                  (args.relation_weight, preset.llm, "relation_weight"),
-                 (args.answer_weighting, preset.llm, "answer_weighting"), (args.rope_theta, preset.llm, "rope_theta"),
+                 (args.answer_weighting, preset.llm, "answer_weighting"), (args.vqa_share, preset.llm, "vqa_share"),
+                 (args.rope_theta, preset.llm, "rope_theta"),
                  (args.text_before_images, preset.llm, "text_before_images"),
                  (args.vision_patch, preset.llm, "patch_size"),
                  (args.vision_steps, preset.llm, "vision_steps"),

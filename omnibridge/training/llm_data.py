@@ -44,6 +44,18 @@ def question_mix(relation_weight: float) -> dict[str, float]:
     return {**QUESTION_MIX, "relation": relation_weight}
 
 
+def task_mix(vqa_share: float | None) -> dict[str, float]:
+    """TASK_MIX with single-question VQA at `vqa_share` and the other tasks in their proportions (1.0:
+    VQA alone, as in a phase that drills one question type)."""
+    if vqa_share is None:
+        return TASK_MIX
+    if not 0.0 < vqa_share <= 1.0:
+        raise ValueError(f"vqa_share {vqa_share}: a share in (0, 1]")
+    others = {task: share for task, share in TASK_MIX.items() if task != "vqa"}
+    scale = (1.0 - vqa_share) / sum(others.values())
+    return {"vqa": vqa_share, **{task: share * scale for task, share in others.items()}}
+
+
 @dataclass
 class Conversation:
     messages: list[Message]  # ends with the assistant answer the loss covers
@@ -164,10 +176,11 @@ _BUILDERS = {"vqa": _vqa, "rewrite": _rewrite, "edit": _edit, "draw_then_edit": 
 
 
 def sample_conversation(rng: random.Random, task: str | None = None,
-                        questions: dict[str, float] = QUESTION_MIX) -> Conversation:
-    """One stage-1 conversation; `questions` weighs the question types of the single-question VQA task
-    (the multi-turn tasks keep an even mix: they teach the turn order, not the skill)."""
-    task = task or rng.choices(list(TASK_MIX), weights=list(TASK_MIX.values()))[0]
+                        questions: dict[str, float] = QUESTION_MIX, tasks: dict[str, float] = TASK_MIX) -> Conversation:
+    """One stage-1 conversation of `task` (drawn from `tasks` when None); `questions` weighs the question
+    types of the single-question VQA task (the multi-turn tasks keep an even mix: they teach the turn
+    order, not the skill)."""
+    task = task or rng.choices(list(tasks), weights=list(tasks.values()))[0]
     if task == "vqa":
         return _vqa(rng, questions)
     return _BUILDERS[task](rng)

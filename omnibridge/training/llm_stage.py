@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..modeling.chat_format import ChatFormat, EncodedPrompt
 from ..modeling.loading import LoadedModel
 from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
-from .llm_data import question_mix, sample_conversation
+from .llm_data import question_mix, sample_conversation, task_mix
 from .presets import LLMPreset
 
 IGNORE = -100
@@ -107,7 +107,8 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
     model.config.prompts = replace(model.config.prompts, text_before_images=preset.text_before_images)
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
     run = StageRun(work_dir, "llm", preset.steps, resume, seed)
-    run.log(event="recipe", lr=preset.lr, relation_weight=preset.relation_weight, batch=preset.batch,
+    run.log(event="recipe", lr=preset.lr, relation_weight=preset.relation_weight, vqa_share=preset.vqa_share,
+            batch=preset.batch,
             answer_weighting=preset.answer_weighting)
     if old_theta is not None:
         run.log(event="rope_theta", old=old_theta, new=preset.rope_theta)
@@ -115,7 +116,7 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
         run.log(event="text_before_images", old=old_order, new=preset.text_before_images)
     optimizer = torch.optim.AdamW(llm.parameters(), lr=preset.lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, preset.steps // 40)
-    questions = question_mix(preset.relation_weight)
+    questions, tasks = question_mix(preset.relation_weight), task_mix(preset.vqa_share)
     if run.saved_state:
         llm.load_state_dict(run.saved_state["llm"])
         optimizer.load_state_dict(run.saved_state["optimizer"])
@@ -123,7 +124,7 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
             llm.model.visual.load_state_dict(eye)
     while run.progress.step < preset.steps:
         rng = step_rng(seed, "llm", run.progress.step)
-        conversations = [sample_conversation(rng, questions=questions) for _ in range(preset.batch)]
+        conversations = [sample_conversation(rng, questions=questions, tasks=tasks) for _ in range(preset.batch)]
         loss = accumulate_gradients(llm, fmt, conversations, preset.max_length, weighting=preset.answer_weighting)
         optimizer_step(optimizer, None, llm.parameters(),
                        warmup_cosine_lr(run.progress.step, preset.steps, preset.lr, warmup))

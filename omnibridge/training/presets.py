@@ -64,6 +64,7 @@ class LLMPreset:
     # warm from a trained model raises it, at a lower lr: trained on relations alone the model learns
     # them but forgets the rest (scripts/relations_alone.py).
     relation_weight: float = 3.0
+    vqa_share: float | None = None  # single-question VQA's share of the conversations (None: TASK_MIX's)
     # How stage 1 averages its loss (llm_stage.accumulate_gradients): "token" (every checkpoint up to the
     # ninth session's) or "conversation", which stops one-word answers drowning under captions.
     answer_weighting: str = "token"
