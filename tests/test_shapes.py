@@ -126,6 +126,26 @@ def test_questions_have_correct_answers():
                 assert qa.answer in ("yes", "no")
 
 
+def test_locate_answers_by_thirds_of_the_canvas():
+    from omnibridge.shapes.qa import EXTRA_QUESTION_TYPES, location_words
+    from omnibridge.shapes.world import ShapeObject
+
+    assert "locate" in EXTRA_QUESTION_TYPES and "locate" not in QUESTION_TYPES  # not evaluated: beyond the contract
+    at = {(10, 10): "top left", (32, 10): "top", (54, 12): "top right", (10, 32): "left", (32, 32): "centre",
+          (54, 32): "right", (10, 54): "bottom left", (32, 54): "bottom", (54, 54): "bottom right", (21, 43): "bottom left",
+          (22, 42): "centre"}
+    for (cx, cy), words in at.items():
+        assert location_words(ShapeObject("circle", "red", "small", cx - 5, cy - 5, 10)) == words, (cx, cy)
+    rng = random.Random(4)
+    asked = [sample_question(rng, scene, "locate") for scene in SCENES[:60]]
+    for scene, qa in zip(SCENES[:60], asked):
+        if qa is None:  # no object with a unique colour and shape to name
+            assert len({(o.color, o.shape) for o in scene.objects}) < len(scene.objects) or not scene.objects
+            continue
+        named = [o for o in scene.objects if qa.question == f"Where is the {o.color} {o.shape}?"]
+        assert len(named) == 1 and qa.answer == location_words(named[0])
+
+
 def test_edits_produce_their_target():
     rng = random.Random(5)
     seen = set()

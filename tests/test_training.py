@@ -135,7 +135,7 @@ def test_stage1_gives_a_model_the_runs_rope_base_and_turn_order_and_saving_keeps
     train_llm(model, replace(quick_preset().llm, steps=2, text_before_images=True), tmp_path, seed=0, resume=False)
 
     events = [json.loads(line) for line in (tmp_path / "llm" / "log.jsonl").read_text().splitlines()]
-    assert {"event": "recipe", "lr": quick_preset().llm.lr, "relation_weight": 3.0}.items() <= events[0].items()
+    assert {"event": "recipe", "lr": quick_preset().llm.lr, "vqa_share": None}.items() <= events[0].items()
     assert {"event": "rope_theta", "old": 10000.0, "new": 10.0}.items() <= events[1].items()
     assert {"event": "text_before_images", "old": False, "new": True}.items() <= events[2].items()
     inv_freq = model.llm.model.language_model.rotary_emb.inv_freq
@@ -218,7 +218,7 @@ def test_stage1_answer_weighting_averages_per_token_or_per_conversation(tiny_mod
 
     fmt = ChatFormat(tiny_model.tokenizer, tiny_model.image_processor, tiny_model.config.prompts)
     rng = random.Random(3)
-    short = sample_conversation(rng, "vqa", question_mix(1000))  # a one-word relation answer
+    short = sample_conversation(rng, "vqa", question_mix({"relation": 1000}))  # a one-word relation answer
     long = sample_conversation(rng, "rewrite")  # a whole caption
     alone = {c.task: accumulate_gradients(tiny_model.llm, fmt, [c], 256).item() for c in (short, long)}
     for weighting in ("token", "conversation"):  # one conversation: the two averages agree
@@ -234,17 +234,17 @@ def test_stage1_answer_weighting_averages_per_token_or_per_conversation(tiny_mod
 
 
 def test_stage1_asks_every_question_type_and_relations_most():
-    from omnibridge.shapes.qa import QUESTION_TYPES
+    from omnibridge.training.llm_data import QUESTION_MIX
 
     rng = random.Random(0)
     asked = collections.Counter(sample_conversation(rng, "vqa").task.split("/")[1] for _ in range(900))
-    assert set(asked) == set(QUESTION_TYPES)
+    assert set(asked) == set(QUESTION_MIX)  # the contract's types and the "locate" stepping stone
     # a relation cannot be asked of every scene (two nameable objects), so its share comes out below 3:1
     assert asked["relation"] > 1.5 * max(n for t, n in asked.items() if t != "relation")
-    heavy = collections.Counter(sample_conversation(rng, "vqa", question_mix(12)).task.split("/")[1]
+    heavy = collections.Counter(sample_conversation(rng, "vqa", question_mix({"relation": 12})).task.split("/")[1]
                                 for _ in range(900))
-    assert heavy["relation"] > 450 and set(heavy) == set(QUESTION_TYPES)  # the relation-heavy phase keeps the rest
-    drill = {sample_conversation(rng, questions=question_mix(1e6), tasks=task_mix(1.0)).task for _ in range(50)}
+    assert heavy["relation"] > 450 and set(heavy) == set(QUESTION_MIX)  # the relation-heavy phase keeps the rest
+    drill = {sample_conversation(rng, questions=question_mix({"relation": 1e6}), tasks=task_mix(1.0)).task for _ in range(50)}
     assert drill == {"vqa/relation"}  # a phase that drills relations alone
     mixed = task_mix(0.7)
     assert mixed["vqa"] == 0.7 and sum(mixed.values()) == pytest.approx(1.0)

@@ -6,9 +6,15 @@ import random
 from dataclasses import dataclass
 
 from .captions import NUMBER_WORDS, describe, format_caption
-from .world import COLOR_NAMES, RELATIONS, SHAPES, Scene, ShapeObject, relation_holds
+from .world import CANVAS, COLOR_NAMES, RELATIONS, SHAPES, Scene, ShapeObject, relation_holds
 
-QUESTION_TYPES = ("count", "colour", "shape", "exist", "relation", "describe")
+QUESTION_TYPES = ("count", "colour", "shape", "exist", "relation", "describe")  # the contract's, all evaluated
+# Beyond the contract (which leaves room: "where it is silent, choose and document"): where one object is,
+# by thirds of the canvas. Stage 1 asks it as a stepping stone to relations, which compare two such
+# positions; the chat answers it too. Not part of the evaluation.
+EXTRA_QUESTION_TYPES = ("locate",)
+_THIRDS_DOWN = ("top", "middle", "bottom")
+_THIRDS_ACROSS = ("left", "centre", "right")
 DESCRIBE_QUESTIONS = (
     "Describe the image.",
     "Describe this image.",
@@ -91,6 +97,23 @@ def _relation_question(rng: random.Random, scene: Scene) -> QuestionAnswer | Non
     return QuestionAnswer("relation", f"Is the {a.color} {a.shape} {words} the {b.color} {b.shape}?", answer)
 
 
+def location_words(obj: ShapeObject) -> str:
+    """Where an object's centre lies by thirds of the canvas: `top left`, `top`, ..., `centre`, ..."""
+    down = _THIRDS_DOWN[min(int(obj.cy * 3 / CANVAS), 2)]
+    across = _THIRDS_ACROSS[min(int(obj.cx * 3 / CANVAS), 2)]
+    if down == "middle":
+        return across
+    return down if across == "centre" else f"{down} {across}"
+
+
+def _locate_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
+    nameable = [o for o in scene.objects if _unique(scene, shape=o.shape, color=o.color)]
+    if not nameable:
+        return None
+    obj = rng.choice(nameable)
+    return QuestionAnswer("locate", f"Where is the {obj.color} {obj.shape}?", location_words(obj))
+
+
 def _describe_question(rng: random.Random, scene: Scene) -> QuestionAnswer:
     return QuestionAnswer("describe", rng.choice(DESCRIBE_QUESTIONS), format_caption(describe(scene)))
 
@@ -102,10 +125,12 @@ _BUILDERS = {
     "exist": _exist_question,
     "relation": _relation_question,
     "describe": _describe_question,
+    "locate": _locate_question,
 }
 
 
 def sample_question(rng: random.Random, scene: Scene, qtype: str | None = None) -> QuestionAnswer | None:
-    """A question of `qtype` (random when None) with its answer; None when the type cannot be asked."""
+    """A question of `qtype` (one of the contract's, at random, when None) with its answer; None when the
+    type cannot be asked of this scene."""
     qtype = qtype or rng.choice(QUESTION_TYPES)
     return _BUILDERS[qtype](rng, scene)

@@ -49,12 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="processes that render the DiT's batches ahead (default: 4 on cuda, 0 on cpu)")
     parser.add_argument("--llm-steps", type=int, help="override stage 1's step count (resume to extend it)")
     parser.add_argument("--llm-lr", type=float, help="stage 1's peak learning rate (preset: 1e-3)")
-    parser.add_argument("--relation-weight", type=float,
-                        help="relations' weight among stage 1's question types, the others weighing 1 (preset: 3); "
-                             "a relation-heavy phase warm from a trained model raises it, with a lower --llm-lr")
+    parser.add_argument("--question-weight", action="append", default=[], metavar="TYPE=WEIGHT",
+                        help="re-weight one of stage 1's question types (preset: relation=3, the others 1; "
+                             "repeatable), e.g. relation=12 for a relation-heavy phase warm from a trained model")
     parser.add_argument("--vqa-share", type=float,
                         help="single-question VQA's share of stage 1's conversations (preset: 0.46); 1 with a large "
-                             "--relation-weight drills relations alone, a phase to follow with the full mix")
+                             "relation --question-weight drills relations alone, a phase to follow with the full mix")
     parser.add_argument("--answer-weighting", choices=("token", "conversation"),
                         help="stage 1's loss: the mean over all answer tokens (preset) or over conversations, each "
                              "answer averaged first (a one-word answer then weighs as much as a caption)")
@@ -87,7 +87,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
+    args.question_weight = _question_weights(parser, args.question_weight)
     return args
+
+
+def _question_weights(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, float]:
+    from .llm_data import QUESTION_MIX
+
+    weights = {}
+    for pair in pairs:
+        qtype, _, weight = pair.partition("=")
+        try:
+            weights[qtype] = float(weight)
+        except ValueError:
+            parser.error(f"--question-weight {pair}: write TYPE=WEIGHT, e.g. relation=12")
+        if qtype not in QUESTION_MIX or weights[qtype] < 0:
+            parser.error(f"--question-weight {pair}: a weight >= 0 for one of {', '.join(QUESTION_MIX)}")
+    return weights
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -103,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
                  (args.dit_width, preset.decoder, "hidden_size"), (args.dit_layers, preset.decoder, "num_layers"),
                  (args.dit_batch, preset.decoder, "dit_batch"),
                  (args.llm_steps, preset.llm, "steps"), (args.llm_lr, preset.llm, "lr"),
-                 (args.relation_weight, preset.llm, "relation_weight"),
+                 (args.question_weight, preset.llm, "question_weights"),
                  (args.answer_weighting, preset.llm, "answer_weighting"), (args.vqa_share, preset.llm, "vqa_share"),
                  (args.rope_theta, preset.llm, "rope_theta"),
                  (args.text_before_images, preset.llm, "text_before_images"),

@@ -36,12 +36,16 @@ TASK_MIX = {"vqa": 0.46, "rewrite": 0.17, "edit": 0.16, "draw_then_edit": 0.06, 
 # nameable objects are redrawn): they are the one type whose answer depends on *where* two objects are,
 # which the model must learn from the rotary angles alone (no absolute position reaches an image token's
 # content), and at an equal share they stayed at chance.
-QUESTION_MIX = {"count": 1, "colour": 1, "shape": 1, "exist": 1, "relation": 3, "describe": 1}
+# "locate" (where one named object is) is the stepping stone to relations, which compare two positions.
+QUESTION_MIX = {"count": 1, "colour": 1, "shape": 1, "exist": 1, "relation": 3, "describe": 1, "locate": 1}
 
 
-def question_mix(relation_weight: float) -> dict[str, float]:
-    """QUESTION_MIX with relations at `relation_weight` (a relation-heavy phase of stage 1 raises it)."""
-    return {**QUESTION_MIX, "relation": relation_weight}
+def question_mix(weights: dict[str, float] | None = None) -> dict[str, float]:
+    """QUESTION_MIX with some types re-weighted (a phase of stage 1 may drill one type, e.g. relations)."""
+    unknown = set(weights or {}) - set(QUESTION_MIX)
+    if unknown:
+        raise ValueError(f"unknown question types {sorted(unknown)}; choose from {sorted(QUESTION_MIX)}")
+    return {**QUESTION_MIX, **(weights or {})}
 
 
 def task_mix(vqa_share: float | None) -> dict[str, float]:

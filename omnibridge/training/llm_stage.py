@@ -107,8 +107,8 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
     model.config.prompts = replace(model.config.prompts, text_before_images=preset.text_before_images)
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
     run = StageRun(work_dir, "llm", preset.steps, resume, seed)
-    run.log(event="recipe", lr=preset.lr, relation_weight=preset.relation_weight, vqa_share=preset.vqa_share,
-            batch=preset.batch,
+    questions, tasks = question_mix(preset.question_weights), task_mix(preset.vqa_share)
+    run.log(event="recipe", lr=preset.lr, batch=preset.batch, questions=questions, vqa_share=preset.vqa_share,
             answer_weighting=preset.answer_weighting)
     if old_theta is not None:
         run.log(event="rope_theta", old=old_theta, new=preset.rope_theta)
@@ -116,7 +116,6 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
         run.log(event="text_before_images", old=old_order, new=preset.text_before_images)
     optimizer = torch.optim.AdamW(llm.parameters(), lr=preset.lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, preset.steps // 40)
-    questions, tasks = question_mix(preset.relation_weight), task_mix(preset.vqa_share)
     if run.saved_state:
         llm.load_state_dict(run.saved_state["llm"])
         optimizer.load_state_dict(run.saved_state["optimizer"])

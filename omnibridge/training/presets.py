@@ -60,10 +60,10 @@ class LLMPreset:
     steps: int = 4000
     batch: int = 48
     lr: float = 1e-3
-    # Relations' weight among the VQA question types (llm_data.QUESTION_MIX). A relation-heavy phase
-    # warm from a trained model raises it, at a lower lr: trained on relations alone the model learns
-    # them but forgets the rest (scripts/relations_alone.py).
-    relation_weight: float = 3.0
+    # Question types re-weighted against llm_data.QUESTION_MIX, e.g. {"relation": 12}: a phase warm from
+    # a trained model may drill one type, at a lower lr (trained on relations alone, the model learns
+    # them but forgets the rest: scripts/relations_alone.py).
+    question_weights: dict[str, float] = field(default_factory=dict)
     vqa_share: float | None = None  # single-question VQA's share of the conversations (None: TASK_MIX's)
     # How stage 1 averages its loss (llm_stage.accumulate_gradients): "token" (every checkpoint up to the
     # ninth session's) or "conversation", which stops one-word answers drowning under captions.
