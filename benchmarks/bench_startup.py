@@ -1,7 +1,8 @@
 """App start to the first answered request, against importing the libraries alone; the app's RSS.
 
-Two starts on one data dir: the first indexes the 300-scene seed gallery and computes the negative-
-prompt embeddings; the restart finds both cached, which is what a user who restarts the app meets.
+Two starts on one data dir: the first computes the negative-prompt embeddings and indexes the 300-scene
+seed gallery behind the running app (timed too); the restart finds both cached, which is what a user who
+restarts the app meets.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_and_ask(model: str, data_dir: str) -> tuple[float, float]:
-    """Seconds from launch to the first answered request, and the RSS after one generation."""
+def _start_and_ask(model: str, data_dir: str) -> tuple[float, float, float]:
+    """Seconds from launch to the first answered request and to a fully indexed built-in gallery (it is
+    indexed behind the running app on a first start), and the RSS after one generation."""
     from gradio_client import Client
 
     port = _free_port()
@@ -44,15 +46,19 @@ def _start_and_ask(model: str, data_dir: str) -> tuple[float, float]:
                     raise RuntimeError("the app exited during start-up") from None
                 time.sleep(0.1)
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        client.predict("all", api_name="/gallery_count")
+        report = client.predict("all", api_name="/gallery_count")
         first_request_s = time.perf_counter() - start
+        while report["indexing"] is not None:
+            time.sleep(0.05)
+            report = client.predict("all", api_name="/gallery_count")
+        gallery_ready_s = time.perf_counter() - start
         client.predict("two red circles", True, 1, False, 20, 2.0, 1, api_name="/generate")
         rss = psutil.Process(process.pid).memory_info().rss
         client.close()
     finally:
         process.terminate()
         process.wait(timeout=30)
-    return first_request_s, rss
+    return first_request_s, gallery_ready_s, rss
 
 
 def run(model: str) -> Result:
@@ -60,11 +66,13 @@ def run(model: str) -> Result:
     subprocess.run([sys.executable, "-c", IMPORTS], check=True)
     imports_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as data_dir:
-        first_start_s, _ = _start_and_ask(model, data_dir)
-        restart_s, rss = _start_and_ask(model, data_dir)
+        first_start_s, first_gallery_s, _ = _start_and_ask(model, data_dir)
+        restart_s, _, rss = _start_and_ask(model, data_dir)
     figures = {"imports_alone_s": round(imports_s, 2), "first_start_to_first_request_s": round(first_start_s, 2),
+               "first_start_to_indexed_gallery_s": round(first_gallery_s, 2),
                "restart_to_first_request_s": round(restart_s, 2), "restart_ratio_to_imports": ratio(restart_s, imports_s),
                "app_rss_mb": round(rss / 2**20, 1)}
-    summary = (f"startup: first answered request after {first_start_s:.1f} s on a fresh data dir, {restart_s:.1f} s "
-               f"on a restart (imports alone {imports_s:.1f} s), app RSS {figures['app_rss_mb']} MB")
+    summary = (f"startup: first answered request after {first_start_s:.1f} s on a fresh data dir (built-in gallery "
+               f"indexed at {first_gallery_s:.1f} s), {restart_s:.1f} s on a restart (imports alone {imports_s:.1f} s), "
+               f"app RSS {figures['app_rss_mb']} MB")
     return Result("startup", figures, summary, goal="<= 10 s; report peak memory")

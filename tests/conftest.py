@@ -69,6 +69,7 @@ def app_server(tiny_pipeline, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("appdata")
     settings = AppSettings(model="tiny", data_dir=data_dir, port=free_port(), seed_gallery=24, queue_size=64)
     demo = build_demo(tiny_pipeline, settings)
+    assert demo.omnibridge_context.seeding.wait(timeout=120), "the built-in gallery was not indexed in 2 minutes"
     _, url, _ = launch(demo, settings, prevent_thread_lock=True, quiet=True)
     yield {"url": url, "demo": demo, "context": demo.omnibridge_context, "settings": settings}
     demo.close()

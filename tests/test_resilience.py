@@ -59,6 +59,15 @@ def app_process(model_dir: Path, data_dir: Path, seed_gallery: int = 16):
                 process.kill()
 
 
+def _count_once_seeded(client) -> int:
+    """The gallery's size once the built-in scenes, indexed behind the running app, are all in."""
+    deadline = time.time() + 120
+    while (report := client.predict("all", api_name="/gallery_count"))["indexing"] is not None:
+        assert time.time() < deadline, f"still indexing the built-in gallery: {report['indexing']}"
+        time.sleep(0.2)
+    return report["count"]
+
+
 def test_sixteen_concurrent_users(tiny_model_dir, tmp_path):
     figures = {"users": 16, "served": {}, "refused": 0, "errors": []}
     lock = threading.Lock()
@@ -165,7 +174,7 @@ def test_sigkill_during_a_500_image_import_then_resume(tiny_model_dir, tiny_pipe
         files.append(handle_file(str(path)))
     with app_process(tiny_model_dir, data_dir) as (process, url, _):
         client = Client(url, verbose=False)
-        seeded = client.predict("all", api_name="/gallery_count")["count"]
+        seeded = _count_once_seeded(client)
         feedback_ids = [client.predict("like", "api", str(i), "", {}, {}, {}, api_name="/feedback")["id"]
                         for i in range(5)]
         job = client.submit(files, "", api_name="/add_to_gallery")

@@ -192,6 +192,29 @@ def test_another_model_requires_a_reindex_instead_of_mixing(gallery, tiny_pipeli
     assert reopened.count() == 2 and reopened.captions.count() == 2
 
 
+def test_built_in_scenes_are_indexed_behind_the_app_and_a_half_done_seeding_is_completed(gallery, monkeypatch):
+    from omnibridge.gallery.seeding import GallerySeeding
+
+    first = GallerySeeding(gallery, 40)
+    assert first.status() == "indexing the built-in gallery: 0 of 40 scenes"
+    assert first.start().wait(timeout=120) and first.status() is None and first.error is None
+    assert gallery.count(source="seed") == 40 and first.done == 40
+
+    # a stop after the first batch of 32: the next start adds the 8 missing scenes and none twice
+    for item in gallery.browse(0, 8, source="seed"):
+        gallery.delete(item.id)
+    assert GallerySeeding(gallery, 40).start().wait(timeout=120)
+    assert gallery.count(source="seed") == 40 and gallery.captions.count() == 40
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gallery, "seed_builtin", broken)
+    failed = GallerySeeding(gallery, 80).start()
+    assert failed.wait(timeout=60) and failed.status().startswith("the built-in gallery could not be indexed")
+    assert "disk full" in failed.status() and gallery.count() == 40  # what was in stays
+
+
 def test_content_id_ignores_file_encoding():
     image = _images(1)[0]
     assert content_id(image) == content_id(image.convert("RGBA").convert("RGB"))

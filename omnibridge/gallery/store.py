@@ -406,7 +406,8 @@ class GalleryStore:
         }
 
     # --------------------------------------------------------------------------------- seeding
-    def seed_builtin(self, n: int = 300, progress: ProgressFn | None = None, seed: int = 2024) -> int:
+    def seed_builtin(self, n: int = 300, progress: ProgressFn | None = None, seed: int = 2024,
+                     batch: int = 256) -> int:
         """Fill an empty gallery with Shapes scenes and their captions (done once; kept across restarts)."""
         if self.count(source="seed") >= n:
             return 0
@@ -417,5 +418,5 @@ class GalleryStore:
         rng = random.Random(seed)
         scenes = [sample_scene(rng) for _ in range(n)]
         self.add([render(s) for s in scenes], [format_caption(describe(s)) for s in scenes], source="seed",
-                 progress=progress)
+                 progress=progress, batch=batch)
         return n

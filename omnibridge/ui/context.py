@@ -10,10 +10,10 @@ from pathlib import Path
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from tqdm.auto import tqdm
 
 from ..config import AppSettings
 from ..feedback.store import FeedbackStore
+from ..gallery.seeding import GallerySeeding
 from ..gallery.store import GalleryStore
 
 
@@ -25,6 +25,7 @@ class AppContext:
     feedback: FeedbackStore
     outputs_dir: Path
     compare_pipeline: object | None = None
+    seeding: GallerySeeding | None = None  # the built-in scenes still being indexed on a first start
     _cancel: dict[str, threading.Event] = field(default_factory=dict)
 
     def cancel_event(self, session: str) -> threading.Event:
@@ -59,15 +60,15 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
     repaired = gallery.repair()
     if any(repaired.values()):
         print(f"gallery repaired after an unclean stop: {repaired}", flush=True)
+    seeding = None
     if gallery.needs_reindex():  # never mix vectors of two models: the Gallery tab offers a re-index
         model, dim = gallery.index_model()
         print(f"the gallery was indexed with {model} ({dim}-d), not {pipeline.model_id}; re-index it from the "
               f"Gallery tab or with: python -m omnibridge.gallery reindex --data-dir {data_dir}", flush=True)
     elif settings.seed_gallery and gallery.count(source="seed") < settings.seed_gallery:
-        with tqdm(total=settings.seed_gallery, desc="indexing built-in gallery", unit="img") as bar:
-            gallery.seed_builtin(settings.seed_gallery, progress=lambda done, total: bar.update(done - bar.n))
+        seeding = GallerySeeding(gallery, settings.seed_gallery).start()
     compare = None
     if settings.compare_model:  # a second checkpoint for the Compare tab's "two checkpoints" pair
         compare = type(pipeline).from_pretrained(settings.compare_model, device=settings.device, dtype=settings.dtype,
                                                  model_thread=pipeline.model_thread)
-    return AppContext(pipeline, settings, gallery, feedback, outputs, compare_pipeline=compare)
+    return AppContext(pipeline, settings, gallery, feedback, outputs, compare_pipeline=compare, seeding=seeding)

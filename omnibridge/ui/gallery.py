@@ -212,7 +212,9 @@ def build_gallery_tab(ctx: AppContext) -> dict:
     def run_browse(page_number, source_name):
         items, page_number, pages = search.browse(page_number, source_name)
         total = ctx.gallery.count(_source(source_name))
-        return _tiles(items), page_number, f"{total} items · page {page_number} of {pages}"
+        indexing = ctx.seeding.status() if ctx.seeding else None
+        return _tiles(items), page_number, " · ".join(
+            [f"{total} items", f"page {page_number} of {pages}"] + ([indexing] if indexing else []))
 
     @user_errors
     def run_add(file_list, caption_text, progress=gr.Progress()):
@@ -292,7 +294,9 @@ def _build_gallery_api(search: GallerySearch, ctx: AppContext) -> None:
 
     @user_errors
     def count_api(source_name):
-        return {"count": ctx.gallery.count(_source(source_name))}
+        # "indexing" says that the built-in scenes are still arriving on a first start (None once they are in)
+        return {"count": ctx.gallery.count(_source(source_name)),
+                "indexing": ctx.seeding.status() if ctx.seeding else None}
 
     @user_errors
     def browse_api(page_number, source_name):
