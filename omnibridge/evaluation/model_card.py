@@ -19,7 +19,8 @@ classes as the full-size model: a tiny Qwen2-VL LLM, the BiLM with learned queri
 heads, and a tiny HunyuanDiT + AutoencoderKL decoder with BERT and T5 text encoders.
 
 **What it is trained to do:** answer questions about Shapes images (counts, colours, shapes,
-existence, relations, descriptions), draw scenes from prompts (after rewriting them into its caption
+existence, relations, descriptions, and where one object is: "top left" ... "centre", trained as a
+stepping stone to relations but not evaluated), draw scenes from prompts (after rewriting them into its caption
 grammar), edit a scene by regenerating it from a rewritten caption, and embed images and captions into
 one space for retrieval. How well it does each is measured below: trust the numbers, not this list.
 **What it cannot do:** anything outside the Shapes world. Photos are resized to 64 x 64 and
@@ -63,7 +64,8 @@ def _goal_rows(report: dict) -> list[tuple[str, str, bool]]:
         for k in ("single_object", "colors"):
             rows.append((f"generation {k} >= 0.90", f"{full[k]:.2f}", full[k] >= 0.90))
         gap = alone["overall"] - full["overall"]
-        rows.append(("full path within 0.05 of the decoder alone", f"{gap:+.2f} below", gap <= 0.05))
+        side = "below" if gap > 0 else "above"
+        rows.append(("full path within 0.05 of the decoder alone", f"{abs(gap):.2f} {side}", gap <= 0.05))
     if "editing" in report:
         rows.append(("editing >= 0.50", f"{report['editing']['overall']:.2f}", report["editing"]["overall"] >= 0.50))
     if "speed" in report:
