@@ -200,7 +200,7 @@ def test_built_in_scenes_are_indexed_behind_the_app_and_a_half_done_seeding_is_c
     assert first.start().wait(timeout=120) and first.status() is None and first.error is None
     assert gallery.count(source="seed") == 40 and first.done == 40
 
-    # a stop after the first batch of 32: the next start adds the 8 missing scenes and none twice
+    # 8 scenes missing, as after a stop half-way: the next start adds them and none twice
     for item in gallery.browse(0, 8, source="seed"):
         gallery.delete(item.id)
     assert GallerySeeding(gallery, 40).start().wait(timeout=120)

@@ -28,6 +28,10 @@ class AppContext:
     seeding: GallerySeeding | None = None  # the built-in scenes still being indexed on a first start
     _cancel: dict[str, threading.Event] = field(default_factory=dict)
 
+    def gallery_indexing(self) -> str | None:
+        """How far the built-in scenes' indexing is, or why it failed; None once done (or never needed)."""
+        return self.seeding.status() if self.seeding else None
+
     def cancel_event(self, session: str) -> threading.Event:
         """The flag a session's Stop button sets; generation checks it between steps."""
         return self._cancel.setdefault(session, threading.Event())

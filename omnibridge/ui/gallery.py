@@ -212,7 +212,7 @@ def build_gallery_tab(ctx: AppContext) -> dict:
     def run_browse(page_number, source_name):
         items, page_number, pages = search.browse(page_number, source_name)
         total = ctx.gallery.count(_source(source_name))
-        indexing = ctx.seeding.status() if ctx.seeding else None
+        indexing = ctx.gallery_indexing()
         return _tiles(items), page_number, " · ".join(
             [f"{total} items", f"page {page_number} of {pages}"] + ([indexing] if indexing else []))
 
@@ -296,7 +296,7 @@ def _build_gallery_api(search: GallerySearch, ctx: AppContext) -> None:
     def count_api(source_name):
         # "indexing" says that the built-in scenes are still arriving on a first start (None once they are in)
         return {"count": ctx.gallery.count(_source(source_name)),
-                "indexing": ctx.seeding.status() if ctx.seeding else None}
+                "indexing": ctx.gallery_indexing()}
 
     @user_errors
     def browse_api(page_number, source_name):
