@@ -167,3 +167,34 @@ def test_stage2_loss_counts_the_padding_that_hunyuandits_attention_pool_reads():
     assert masked_mse(wrong_padding, target, mask) == 0
     assert alignment_loss(wrong_padding, target) > 1.0
     assert alignment_loss(target, target) == 0
+
+
+def test_native_size_image_patches_equal_the_processors_own():
+    """The fast path for images that need no resizing gives the processor's exact pixel values (the
+    built-in 8-pixel patches at 64x64 and the official 14-pixel ones at 56x84), and steps aside otherwise."""
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from omnibridge.modeling.image_patches import patches_at_native_size
+
+    rng = torch.Generator().manual_seed(0)
+
+    def noise(width: int, height: int, mode: str = "RGB") -> Image.Image:
+        pixels = torch.randint(0, 256, (height, width, 3), generator=rng, dtype=torch.uint8).numpy()
+        return Image.fromarray(pixels).convert(mode)
+
+    built_in = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
+                                        size={"shortest_edge": 64 * 64, "longest_edge": 64 * 64})
+    official = Qwen2VLImageProcessorPil()  # 14-pixel patches, merged 2x2
+    cases = [(built_in, [noise(64, 64), noise(64, 64, "L"), noise(64, 64, "RGBA")]),
+             (official, [noise(84, 56), noise(84, 56)])]
+    for processor, images in cases:
+        fast = patches_at_native_size(processor, images)
+        reference = processor(images=images, return_tensors="pt")
+        assert fast is not None
+        assert fast["pixel_values"].shape == reference["pixel_values"].shape
+        torch.testing.assert_close(fast["pixel_values"], reference["pixel_values"], atol=1e-5, rtol=0)
+        assert torch.equal(fast["image_grid_thw"], reference["image_grid_thw"])
+    # a size the processor resizes, and two sizes in one call: the processor's own path
+    assert patches_at_native_size(built_in, [noise(100, 50)]) is None
+    assert patches_at_native_size(built_in, [noise(64, 64), noise(32, 128)]) is None

@@ -122,6 +122,36 @@ def test_stream_can_be_stopped_early(tiny_pipeline):
     assert tiny_pipeline.jobs_requested == 0
 
 
+def test_streamed_tokens_are_batched_by_interval_and_the_end_is_not_delayed():
+    """The first token is handed over at once; tokens arriving faster than the update interval then
+    reach the consumer together, every id once and in order; the answer's end wakes the consumer at
+    once instead of after the interval."""
+    import time
+
+    from omnibridge.pipeline import _TokenQueue
+
+    tokens = _TokenQueue(interval=1.0)
+    batches = tokens.batches(timeout=5)
+    tokens.put(torch.tensor([[1, 2, 3]]))  # the prompt, which the streamer skips
+    tokens.put(torch.tensor([10]))
+    assert next(batches) == [10]
+
+    def produce():
+        for token in range(11, 30):
+            tokens.put(torch.tensor([token]))
+            time.sleep(0.002)
+        tokens.end()
+
+    producer = threading.Thread(target=produce)
+    started = time.monotonic()
+    producer.start()
+    rest = list(batches)
+    elapsed = time.monotonic() - started
+    producer.join()
+    assert rest == [list(range(11, 30))]  # one batch: all 19 arrived within the interval
+    assert elapsed < 0.6  # ~40 ms of tokens, not the 1 s interval
+
+
 @pytest.mark.parametrize("size", [(64, 64), (37, 90), (300, 20), (8, 8), (1000, 700)])
 def test_counted_image_tokens_match_the_processors_grid(tiny_pipeline, size):
     # The prompt reserves this many <|image_pad|> tokens; the vision tower emits grid/merge^2 of them.

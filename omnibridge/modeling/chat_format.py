@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .config import PromptConfig
+from .image_patches import patches_at_native_size
 
 
 @dataclass
@@ -92,6 +93,9 @@ class ChatFormat:
     def image_inputs(self, images: list[Image.Image]) -> dict:
         if not images:
             return {}
+        native = patches_at_native_size(self.image_processor, images)
+        if native is not None:
+            return native
         out = self.image_processor(images=images, return_tensors="pt")
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
 
