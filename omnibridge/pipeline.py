@@ -38,6 +38,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .inputs import InvalidInputError, clean_text, load_image, normalize_messages
 from .model_thread import ModelThread
+from .self_check import MAX_CANDIDATES, best_candidates, candidate_seeds
 from .modeling.chat_format import ChatFormat, EncodedPrompt, Message, SpanText, gather_spans
 from .modeling.decoder import SAMPLERS, CaptionEncoding, GenerationCancelled, StepCallback
 from .modeling.devices import Placement, placement as choose_placement
@@ -66,6 +67,8 @@ class GenerationResult:
     seeds: list[int]
     timings: dict[str, float]
     parameters: dict = field(default_factory=dict)
+    # With the self-check (candidates > 1): each kept image's image-caption cosine, else None
+    scores: list[float] | None = None
 
     @property
     def seed(self) -> int:
@@ -473,6 +476,9 @@ class OmniBridgePipeline:
             condition = self.alignment.condition(llm_states, llm_mask, inputs_embeds=inputs)
         return CaptionEncoding(encoding.embeds, encoding.mask, condition.to(self.decoder.dtype), encoding.mask_2)
 
+    def _resolve_candidates(self, candidates: int | None, default: int) -> int:
+        return int(np.clip(int(default if candidates is None else candidates), 1, MAX_CANDIDATES))
+
     def _resolve_sampler(self, sampler: str | None) -> str:
         if sampler in (None, ""):
             return self.decoder.sampler_kind
@@ -481,15 +487,32 @@ class OmniBridgePipeline:
         return sampler
 
     def _decode(self, cond, seeds, steps, guidance, height, width, callback, negative_prompt, init_image=None,
-                strength=1.0, sampler=None):
+                strength=1.0, sampler=None, candidates=1, captions=None):
+        """Denoise and decode one image per seed: (images, seeds, scores).
+
+        With `candidates` > 1 every image is drawn that many times in one batch and the candidate
+        whose embedding is closest to its caption (`captions`: one, or one per seed) is kept
+        (self_check.py); `scores` are the kept ones' cosines, else None.
+        """
         negative = self.decoder.negative_encoding(negative_prompt or self.config.generation.negative_prompt)
         init_latents = None
         if init_image is not None and strength < 1.0:
             init_latents = self._encode_image_latents(init_image, height, width)
-        latents = self.decoder.denoise(cond.repeat(len(seeds)) if len(cond) == 1 else cond, seeds, height, width,
-                                       steps, guidance, negative, callback, init_latents=init_latents,
-                                       strength=strength, sampler=sampler)
-        return self.decoder.decode_latents(latents)
+        draws = candidate_seeds(seeds, candidates, MAX_SEED)
+        per_draw = cond.repeat(len(draws)) if len(cond) == 1 else cond.repeat(candidates)
+        latents = self.decoder.denoise(per_draw, draws, height, width, steps, guidance, negative, callback,
+                                       init_latents=init_latents, strength=strength, sampler=sampler)
+        images = self.decoder.decode_latents(latents)
+        if candidates == 1:
+            return images, seeds, None
+        captions = captions * len(seeds) if len(captions) == 1 else captions
+        image_vectors = self._embed_vectors([load_image(image) for image in images], "image0",
+                                            self.alignment.embed_image_states)
+        text_vectors = self._embed_vectors([SpanText("text", c) for c in captions], "text",
+                                           self.alignment.embed_text_states)
+        scores = (image_vectors * np.repeat(text_vectors, candidates, axis=0)).sum(axis=1)
+        kept = best_candidates(scores, candidates)
+        return [images[i] for i in kept], [draws[i] for i in kept], [round(float(scores[i]), 4) for i in kept]
 
     def _encode_image_latents(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
         pixels = np.asarray(image.resize((width, height), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
@@ -526,17 +549,20 @@ class OmniBridgePipeline:
                  height: int | None = None, width: int | None = None, num_images: int = 1,
                  negative_prompt: str | None = None, callback: StepCallback | None = None,
                  use_learned_queries: bool = True, caption: str | None = None,
-                 sampler: str | None = None) -> GenerationResult:
+                 sampler: str | None = None, candidates: int | None = None) -> GenerationResult:
         """Text to image through OmniBridge (or, with use_learned_queries=False, the decoder alone).
 
         Image i uses seed `seed + i`, so any one image can be reproduced on its own. `caption`
         skips the rewrite with a caption already written (a chat turn's drawing). `sampler` picks
-        one of SAMPLERS for this call (default: the model's).
+        one of SAMPLERS for this call (default: the model's). `candidates` > 1 draws that many per
+        image and keeps the one the model rates closest to the caption (self_check.py; default: the
+        model's `candidates`).
         """
         prompt = clean_text(prompt)
         steps, guidance, height, width, seeds = self._resolve_settings(
             num_inference_steps, guidance_scale, height, width, num_images, seed)
         sampler = self._resolve_sampler(sampler)
+        candidates = self._resolve_candidates(candidates, self.config.generation.candidates)
 
         def job():
             start = time.perf_counter()
@@ -546,35 +572,36 @@ class OmniBridgePipeline:
             cond = self._conditions_for_prompts([prompt], [written], use_learned_queries)
             timings = {"rewrite_condition_s": time.perf_counter() - start}
             mark = time.perf_counter()
-            images = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
-                                  sampler=sampler)
+            drawn = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
+                                 sampler=sampler, candidates=candidates, captions=[written])
             timings["denoise_decode_s"] = time.perf_counter() - mark
             timings["total_s"] = time.perf_counter() - start
-            return written, images, timings
+            return written, drawn, timings
 
-        caption, images, timings = self.run_job(job)
+        caption, (images, kept_seeds, scores), timings = self.run_job(job)
         parameters = {"mode": "generate", "prompt": prompt, "caption": caption, "rewrite": rewrite,
                       "sampler": sampler, "num_inference_steps": steps, "guidance_scale": guidance,
-                      "height": height, "width": width,
-                      "seeds": seeds, "conditioning": "learned_queries" if use_learned_queries else "decoder_text",
+                      "height": height, "width": width, "candidates": candidates,
+                      "seeds": kept_seeds, "conditioning": "learned_queries" if use_learned_queries else "decoder_text",
                       "model": self.model_id}
-        return GenerationResult(images, prompt, caption, seeds, timings, parameters)
+        return GenerationResult(images, prompt, caption, kept_seeds, timings, parameters, scores)
 
     def generate_batch(self, prompts: list[str], seeds: list[int], rewrite: bool = True,
                        use_learned_queries: bool = True, num_inference_steps: int | None = None,
-                       guidance_scale: float | None = None,
-                       sampler: str | None = None) -> tuple[list[Image.Image], list[str]]:
+                       guidance_scale: float | None = None, sampler: str | None = None,
+                       candidates: int | None = None) -> tuple[list[Image.Image], list[str]]:
         """One image per prompt, all in one batch (evaluation and benchmarks): (images, captions)."""
         prompts = [clean_text(p) for p in prompts]
         steps, guidance, height, width, _ = self._resolve_settings(
             num_inference_steps, guidance_scale, None, None, 1, 0)
         sampler = self._resolve_sampler(sampler)
+        candidates = self._resolve_candidates(candidates, self.config.generation.candidates)
 
         def job():
             captions = self.rewrite_prompts(prompts) if rewrite else list(prompts)
             cond = self._conditions_for_prompts(prompts, captions, use_learned_queries)
-            images = self._decode(cond, [int(s) for s in seeds], steps, guidance, height, width, None, None,
-                                  sampler=sampler)
+            images, _, _ = self._decode(cond, [int(s) for s in seeds], steps, guidance, height, width, None, None,
+                                        sampler=sampler, candidates=candidates, captions=captions)
             return images, captions
 
         return self.run_job(job)
@@ -583,11 +610,13 @@ class OmniBridgePipeline:
              guidance_scale: float | None = None, num_images: int = 1, strength: float = 1.0,
              negative_prompt: str | None = None, callback: StepCallback | None = None,
              height: int | None = None, width: int | None = None, caption: str | None = None,
-             sampler: str | None = None) -> GenerationResult:
+             sampler: str | None = None, candidates: int | None = None) -> GenerationResult:
         """Edit by regeneration, as OmniBridge does: image + instruction -> target caption -> decoder.
 
         `strength` < 1 starts denoising from the source image's noised latents (SDEdit), which keeps
         more of its layout; 1.0 is the paper's setting. `caption` skips writing the target caption.
+        `candidates` as in `generate` (default: the model's `edit_candidates`): candidates are rated
+        against the target caption.
         """
         source = load_image(image)
         instruction = clean_text(instruction, what="instruction")
@@ -595,6 +624,7 @@ class OmniBridgePipeline:
         steps, guidance, height, width, seeds = self._resolve_settings(
             num_inference_steps, guidance_scale, height, width, num_images, seed)
         sampler = self._resolve_sampler(sampler)
+        candidates = self._resolve_candidates(candidates, self.config.generation.edit_candidates)
 
         def job():
             start = time.perf_counter()
@@ -602,18 +632,19 @@ class OmniBridgePipeline:
             cond = self._edit_condition(source, instruction, written)
             timings = {"rewrite_condition_s": time.perf_counter() - start}
             mark = time.perf_counter()
-            images = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
-                                  init_image=source, strength=strength, sampler=sampler)
+            drawn = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
+                                 init_image=source, strength=strength, sampler=sampler, candidates=candidates,
+                                 captions=[written])
             timings["denoise_decode_s"] = time.perf_counter() - mark
             timings["total_s"] = time.perf_counter() - start
-            return written, images, timings
+            return written, drawn, timings
 
-        caption, images, timings = self.run_job(job)
+        caption, (images, kept_seeds, scores), timings = self.run_job(job)
         parameters = {"mode": "edit", "instruction": instruction, "caption": caption, "sampler": sampler,
                       "num_inference_steps": steps,
                       "guidance_scale": guidance, "strength": strength, "height": height, "width": width,
-                      "seeds": seeds, "model": self.model_id}
-        return GenerationResult(images, instruction, caption, seeds, timings, parameters)
+                      "candidates": candidates, "seeds": kept_seeds, "model": self.model_id}
+        return GenerationResult(images, instruction, caption, kept_seeds, timings, parameters, scores)
 
     # -------------------------------------------------------------------------- chat with images
     def stream_chat_turn(self, messages: list[dict], images: list | None = None, mode: str = "auto",
@@ -667,20 +698,19 @@ class OmniBridgePipeline:
                            batch_size)
 
     def _embed(self, parts: list, span: str, embed_states, batch_size: int) -> np.ndarray:
-        """One user turn per item; the LLM states over the item's own tokens -> retrieval heads."""
+        return self.run_job(lambda: self._embed_vectors(parts, span, embed_states, batch_size))
 
-        def job() -> np.ndarray:
-            vectors = [np.zeros((0, self.embedding_dim), np.float32)]
-            for start in range(0, len(parts), batch_size):
-                prompts = [self.format.encode([Message("user", [part])]) for part in parts[start:start + batch_size]]
-                collated = self.format.collate(prompts, "right")
-                states, offset = self._states_after_shared_prefix(collated)
-                spans = [(a - offset, b - offset) for a, b in (s[span] for s in collated["spans"])]
-                span_states, mask = gather_spans(states, spans)
-                vectors.append(embed_states(span_states, mask).cpu().numpy())
-            return np.concatenate(vectors).astype(np.float32)
-
-        return self.run_job(job)
+    def _embed_vectors(self, parts: list, span: str, embed_states, batch_size: int = 64) -> np.ndarray:
+        """One user turn per item; the LLM states over the item's own tokens -> retrieval heads (inside a job)."""
+        vectors = [np.zeros((0, self.embedding_dim), np.float32)]
+        for start in range(0, len(parts), batch_size):
+            prompts = [self.format.encode([Message("user", [part])]) for part in parts[start:start + batch_size]]
+            collated = self.format.collate(prompts, "right")
+            states, offset = self._states_after_shared_prefix(collated)
+            spans = [(a - offset, b - offset) for a, b in (s[span] for s in collated["spans"])]
+            span_states, mask = gather_spans(states, spans)
+            vectors.append(embed_states(span_states, mask).cpu().numpy())
+        return np.concatenate(vectors).astype(np.float32)
 
     def _states_after_shared_prefix(self, collated: dict) -> tuple[torch.Tensor, int]:
         """The LLM's last hidden states for a batch, from the first position its prompts do not share.

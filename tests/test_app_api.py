@@ -51,6 +51,18 @@ def test_edit(client):
     assert len(images) == 1 and seed == 3 and details["mode"] == "edit"
 
 
+def test_the_self_check_is_an_api_setting_and_reports_its_scores(client):
+    images, _, seed, details = client.predict("two red circles", False, 7, False, 2, 2.0, 1, "", 3,
+                                              api_name="/generate")
+    assert len(images) == 1 and details["candidates"] == 3 and seed in (7, 8, 9)
+    assert len(details["self_check_scores"]) == 1 and -1.0 <= details["self_check_scores"][0] <= 1.0
+    _, _, seed, details = client.predict(handle_file(EXAMPLE), "make the circle blue", 3, False, 2, 2.0, 1.0, 1,
+                                         "", 2, api_name="/edit")
+    assert details["candidates"] == 2 and seed in (3, 4) and len(details["self_check_scores"]) == 1
+    default = client.predict("a red circle", False, 1, False, 2, 2.0, 1, api_name="/generate")[3]
+    assert default["candidates"] == 1 and "self_check_scores" not in default  # omitted: the model's own
+
+
 def test_search_every_direction(client):
     for mode, query_text, query_image in (("Text → images", "a red circle", None),
                                           ("Text → captions", "a red circle", None),

@@ -217,6 +217,48 @@ def test_generate_returns_images_seeds_caption_and_timings(tiny_pipeline):
     assert difference.max() <= 2
 
 
+
+def test_candidate_seeds_and_best_candidates():
+    from omnibridge.self_check import best_candidates, candidate_seeds
+
+    # candidate 0 of each image is the image drawn without the self-check; no seed repeats
+    assert candidate_seeds([5, 6], 3, max_seed=100) == [5, 7, 9, 6, 8, 10]
+    assert candidate_seeds([99, 100], 2, max_seed=100) == [99, 0, 100, 1]
+    assert best_candidates(np.array([0.1, 0.5, 0.2, 0.9, 0.3, 0.4]), 3) == [1, 3]
+    assert best_candidates(np.array([0.3, 0.2]), 1) == [0, 1]
+
+
+def test_self_check_keeps_the_candidate_the_models_own_embeddings_rate_best(tiny_pipeline):
+    settings = dict(num_inference_steps=2, guidance_scale=2.0)
+    result = tiny_pipeline.generate("two red circles", seed=10, num_images=2, candidates=3, **settings)
+    assert len(result.images) == 2 and len(result.scores) == 2 and result.parameters["candidates"] == 3
+    caption_vector = tiny_pipeline.embed_texts([result.caption])[0]
+    for i, (kept_image, kept_seed, kept_score) in enumerate(zip(result.images, result.seeds, result.scores)):
+        draws = [10 + i + 2 * j for j in range(3)]
+        assert kept_seed in draws
+        alone = [tiny_pipeline.generate("two red circles", seed=s, caption=result.caption, **settings).images[0]
+                 for s in draws]
+        scores = tiny_pipeline.embed_images(alone) @ caption_vector
+        assert draws[int(np.argmax(scores))] == kept_seed
+        assert abs(float(scores.max()) - kept_score) < 1e-2
+        # the seed written back redraws the kept image on its own (up to float rounding between batch sizes)
+        redrawn = np.asarray(alone[draws.index(kept_seed)], dtype=int)
+        assert np.abs(redrawn - np.asarray(kept_image, dtype=int)).max() <= 2
+    plain = tiny_pipeline.generate("two red circles", seed=10, **settings)
+    assert plain.scores is None and plain.parameters["candidates"] == 1
+
+
+def test_self_check_works_for_edits_and_batches_and_clamps_the_count(tiny_pipeline, scene_image):
+    settings = dict(num_inference_steps=2, guidance_scale=2.0)
+    edited = tiny_pipeline.edit(scene_image, "make the circle blue", seed=3, candidates=2, **settings)
+    assert len(edited.images) == 1 and edited.seeds[0] in (3, 4) and len(edited.scores) == 1
+    images, captions = tiny_pipeline.generate_batch(["a circle", "a square"], [1, 2], rewrite=False, candidates=2,
+                                                    **settings)
+    assert len(images) == 2 and captions == ["a circle", "a square"]
+    assert tiny_pipeline.generate("a circle", candidates=99, **settings).parameters["candidates"] == 8
+    assert tiny_pipeline.generate("a circle", candidates=0, **settings).parameters["candidates"] == 1
+
+
 def test_generation_can_be_cancelled_between_steps(tiny_pipeline):
     def stop_at_second_step(decoder, step, timestep, tensors):
         if step == 1:
@@ -439,7 +481,7 @@ def test_hunyuandit_reads_the_t5_padding_positions(tiny_pipeline):
     changed = CaptionEncoding(cond.embeds, cond.mask, torch.where(padding, cond.embeds_2 + 5.0, cond.embeds_2),
                               cond.mask_2)
     size = tiny_pipeline.config.generation.height
-    same = [np.asarray(tiny_pipeline._decode(c, [0], 2, 2.0, size, size, None, None)[0], dtype=int)
+    same = [np.asarray(tiny_pipeline._decode(c, [0], 2, 2.0, size, size, None, None)[0][0], dtype=int)
             for c in (cond, cond, changed)]
     assert (same[0] == same[1]).all()
     assert np.abs(same[0] - same[2]).max() > 0

@@ -34,4 +34,5 @@ def evaluate_editing(pipe, per_type: int = 15, num_inference_steps: int | None =
     scores = {t: round(sum(v) / len(v), 4) for t, v in passed.items()}
     total = [ok for v in passed.values() for ok in v]
     return {**scores, "overall": round(sum(total) / len(total), 4),
-            "target_caption_exact": round(sum(caption_right) / len(caption_right), 4), "n_edits": len(total)}
+            "target_caption_exact": round(sum(caption_right) / len(caption_right), 4), "n_edits": len(total),
+            "candidates": pipe.config.generation.edit_candidates}

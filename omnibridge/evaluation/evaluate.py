@@ -29,9 +29,13 @@ def evaluate_generation_paths(pipe, per_category: int, steps: int | None, guidan
     cases = generation_cases(per_category)
 
     def through(rewrite: bool, learned_queries: bool):
+        # The reference is the decoder alone: no self-check by the LLM's embeddings
+        candidates = None if learned_queries else 1
+
         def generate(prompts, seeds):
             images, _ = pipe.generate_batch(prompts, seeds, rewrite=rewrite, use_learned_queries=learned_queries,
-                                            num_inference_steps=steps, guidance_scale=guidance)
+                                            num_inference_steps=steps, guidance_scale=guidance,
+                                            candidates=candidates)
             return images
         return generate
 
@@ -46,6 +50,7 @@ def evaluate_generation_paths(pipe, per_category: int, steps: int | None, guidan
             "rewrite_keeps_canonical_prompt": round(rewrite_exact, 4),
             "settings": {"num_inference_steps": steps or defaults.num_inference_steps,
                          "guidance_scale": guidance if guidance is not None else defaults.guidance_scale,
+                         "candidates": defaults.candidates,
                          "prompts_per_category": per_category}}
 
 
@@ -76,6 +81,8 @@ def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = 10
                    retrieval_scenes: int = 1000, steps: int | None = None, guidance: float | None = None) -> dict:
     report: dict = {"model": pipe.model_id, "source": pipe.model.source,
                     "sampler": pipe.decoder.sampler_kind,
+                    "candidates": pipe.config.generation.candidates,
+                    "edit_candidates": pipe.config.generation.edit_candidates,
                     "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     runners = {
         "generation": lambda: evaluate_generation_paths(pipe, per_category, steps, guidance),
@@ -129,12 +136,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     parser.add_argument("--sampler", choices=SAMPLERS, help="denoising sampler (default: the model's)")
+    parser.add_argument("--candidates", type=int,
+                        help="self-check: images drawn per image kept, generation's full path (default: the model's)")
+    parser.add_argument("--edit-candidates", type=int, help="the same for editing (default: the model's)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--write-card", action="store_true", help="also write README.md into the model folder")
     args = parser.parse_args(argv)
     pipe = OmniBridgePipeline.from_pretrained(args.model, device=args.device)
     if args.sampler:
         pipe.decoder.set_sampler(args.sampler)
+    if args.candidates:
+        pipe.config.generation.candidates = args.candidates
+    if args.edit_candidates:
+        pipe.config.generation.edit_candidates = args.edit_candidates
     report = run_evaluation(pipe, args.parts.split(","), args.prompts_per_category, args.questions_per_type,
                             args.edits_per_type, args.retrieval_scenes, args.steps, args.guidance)
     Path(args.out).write_text(json.dumps(report, indent=2))

@@ -67,7 +67,11 @@ def _goal_rows(report: dict) -> list[tuple[str, str, bool]]:
         side = "below" if gap > 0 else "above"
         rows.append(("full path within 0.05 of the decoder alone", f"{abs(gap):.2f} {side}", gap <= 0.05))
     if "editing" in report:
-        rows.append(("editing >= 0.50", f"{report['editing']['overall']:.2f}", report["editing"]["overall"] >= 0.50))
+        editing = report["editing"]
+        measured = f"{editing['overall']:.2f}"
+        if editing.get("candidates", 1) > 1:
+            measured += f" (self-check: best of {editing['candidates']} candidates, the model's default)"
+        rows.append(("editing >= 0.50", measured, editing["overall"] >= 0.50))
     if "speed" in report:
         speed = report["speed"]
         rows.append(("one 64x64 image <= 0.5 s", f"{speed['image_s']:.3f} s", speed["image_s"] <= 0.5))

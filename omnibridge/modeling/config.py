@@ -74,6 +74,9 @@ class GenerationDefaults:
     width: int = 1024
     negative_prompt: str = ""
     sampler: str = "dpm++"  # one of decoder.SAMPLERS; ddpm at 100 steps is the official setting
+    # Images drawn per image shown; more than one keeps the one the model rates best (self_check.py)
+    candidates: int = 1
+    edit_candidates: int = 1
     max_new_tokens: int = 256
     allowed_sizes: tuple[int, ...] = (768, 1024, 1280)
 

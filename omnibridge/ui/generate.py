@@ -14,6 +14,7 @@ from ..gallery.store import content_id
 from ..inputs import MAX_PROMPT_CHARS, clean_text, load_image
 from ..modeling.decoder import SAMPLERS, GenerationCancelled
 from ..pipeline import MAX_SEED
+from ..self_check import MAX_CANDIDATES
 from .common import MODEL_QUEUE, clamp_float, clamp_int, generation_seconds, on_gpu, session_of, user_errors
 from .components import ImageInput
 from .context import AppContext
@@ -60,28 +61,37 @@ class Generator:
         return (seed, clamp_int(steps, 1, 100, defaults.num_inference_steps),
                 clamp_float(guidance, 1.0, 20.0, defaults.guidance_scale), clamp_int(count, 1, 4, 1))
 
+    @staticmethod
+    def _candidates(candidates) -> int | None:
+        """The self-check's count; None (left out, 0 or not a number) is the model's default."""
+        count = clamp_int(candidates, 0, MAX_CANDIDATES, 0)
+        return count or None
+
     def _outputs(self, result, started: float, extra: dict | None = None):
         result.parameters.update(extra or {})
         paths = [self.ctx.save_output(image, {**result.parameters, "seed": s})
                  for image, s in zip(result.images, result.seeds)]
         details = {**result.parameters, "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
                    "latency_s": round(time.perf_counter() - started, 3)}
+        if result.scores is not None:
+            details["self_check_scores"] = result.scores
         records = [{"path": p, "parameters": {**result.parameters, "seed": s}, "latency_s": details["latency_s"]}
                    for p, s in zip(paths, result.seeds)]
         return paths, result.caption, result.seed, details, records
 
     def generate(self, prompt, rewrite, seed, randomize, steps, guidance, count, session="api",
-                 progress=gr.Progress(), size=None, sampler=None):
+                 progress=gr.Progress(), size=None, sampler=None, candidates=None):
         started = time.perf_counter()
         prompt = clean_text(prompt, MAX_PROMPT_CHARS)
         seed, steps, guidance, count = self._settings(seed, randomize, steps, guidance, count)
         result = self.ctx.pipeline.generate(prompt, rewrite=bool(rewrite), seed=seed, num_inference_steps=steps,
                                             guidance_scale=guidance, num_images=count, height=size, width=size,
-                                            callback=self._callback(session, steps, progress), sampler=sampler)
+                                            callback=self._callback(session, steps, progress), sampler=sampler,
+                                            candidates=self._candidates(candidates))
         return self._outputs(result, started)
 
     def edit(self, image, instruction, seed, randomize, steps, guidance, strength, count, session="api",
-             progress=gr.Progress(), size=None, sampler=None):
+             progress=gr.Progress(), size=None, sampler=None, candidates=None):
         started = time.perf_counter()
         if not image:
             raise gr.Error("Add an image to edit (upload one, or use 'Send to edit' on a result).")
@@ -91,14 +101,16 @@ class Generator:
         result = self.ctx.pipeline.edit(source, instruction, seed=seed, num_inference_steps=steps,
                                         guidance_scale=guidance, strength=clamp_float(strength, 0.05, 1.0, 1.0),
                                         num_images=count, height=size, width=size,
-                                        callback=self._callback(session, steps, progress), sampler=sampler)
+                                        callback=self._callback(session, steps, progress), sampler=sampler,
+                                        candidates=self._candidates(candidates))
         return self._outputs(result, started, {"source_sha": content_id(source)})
 
 
 def _seconds(mode_name, image, text, do_rewrite, seed_value, random_seed, n_steps, scale, edit_strength, n,
-             side=None, *request_and_progress) -> int:
+             side=None, sampler_kind=None, n_candidates=1, *request_and_progress) -> int:
     """ZeroGPU duration for one request of the tab (the same arguments as the event)."""
-    return generation_seconds(clamp_int(n_steps, 1, 100, 20), clamp_int(n, 1, 4, 1))
+    drawn = clamp_int(n, 1, 4, 1) * clamp_int(n_candidates, 1, MAX_CANDIDATES, 1)
+    return generation_seconds(clamp_int(n_steps, 1, 100, 20), drawn)
 
 
 def build_generate_tab(ctx: AppContext) -> dict:
@@ -124,6 +136,10 @@ def build_generate_tab(ctx: AppContext) -> dict:
                 guidance = gr.Slider(1.0, 10.0, value=defaults.guidance_scale, step=0.5, label="Guidance",
                                      info="Higher follows the caption harder; too high erases objects")
                 count = gr.Slider(1, 4, value=1, step=1, label="Images")
+                candidates = gr.Slider(1, MAX_CANDIDATES, value=defaults.candidates, step=1,
+                                       label="Self-check: candidates per image", elem_id="gen-candidates",
+                                       info="Draw this many and keep the one the model itself rates closest to "
+                                            "the caption (its retrieval embeddings); each one costs an image's time")
                 strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Edit strength", visible=False,
                                      info="1 regenerates from the new caption (the paper); lower keeps more layout")
                 sizes = [f"{side} x {side}" for side in defaults.allowed_sizes]
@@ -151,20 +167,21 @@ def build_generate_tab(ctx: AppContext) -> dict:
     def switch(mode_name):
         editing = mode_name == "Edit"
         return (gr.Image(visible=editing), gr.Slider(visible=editing), gr.Checkbox(visible=not editing),
-                gr.Button(value="Edit" if editing else "Generate"))
+                gr.Button(value="Edit" if editing else "Generate"),
+                defaults.edit_candidates if editing else defaults.candidates)
 
     @on_gpu(_seconds)
     @user_errors
     def run_ui(mode_name, image, text, do_rewrite, seed_value, random_seed, n_steps, scale, edit_strength, n,
-               size_label, sampler_kind, request: gr.Request = None, progress=gr.Progress()):
+               size_label, sampler_kind, n_candidates, request: gr.Request = None, progress=gr.Progress()):
         session = session_of(request)
         side = clamp_int(str(size_label or "").split(" x ")[0], 1, 8192, defaults.height)
         if mode_name == "Edit":
             outputs = generator.edit(image, text, seed_value, random_seed, n_steps, scale, edit_strength, n,
-                                     session, progress, side, sampler_kind)
+                                     session, progress, side, sampler_kind, n_candidates)
         else:
             outputs = generator.generate(text, do_rewrite, seed_value, random_seed, n_steps, scale, n, session,
-                                         progress, side, sampler_kind)
+                                         progress, side, sampler_kind, n_candidates)
         return (*outputs, 0, set())
 
     def stop_now(request: gr.Request = None):
@@ -203,11 +220,13 @@ def build_generate_tab(ctx: AppContext) -> dict:
     def send_to_edit(records, index):
         item = current(records, index)
         return (gr.Radio(value="Edit"), gr.Image(value=item["path"], visible=True), gr.Slider(visible=True),
-                gr.Checkbox(visible=False), gr.Button(value="Edit"))
+                gr.Checkbox(visible=False), gr.Button(value="Edit"), defaults.edit_candidates)
 
-    ui_inputs = [mode, source, prompt, rewrite, seed, randomize, steps, guidance, strength, count, size, sampler]
+    ui_inputs = [mode, source, prompt, rewrite, seed, randomize, steps, guidance, strength, count, size, sampler,
+                 candidates]
     ui_outputs = [gallery, caption, seed, details, results, selected, rated]
-    mode.change(switch, [mode], [source, strength, rewrite, run], queue=False, api_visibility="private")
+    mode.change(switch, [mode], [source, strength, rewrite, run, candidates], queue=False,
+                api_visibility="private")
     sampler.change(lambda kind: SAMPLER_STEPS.get(kind, defaults.num_inference_steps), [sampler], [steps],
                    queue=False, api_visibility="private")
     running = gr.on([run.click, prompt.submit], run_ui, ui_inputs, ui_outputs, api_visibility="private",
@@ -217,8 +236,8 @@ def build_generate_tab(ctx: AppContext) -> dict:
     like.click(rate("like"), [results, selected, prompt, rated], [rated], api_visibility="private")
     dislike.click(rate("dislike"), [results, selected, prompt, rated], [rated], api_visibility="private")
     save.click(save_to_gallery, [results, selected], None, api_visibility="private", **MODEL_QUEUE)
-    to_edit.click(send_to_edit, [results, selected], [mode, source, strength, rewrite, run], queue=False,
-                  api_visibility="private")
+    to_edit.click(send_to_edit, [results, selected], [mode, source, strength, rewrite, run, candidates],
+                  queue=False, api_visibility="private")
     _build_generate_api(generator)
     return {"mode": mode, "source": source, "prompt": prompt, "run": run, "strength": strength,
             "rewrite": rewrite}
@@ -237,6 +256,7 @@ def _build_generate_api(generator: Generator) -> None:
         strength = gr.Number(value=1.0, label="strength")
         count = gr.Number(value=1, precision=0, label="num_images")
         sampler = gr.Textbox(value="", label="sampler")
+        candidates = gr.Number(value=0, precision=0, label="candidates")  # 0: the model's default
         images = gr.Gallery(format="png", type="filepath", label="images")
         caption = gr.Textbox(label="caption")
         used_seed = gr.Number(label="seed_used")
@@ -245,18 +265,18 @@ def _build_generate_api(generator: Generator) -> None:
 
     @user_errors
     def generate_api(text, do_rewrite, seed_value, random_seed, n_steps, scale, n, sampler_kind="",
-                     progress=gr.Progress()):
+                     n_candidates=None, progress=gr.Progress()):
         return generator.generate(text, do_rewrite, seed_value, random_seed, n_steps, scale, n, "api", progress,
-                                  sampler=sampler_kind or None)[:4]
+                                  sampler=sampler_kind or None, candidates=n_candidates)[:4]
 
     @user_errors
     def edit_api(source, text, seed_value, random_seed, n_steps, scale, edit_strength, n, sampler_kind="",
-                 progress=gr.Progress()):
+                 n_candidates=None, progress=gr.Progress()):
         return generator.edit(source, text, seed_value, random_seed, n_steps, scale, edit_strength, n, "api",
-                              progress, sampler=sampler_kind or None)[:4]
+                              progress, sampler=sampler_kind or None, candidates=n_candidates)[:4]
 
     outputs = [images, caption, used_seed, details]
-    generate_button.click(generate_api, [prompt, rewrite, seed, randomize, steps, guidance, count, sampler],
-                          outputs, api_name="generate", **MODEL_QUEUE)
-    edit_button.click(edit_api, [image, prompt, seed, randomize, steps, guidance, strength, count, sampler],
-                      outputs, api_name="edit", **MODEL_QUEUE)
+    generate_button.click(generate_api, [prompt, rewrite, seed, randomize, steps, guidance, count, sampler,
+                                         candidates], outputs, api_name="generate", **MODEL_QUEUE)
+    edit_button.click(edit_api, [image, prompt, seed, randomize, steps, guidance, strength, count, sampler,
+                                 candidates], outputs, api_name="edit", **MODEL_QUEUE)
