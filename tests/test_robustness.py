@@ -188,6 +188,15 @@ def test_numbers_are_clamped_even_when_not_numbers():
     assert clamp_int("abc", 1, 100, 20) == 20 and clamp_int(10**30, 1, 100, 20) == 100 and clamp_int(-5, 1, 4, 1) == 1
 
 
+def test_self_check_count_and_gpu_budget_take_bad_values_and_grow_with_the_draws():
+    from omnibridge.ui.generate import Generator, _seconds
+
+    assert Generator._candidates(None) is None and Generator._candidates("") is None  # the model's default
+    assert Generator._candidates(0) is None and Generator._candidates(3) == 3 and Generator._candidates(99) == 8
+    request = ("Generate", None, "two circles", True, 0, False, 20, 2.0, 1.0, 2, 64, "dpm++")
+    assert _seconds(*request, 4) > _seconds(*request, 1) == _seconds(*request, "nonsense")
+
+
 def test_text_cleaning():
     assert clean_text("  a\x00b\tc\n d\u200b ") == "a b c d"
     assert "\ud800" not in clean_text("x\ud800y")
