@@ -38,7 +38,6 @@ from transformers.generation.streamers import BaseStreamer
 
 from .inputs import InvalidInputError, clean_text, load_image, normalize_messages
 from .model_thread import ModelThread
-from .self_check import MAX_CANDIDATES, best_candidates, candidate_seeds
 from .modeling.chat_format import ChatFormat, EncodedPrompt, Message, SpanText, gather_spans
 from .modeling.decoder import SAMPLERS, CaptionEncoding, GenerationCancelled, StepCallback
 from .modeling.devices import Placement, placement as choose_placement
@@ -50,6 +49,7 @@ from .modeling.loading import (
     resolve_folder,
     save_our_layout,
 )
+from .self_check import MAX_CANDIDATES, best_candidates, candidate_seeds
 
 MAX_SEED = 2**31 - 1
 # A streamed answer's text is updated at most this often (the first token always at once): 30 a second.

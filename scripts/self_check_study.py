@@ -52,8 +52,8 @@ def candidate_scores(pipe, images, captions) -> list[dict]:
     descriptions = pipe.answer_batch(images, ["Describe the image."] * len(images))
     describe_cosine = (pipe.embed_texts(descriptions) * pipe.embed_texts(captions)).sum(1)
     likelihood = log_likelihoods(pipe, images, captions)
-    return [{"cosine": float(c), "log_likelihood": ll, "describe_cosine": float(d), "cosine_plus_describe": float(c + d)}
-            for c, ll, d in zip(cosine, likelihood, describe_cosine)]
+    return [{"cosine": float(c), "log_likelihood": ll, "describe_cosine": float(d),
+             "cosine_plus_describe": float(c + d)} for c, ll, d in zip(cosine, likelihood, describe_cosine)]
 
 
 def summarise(cases: list[dict]) -> dict:
