@@ -156,7 +156,8 @@ def test_invalid_utf8_surrogates_over_raw_http(app_server):
     import urllib.request
 
     base = app_server["url"].rstrip("/") + "/gradio_api/call/generate"
-    body = json.dumps({"data": ["a red \ud800circle", False, 1, False, 1, 2.0, 1, ""]}).encode()  # ASCII escapes
+    # every input of /generate, the sampler ("" = the model's) and the self-check count (0 = the model's) last
+    body = json.dumps({"data": ["a red \ud800circle", False, 1, False, 1, 2.0, 1, "", 0]}).encode()  # ASCII escapes
     request = urllib.request.Request(base, data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         event_id = json.loads(response.read())["event_id"]
