@@ -119,7 +119,8 @@ def build_chat_tab(ctx: AppContext) -> dict:
         return history, gr.MultimodalTextbox(value=None, interactive=False)
 
     def respond_seconds(history, mode_label, max_tokens, temp, nucleus, draw_steps, request=None) -> int:
-        return generation_seconds(draw_steps, 1) + 20
+        defaults = ctx.pipeline.config.generation  # a turn may draw, or edit with the self-check's candidates
+        return generation_seconds(draw_steps, max(defaults.candidates, defaults.edit_candidates)) + 20
 
     @on_gpu(respond_seconds)
     @user_errors
