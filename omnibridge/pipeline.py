@@ -505,14 +505,18 @@ class OmniBridgePipeline:
         images = self.decoder.decode_latents(latents)
         if candidates == 1:
             return images, seeds, None
-        captions = captions * len(seeds) if len(captions) == 1 else captions
+        scores = self._caption_similarity(images, captions * len(seeds) if len(captions) == 1 else captions)
+        kept = best_candidates(scores, candidates)
+        return [images[i] for i in kept], [draws[i] for i in kept], [round(float(scores[i]), 4) for i in kept]
+
+    def _caption_similarity(self, images: list[Image.Image], captions: list[str]) -> np.ndarray:
+        """Cosine of each image's embedding with its caption's (inside a job); the images come in equal
+        groups, one per caption, as the self-check draws them."""
         image_vectors = self._embed_vectors([load_image(image) for image in images], "image0",
                                             self.alignment.embed_image_states)
         text_vectors = self._embed_vectors([SpanText("text", c) for c in captions], "text",
                                            self.alignment.embed_text_states)
-        scores = (image_vectors * np.repeat(text_vectors, candidates, axis=0)).sum(axis=1)
-        kept = best_candidates(scores, candidates)
-        return [images[i] for i in kept], [draws[i] for i in kept], [round(float(scores[i]), 4) for i in kept]
+        return (image_vectors * np.repeat(text_vectors, len(images) // len(captions), axis=0)).sum(axis=1)
 
     def _encode_image_latents(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
         pixels = np.asarray(image.resize((width, height), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
