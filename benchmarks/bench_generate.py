@@ -9,8 +9,12 @@ from .harness import RequestThreads, Result, Timing, ratio
 PROMPT = "a red circle to the left of a blue square"
 
 
-def bare_loop(decoder, caption: str, steps: int, guidance: float, size: int, seed: int = 0):
-    """The same components called directly, as a diffusers user would write it."""
+def bare_loop(decoder, caption: str, steps: int, guidance: float, size: int, seed: int = 0,
+              guidance_cutoff: float = 1.0):
+    """The same components called directly, as a diffusers user would write it (guiding the first
+    `guidance_cutoff` share of the steps, as the pipeline does, so that both do the same work)."""
+    import math
+
     from diffusers.models.embeddings import get_2d_rotary_pos_embed
 
     from omnibridge.modeling.decoder import get_resize_crop_region_for_grid
@@ -33,14 +37,20 @@ def bare_loop(decoder, caption: str, steps: int, guidance: float, size: int, see
                               generator=torch.Generator().manual_seed(seed))
         scheduler.set_timesteps(steps)
         latents = latents * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
-            out = transformer(model_input, torch.full((2,), float(t)), encoder_hidden_states=embeds,
+        guided_steps = math.ceil(steps * guidance_cutoff) if guidance > 1.0 else 0
+        for step, t in enumerate(scheduler.timesteps):
+            if step == guided_steps:  # the caption's branch alone from here on
+                embeds, mask, embeds_2, mask_2 = embeds[1:], mask[1:], embeds_2[1:], mask_2[1:]
+            model_input = torch.cat([latents] * len(embeds))
+            model_input = scheduler.scale_model_input(model_input, t)
+            out = transformer(model_input, torch.full((len(embeds),), float(t)), encoder_hidden_states=embeds,
                               text_embedding_mask=mask, encoder_hidden_states_t5=embeds_2,
                               text_embedding_mask_t5=mask_2, image_rotary_emb=rotary, return_dict=False)[0]
             out = out[:, : latents.shape[1]]
-            uncond, text = out.chunk(2)
-            latents = scheduler.step(uncond + guidance * (text - uncond), t, latents, return_dict=False)[0]
+            if len(embeds) == 2:
+                uncond, text = out.chunk(2)
+                out = uncond + guidance * (text - uncond)
+            latents = scheduler.step(out, t, latents, return_dict=False)[0]
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return vae.decode(latents / vae.config.scaling_factor + shift).sample
 
@@ -48,21 +58,28 @@ def bare_loop(decoder, caption: str, steps: int, guidance: float, size: int, see
 def run(pipe, repeats: int = 5) -> Result:
     defaults = pipe.config.generation
     steps, guidance, size = defaults.num_inference_steps, defaults.guidance_scale, defaults.height
+    cutoff = defaults.guidance_cutoff
     requests = RequestThreads()  # the pipeline is asked from request threads, as in the app
     timings = Timing.interleaved({
         "full": requests(lambda: pipe.generate(PROMPT, seed=0)),
         "no_rewrite": requests(lambda: pipe.generate(PROMPT, rewrite=False, seed=0)),
         # on the pipeline's model thread, where its own jobs run (the same OpenMP team)
-        "bare": lambda: pipe.run_job(lambda: bare_loop(pipe.decoder, PROMPT, steps, guidance, size)),
+        "bare": lambda: pipe.run_job(lambda: bare_loop(pipe.decoder, PROMPT, steps, guidance, size,
+                                                       guidance_cutoff=cutoff)),
+        # what the model's guidance cutoff saves: the same loop guiding every step
+        "bare_every_step_guided": lambda: pipe.run_job(lambda: bare_loop(pipe.decoder, PROMPT, steps, guidance,
+                                                                         size)),
         "four": requests(lambda: pipe.generate(PROMPT, rewrite=False, seed=0, num_images=4)),
         # the self-check draws 4 and keeps 1: its own cost is the rating, against 4 images drawn
         "self_check_4": requests(lambda: pipe.generate(PROMPT, rewrite=False, seed=0, candidates=4)),
     }, repeats)
-    full, no_rewrite, bare, four, checked = (timings[k] for k in ("full", "no_rewrite", "bare", "four",
-                                                                  "self_check_4"))
+    full, no_rewrite, bare, four, checked, every_step = (
+        timings[k] for k in ("full", "no_rewrite", "bare", "four", "self_check_4", "bare_every_step_guided"))
     figures = {
-        "steps": steps, "guidance": guidance, "size": size, "sampler": defaults.sampler,
+        "steps": steps, "guidance": guidance, "guidance_cutoff": cutoff, "size": size, "sampler": defaults.sampler,
         "image_s": full.median_s, "image_no_rewrite_s": no_rewrite.median_s, "bare_loop_s": bare.median_s,
+        "bare_loop_every_step_guided_s": every_step.median_s,
+        "guidance_cutoff_vs_every_step_guided": ratio(bare.median_s, every_step.median_s),
         "overhead_vs_bare": ratio(no_rewrite.median_s, bare.median_s),
         "overhead_with_rewrite_vs_bare": ratio(full.median_s, bare.median_s),
         "four_images_s": four.median_s, "per_image_in_batch_of_4_s": round(four.median_s / 4, 4),

@@ -501,7 +501,8 @@ class OmniBridgePipeline:
         draws = candidate_seeds(seeds, candidates, MAX_SEED)
         per_draw = cond.repeat(len(draws)) if len(cond) == 1 else cond.repeat(candidates)
         latents = self.decoder.denoise(per_draw, draws, height, width, steps, guidance, negative, callback,
-                                       init_latents=init_latents, strength=strength, sampler=sampler)
+                                       init_latents=init_latents, strength=strength, sampler=sampler,
+                                       guidance_cutoff=self.config.generation.guidance_cutoff)
         images = self.decoder.decode_latents(latents)
         if candidates == 1:
             return images, seeds, None
@@ -585,6 +586,7 @@ class OmniBridgePipeline:
         caption, (images, kept_seeds, scores), timings = self.run_job(job)
         parameters = {"mode": "generate", "prompt": prompt, "caption": caption, "rewrite": rewrite,
                       "sampler": sampler, "num_inference_steps": steps, "guidance_scale": guidance,
+                      "guidance_cutoff": self.config.generation.guidance_cutoff,
                       "height": height, "width": width, "candidates": candidates,
                       "seeds": kept_seeds, "conditioning": "learned_queries" if use_learned_queries else "decoder_text",
                       "model": self.model_id}
@@ -646,7 +648,8 @@ class OmniBridgePipeline:
         caption, (images, kept_seeds, scores), timings = self.run_job(job)
         parameters = {"mode": "edit", "instruction": instruction, "caption": caption, "sampler": sampler,
                       "num_inference_steps": steps,
-                      "guidance_scale": guidance, "strength": strength, "height": height, "width": width,
+                      "guidance_scale": guidance, "guidance_cutoff": self.config.generation.guidance_cutoff,
+                      "strength": strength, "height": height, "width": width,
                       "candidates": candidates, "seeds": kept_seeds, "model": self.model_id}
         return GenerationResult(images, instruction, caption, kept_seeds, timings, parameters, scores)
 

@@ -3,6 +3,9 @@
 import random
 import threading
 
+import numpy as np
+import pytest
+
 from benchmarks import bench_chat, bench_embed, bench_generate
 from benchmarks.gpu_check import main as gpu_check
 from omnibridge.shapes import render, sample_scene
@@ -63,3 +66,22 @@ def test_interleaved_timing_runs_the_compared_functions_in_turn():
     idents = [threads(threading.get_ident)() for _ in range(4)]
     assert idents[0] == idents[2] != idents[1] == idents[3]  # each call on the next thread of the pool
     assert threading.get_ident() not in idents
+
+
+@pytest.mark.parametrize("cutoff", [1.0, 0.5])
+def test_the_bare_loop_draws_what_the_pipeline_draws(tiny_pipeline, monkeypatch, cutoff):
+    # The generate benchmark's baseline must do the pipeline's work, guidance cutoff included, or its
+    # ratio would credit the pipeline with steps it skipped.
+    from benchmarks.bench_generate import PROMPT, bare_loop
+
+    monkeypatch.setattr(tiny_pipeline.config.generation, "guidance_cutoff", cutoff)
+    drawn = tiny_pipeline.generate(PROMPT, rewrite=False, use_learned_queries=False, seed=0,
+                                   num_inference_steps=4, guidance_scale=3.0, sampler="dpm++").images[0]
+    original = tiny_pipeline.decoder.sampler_kind
+    tiny_pipeline.decoder.set_sampler("dpm++")
+    try:
+        pixels = bare_loop(tiny_pipeline.decoder, PROMPT, 4, 3.0, 64, seed=0, guidance_cutoff=cutoff)
+    finally:
+        tiny_pipeline.decoder.set_sampler(original)
+    bare = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
+    assert np.abs(bare - np.asarray(drawn, dtype=float)).max() <= 1

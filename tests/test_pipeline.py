@@ -290,7 +290,7 @@ def test_every_sampler_denoises_on_the_same_noise_schedule(tiny_pipeline):
     from omnibridge.modeling.decoder import SAMPLERS
 
     decoder = tiny_pipeline.decoder
-    original, betas = decoder.scheduler, decoder.scheduler.betas.clone()
+    original, kind, betas = decoder.scheduler, decoder.sampler_kind, decoder.scheduler.betas.clone()
     try:
         variants = set()
         for kind in SAMPLERS:
@@ -303,7 +303,20 @@ def test_every_sampler_denoises_on_the_same_noise_schedule(tiny_pipeline):
         with pytest.raises(ValueError):
             decoder.set_sampler("euler-magic")
     finally:
-        decoder.scheduler = original
+        decoder.scheduler, decoder.sampler_kind = original, kind
+
+
+def test_switching_back_from_the_sde_sampler_gives_the_deterministic_one(tiny_pipeline):
+    # make_sampler builds from the current scheduler's config: the SDE variant's algorithm must not leak
+    decoder = tiny_pipeline.decoder
+    original, kind = decoder.scheduler, decoder.sampler_kind
+    try:
+        decoder.set_sampler("dpm++sde")
+        assert decoder.scheduler.config.algorithm_type == "sde-dpmsolver++"
+        decoder.set_sampler("dpm++")
+        assert decoder.scheduler.config.algorithm_type == "dpmsolver++"
+    finally:
+        decoder.scheduler, decoder.sampler_kind = original, kind
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "dpm++sde"])
@@ -311,7 +324,7 @@ def test_stochastic_samplers_depend_only_on_each_images_seed(tiny_pipeline, kind
     # Their step noise comes from per-image generators, not the global RNG: a seed gives the same
     # image alone or in a batch, whatever ran before.
     decoder = tiny_pipeline.decoder
-    original = decoder.scheduler
+    original, original_kind = decoder.scheduler, decoder.sampler_kind
     try:
         decoder.set_sampler(kind)
         settings = dict(rewrite=False, num_inference_steps=4)
@@ -322,7 +335,7 @@ def test_stochastic_samplers_depend_only_on_each_images_seed(tiny_pipeline, kind
         other = np.asarray(tiny_pipeline.generate("a red circle", seed=6, **settings).images[0], dtype=int)
         assert np.abs(other - alone).max() > 1
     finally:
-        decoder.scheduler = original
+        decoder.scheduler, decoder.sampler_kind = original, original_kind
 
 
 def test_a_call_can_pick_its_sampler_without_changing_the_pipelines(tiny_pipeline):
@@ -485,3 +498,40 @@ def test_hunyuandit_reads_the_t5_padding_positions(tiny_pipeline):
             for c in (cond, cond, changed)]
     assert (same[0] == same[1]).all()
     assert np.abs(same[0] - same[2]).max() > 0
+
+
+def test_guidance_cutoff_guides_only_the_first_share_of_the_steps(tiny_pipeline, monkeypatch):
+    # A guided step runs the negative prompt's branch beside the caption's (batch 2B); after the
+    # cutoff the caption's branch runs alone, which is where the time is saved.
+    decoder = tiny_pipeline.decoder
+    cond = tiny_pipeline._condition(["a red circle"])
+    predict, batches = decoder.predict, []
+
+    def counting(latents, *args, **kwargs):
+        batches.append(latents.shape[0])
+        return predict(latents, *args, **kwargs)
+
+    monkeypatch.setattr(decoder, "predict", counting)
+
+    def denoise(cutoff, guidance=3.0):
+        batches.clear()
+        latents = decoder.denoise(cond, [4], 64, 64, 5, guidance, guidance_cutoff=cutoff)
+        return latents, list(batches)
+
+    full, steps = denoise(1.0)
+    assert steps == [2] * 5
+    part, steps = denoise(0.4)
+    assert steps == [2, 2, 1, 1, 1]
+    none, steps = denoise(0.0)
+    assert steps == [1] * 5
+    assert torch.equal(none, denoise(1.0, guidance=1.0)[0])  # no guided step = no guidance at all
+    assert not torch.allclose(part, full) and not torch.allclose(part, none)
+
+
+def test_the_models_guidance_cutoff_is_used_and_recorded(tiny_pipeline, monkeypatch):
+    settings = dict(rewrite=False, seed=2, num_inference_steps=3, guidance_scale=3.0)
+    monkeypatch.setattr(tiny_pipeline.config.generation, "guidance_cutoff", 0.0)
+    cut = tiny_pipeline.generate("a red circle", **settings)
+    assert cut.parameters["guidance_cutoff"] == 0.0
+    unguided = tiny_pipeline.generate("a red circle", **{**settings, "guidance_scale": 1.0})
+    assert np.array_equal(np.asarray(cut.images[0]), np.asarray(unguided.images[0]))

@@ -83,6 +83,7 @@ def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = 10
                     "sampler": pipe.decoder.sampler_kind,
                     "candidates": pipe.config.generation.candidates,
                     "edit_candidates": pipe.config.generation.edit_candidates,
+                    "guidance_cutoff": pipe.config.generation.guidance_cutoff,
                     "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     runners = {
         "generation": lambda: evaluate_generation_paths(pipe, per_category, steps, guidance),
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--retrieval-scenes", type=int, default=1000)
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    parser.add_argument("--guidance-cutoff", type=float,
+                        help="share of the steps that are guided, from the first (default: the model's)")
     parser.add_argument("--sampler", choices=SAMPLERS, help="denoising sampler (default: the model's)")
     parser.add_argument("--candidates", type=int,
                         help="self-check: images drawn per image kept, generation's full path (default: the model's)")
@@ -145,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = OmniBridgePipeline.from_pretrained(args.model, device=args.device)
     if args.sampler:
         pipe.decoder.set_sampler(args.sampler)
+    if args.guidance_cutoff is not None:
+        pipe.config.generation.guidance_cutoff = args.guidance_cutoff
     if args.candidates:
         pipe.config.generation.candidates = args.candidates
     if args.edit_candidates:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -271,12 +272,16 @@ class HunyuanDecoder:
         init_latents: torch.Tensor | None = None,
         strength: float = 1.0,
         sampler: str | None = None,
+        guidance_cutoff: float = 1.0,
     ) -> torch.Tensor:
         """Classifier-free-guided sampling; returns scaled latents [B, C, h, w].
 
         With `init_latents` and `strength` < 1, sampling starts from those latents noised to the
         matching timestep (SDEdit) and runs only the last `strength` share of the steps. `sampler`
         (one of SAMPLERS) uses a scheduler of its own for this call; None, the decoder's current one.
+        `guidance_cutoff` is the share of the steps run, counted from the first, that are guided; the
+        rest run the conditional branch alone, at half the cost (as diffusers' SDCFGCutoffCallback):
+        late, low-noise steps refine detail that the layout fixed by then no longer needs guided.
         """
         scheduler = self.scheduler
         if sampler not in (None, self.sampler_kind):
@@ -284,6 +289,7 @@ class HunyuanDecoder:
         noise = self.initial_latents(seeds, height, width)
         batch = noise.shape[0]
         guided = guidance_scale > 1.0
+        conditional_only = cond
         if guided:
             negative = negative or self.negative_encoding()
             cond = CaptionEncoding.cat([negative.repeat(batch) if len(negative) == 1 else negative, cond])
@@ -299,11 +305,13 @@ class HunyuanDecoder:
             latents = noise * scheduler.init_noise_sigma
         rotary = self._rotary_embedding(latents.shape[-2], latents.shape[-1])
         step_noise = _step_generators(scheduler, seeds)
+        guided_steps = math.ceil(len(timesteps) * float(np.clip(guidance_cutoff, 0.0, 1.0))) if guided else 0
         for step, timestep in enumerate(timesteps):
+            guided = step < guided_steps
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, timestep)
             t = torch.full((model_input.shape[0],), float(timestep), device=self.device)
-            prediction = self.predict(model_input, t, cond, rotary)
+            prediction = self.predict(model_input, t, cond if guided else conditional_only, rotary)
             if guided:
                 uncond, text = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (text - uncond)
@@ -372,7 +380,8 @@ def make_sampler(config: dict, kind: str = "dpm++") -> SchedulerMixin:
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     config["timestep_spacing"] = "trailing"  # start at the last training step: few-step samplers need it
     if kind == "dpm++":
-        config.setdefault("algorithm_type", "dpmsolver++")
+        # Set, not defaulted: a config taken from the SDE variant must not keep its algorithm
+        config["algorithm_type"] = "dpmsolver++"
         config.setdefault("solver_order", 2)
         return DPMSolverMultistepScheduler.from_config(config)
     if kind == "dpm++sde":

@@ -37,7 +37,8 @@ def shapes_config(preset: TrainPreset, decoder: HunyuanDecoder, llm_hidden_size:
         generation=GenerationDefaults(num_inference_steps=20, guidance_scale=2.0, height=decoder.sample_size,
                                       width=decoder.sample_size, max_new_tokens=40,
                                       allowed_sizes=(decoder.sample_size,),
-                                      edit_candidates=preset.edit_candidates),
+                                      edit_candidates=preset.edit_candidates,
+                                      guidance_cutoff=preset.guidance_cutoff),
         max_context_tokens=1024,
         max_images_in_context=8,
     )

@@ -33,6 +33,13 @@ SAMPLER_STEPS = {"ddpm": 100}  # the others: the model's default
 assert set(SAMPLER_LABELS) == set(SAMPLERS)
 
 
+def _guidance_info(cutoff: float) -> str:
+    info = "Higher follows the caption harder; too high erases objects"
+    if cutoff < 1.0:
+        info += f". This model guides the first {cutoff:.0%} of the steps; the rest run unguided, at half the cost"
+    return info
+
+
 def file_sha(path: str) -> str:
     with open(path, "rb") as handle:
         return hashlib.sha256(handle.read()).hexdigest()[:16]
@@ -134,7 +141,7 @@ def build_generate_tab(ctx: AppContext) -> dict:
                                       info="Picking one sets its usual step count")
                 steps = gr.Slider(1, 100, value=defaults.num_inference_steps, step=1, label="Steps")
                 guidance = gr.Slider(1.0, 10.0, value=defaults.guidance_scale, step=0.5, label="Guidance",
-                                     info="Higher follows the caption harder; too high erases objects")
+                                     info=_guidance_info(defaults.guidance_cutoff))
                 count = gr.Slider(1, 4, value=1, step=1, label="Images")
                 candidates = gr.Slider(1, MAX_CANDIDATES, value=defaults.candidates, step=1,
                                        label="Self-check: candidates per image", elem_id="gen-candidates",
