@@ -76,7 +76,11 @@ def _goal_rows(report: dict) -> list[tuple[str, str, bool]]:
         speed = report["speed"]
         measured = f"{speed['image_s']:.3f} s"
         if report.get("guidance_cutoff", 1.0) < 1.0:
-            measured += f" (guidance on the first {report['guidance_cutoff']:.0%} of the steps)"
+            measured += f" (guidance on the first {report['guidance_cutoff']:.0%} of the steps"
+            if speed.get("every_step_guided_image_s"):  # the machine is shared: the same run's ratio says more
+                ratio = speed["guidance_cutoff_image_s_same_run"] / speed["every_step_guided_image_s"]
+                measured += f": x{ratio:.2f} the time of guiding every step, in the same run"
+            measured += ")"
         rows.append(("one 64x64 image <= 0.5 s", measured, speed["image_s"] <= 0.5))
         rows.append(("a short answer <= 0.3 s", f"{speed['short_answer_s']:.3f} s", speed["short_answer_s"] <= 0.3))
     return rows

@@ -280,7 +280,7 @@ class HunyuanDecoder:
         matching timestep (SDEdit) and runs only the last `strength` share of the steps. `sampler`
         (one of SAMPLERS) uses a scheduler of its own for this call; None, the decoder's current one.
         `guidance_cutoff` is the share of the steps run, counted from the first, that are guided; the
-        rest run the conditional branch alone, at half the cost (as diffusers' SDCFGCutoffCallback):
+        rest run the conditional branch alone, at about half the cost (as diffusers' SDCFGCutoffCallback):
         late, low-noise steps refine detail that the layout fixed by then no longer needs guided.
         """
         scheduler = self.scheduler
@@ -307,12 +307,12 @@ class HunyuanDecoder:
         step_noise = _step_generators(scheduler, seeds)
         guided_steps = math.ceil(len(timesteps) * float(np.clip(guidance_cutoff, 0.0, 1.0))) if guided else 0
         for step, timestep in enumerate(timesteps):
-            guided = step < guided_steps
-            model_input = torch.cat([latents] * 2) if guided else latents
+            guide_this_step = step < guided_steps
+            model_input = torch.cat([latents] * 2) if guide_this_step else latents
             model_input = scheduler.scale_model_input(model_input, timestep)
             t = torch.full((model_input.shape[0],), float(timestep), device=self.device)
-            prediction = self.predict(model_input, t, cond if guided else conditional_only, rotary)
-            if guided:
+            prediction = self.predict(model_input, t, cond if guide_this_step else conditional_only, rotary)
+            if guide_this_step:
                 uncond, text = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (text - uncond)
             latents = scheduler.step(prediction, timestep, latents, return_dict=False, **step_noise)[0]
