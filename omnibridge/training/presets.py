@@ -100,8 +100,9 @@ class TrainPreset:
     # The packaged model's default for edits: best of 4 by its own embeddings took the built-in
     # model's edits from 0.21 to 0.38 (120 held-out edits; README, "self-check")
     edit_candidates: int = 4
-    # Guide only the first share of the denoising steps; the unguided rest cost half a step each
-    # (README, "guidance cutoff": on the built-in model 0.3 kept generation and editing and cut an image's time by a fifth)
+    # Guide only the first share of the denoising steps; the unguided rest cost about half a step each
+    # (README, performance, "guidance cutoff": on the built-in model 0.3 kept generation and editing
+    # and cut an image's time by a fifth)
     guidance_cutoff: float = 0.3
 
     def to_dict(self) -> dict:

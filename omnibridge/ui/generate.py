@@ -36,7 +36,8 @@ assert set(SAMPLER_LABELS) == set(SAMPLERS)
 def _guidance_info(cutoff: float) -> str:
     info = "Higher follows the caption harder; too high erases objects"
     if cutoff < 1.0:
-        info += f". This model guides the first {cutoff:.0%} of the steps; the rest run unguided, at half the cost"
+        info += (f". This model guides the first {cutoff:.0%} of the steps; the rest run unguided, "
+                 "at about half the cost")
     return info
 
 
