@@ -290,7 +290,7 @@ def test_every_sampler_denoises_on_the_same_noise_schedule(tiny_pipeline):
     from omnibridge.modeling.decoder import SAMPLERS
 
     decoder = tiny_pipeline.decoder
-    original, kind, betas = decoder.scheduler, decoder.sampler_kind, decoder.scheduler.betas.clone()
+    original, original_kind, betas = decoder.scheduler, decoder.sampler_kind, decoder.scheduler.betas.clone()
     try:
         variants = set()
         for kind in SAMPLERS:
@@ -303,7 +303,7 @@ def test_every_sampler_denoises_on_the_same_noise_schedule(tiny_pipeline):
         with pytest.raises(ValueError):
             decoder.set_sampler("euler-magic")
     finally:
-        decoder.scheduler, decoder.sampler_kind = original, kind
+        decoder.scheduler, decoder.sampler_kind = original, original_kind
 
 
 def test_switching_back_from_the_sde_sampler_gives_the_deterministic_one(tiny_pipeline):
