@@ -18,25 +18,9 @@ import statistics
 import time
 
 from omnibridge.evaluation.editing import evaluate_editing
-from omnibridge.evaluation.generation import CATEGORIES, generation_cases
+from omnibridge.evaluation.generation import draw_cases, generation_cases, score_images
 from omnibridge.pipeline import OmniBridgePipeline
-from omnibridge.shapes.detect import detect, matches_spec
-
-
-def passes_per_prompt(pipe, cases, batch: int = 60) -> list[bool]:
-    passed = []
-    for start in range(0, len(cases), batch):
-        chunk = cases[start:start + batch]
-        images, _ = pipe.generate_batch([c.prompt for c in chunk], [c.seed for c in chunk])
-        passed.extend(matches_spec(detect(image), case.spec) for image, case in zip(images, chunk))
-    return passed
-
-
-def overall(cases, passed) -> float:
-    """Mean of the per-category accuracies, as the evaluation reports it."""
-    per_category = [statistics.mean(p for c, p in zip(cases, passed) if c.category == category)
-                    for category in CATEGORIES]
-    return round(statistics.mean(per_category), 4)
+from omnibridge.shapes.detect import image_matches
 
 
 def seconds_per_image(pipe, repeats: int) -> float:
@@ -65,8 +49,9 @@ def main() -> None:
     for cutoff in args.cutoffs:
         pipe.config.generation.guidance_cutoff = cutoff
         start = time.perf_counter()
-        passed = passes_per_prompt(pipe, cases)
-        row = {"guidance_cutoff": cutoff, "generation_overall": overall(cases, passed),
+        images = draw_cases(lambda prompts, seeds: pipe.generate_batch(prompts, seeds)[0], cases)
+        passed = [image_matches(image, case.spec) for image, case in zip(images, cases)]
+        row = {"guidance_cutoff": cutoff, "generation_overall": score_images(cases, images)["overall"],
                "generation_seconds": round(time.perf_counter() - start),
                "seconds_per_image": seconds_per_image(pipe, args.repeats)}
         if reference is None:

@@ -75,12 +75,19 @@ def score_images(cases: list[GenerationCase], images: list[Image.Image]) -> dict
     }
 
 
-def evaluate_generation(
+def draw_cases(
     generate: Callable[[list[str], list[int]], list[Image.Image]], cases: list[GenerationCase], batch: int = 60
-) -> dict:
+) -> list[Image.Image]:
+    """One image per case, `batch` prompts per call of `generate(prompts, seeds)`."""
     images: list[Image.Image] = []
     for start in range(0, len(cases), batch):
         chunk = cases[start : start + batch]
         images.extend(generate([c.prompt for c in chunk], [c.seed for c in chunk]))
-    return score_images(cases, images)
+    return images
+
+
+def evaluate_generation(
+    generate: Callable[[list[str], list[int]], list[Image.Image]], cases: list[GenerationCase], batch: int = 60
+) -> dict:
+    return score_images(cases, draw_cases(generate, cases, batch))
 
