@@ -74,7 +74,7 @@ class GenerationDefaults:
     width: int = 1024
     negative_prompt: str = ""
     sampler: str = "dpm++"  # one of decoder.SAMPLERS; ddpm at 100 steps is the official setting
-    # Share of the steps, from the first, that are guided; the rest cost half (decoder.denoise)
+    # Share of the steps, from the first, that are guided; the rest cost about half (decoder.denoise)
     guidance_cutoff: float = 1.0
     # Images drawn per image shown; more than one keeps the one the model rates best (self_check.py)
     candidates: int = 1
