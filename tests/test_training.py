@@ -452,3 +452,52 @@ def test_dit_batches_from_worker_processes_arrive_in_step_order_and_match_inline
         assert a.step == b.step and a.captions == b.captions
         assert torch.equal(a.pixels, b.pixels) and torch.equal(a.noise, b.noise) and torch.equal(a.timesteps, b.timesteps)
     assert a.step == 11
+
+
+def _llm_batch(model, scene_image):
+    from omnibridge.modeling.chat_format import ChatFormat, Message
+
+    fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
+    encoded = fmt.encode([Message("user", [scene_image, "How many circles are there?"])], add_generation_prompt=True)
+    return fmt.collate([encoded], "left")["inputs"]
+
+
+def test_a_grown_language_model_computes_what_the_trained_one_did(tiny_model, scene_image):
+    """Depth up-scaling (training/grow.py) keeps the answers and the hidden states stages 2 and 3 read."""
+    from omnibridge.training.grow import grow_language_model
+
+    llm = tiny_model.llm.eval()
+    layers = llm.config.text_config.num_hidden_layers
+    grown = grow_language_model(llm, 2 * layers).eval()
+    assert grown.config.text_config.num_hidden_layers == 2 * layers
+    assert len(grown.config.text_config.layer_types) == 2 * layers
+    assert llm.config.text_config.num_hidden_layers == layers  # the trained model is left as it was
+    batch = _llm_batch(tiny_model, scene_image)
+    with torch.inference_mode():
+        before, after = llm(**batch, output_hidden_states=True), grown(**batch, output_hidden_states=True)
+        assert torch.allclose(before.hidden_states[-1], after.hidden_states[-1], atol=1e-5)
+        assert torch.allclose(before.logits, after.logits, atol=1e-5)
+        # the KV cache indexes layers by position, so generation must agree too
+        kwargs = dict(max_new_tokens=6, do_sample=False, min_new_tokens=6)
+        assert torch.equal(llm.generate(**batch, **kwargs), grown.generate(**batch, **kwargs))
+    assert grow_language_model(llm, layers) is llm
+    with pytest.raises(ValueError, match="multiple"):
+        grow_language_model(grown, layers)  # it never drops layers
+
+
+def test_stage1_grows_a_shallower_model_to_the_presets_depth_and_trains_the_new_layers(tiny_model, tmp_path):
+    from omnibridge.modeling.devices import placement
+    from omnibridge.modeling.loading import load_our_layout, save_our_layout
+    from omnibridge.training.presets import quick_preset
+
+    model = copy.copy(tiny_model)
+    model.llm = copy.deepcopy(tiny_model.llm)
+    layers = model.llm.config.text_config.num_hidden_layers
+    train_llm(model, replace(quick_preset().llm, steps=2, num_layers=2 * layers), tmp_path, seed=0, resume=False)
+    stack = model.llm.model.language_model.layers
+    assert len(stack) == 2 * layers
+    events = [json.loads(line) for line in (tmp_path / "llm" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "grown", "old_layers": layers, "new_layers": 2 * layers}.items() <= events[1].items()
+    assert stack[1].self_attn.o_proj.weight.abs().sum() > 0  # a copy's zeroed projection has started to learn
+    save_our_layout(model, tmp_path / "saved")
+    assert load_our_layout(tmp_path / "saved", placement("cpu")).llm.config.text_config.num_hidden_layers == 2 * layers

@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="processes that render the DiT's batches ahead (default: 4 on cuda, 0 on cpu)")
     parser.add_argument("--llm-steps", type=int, help="override stage 1's step count (resume to extend it)")
     parser.add_argument("--llm-lr", type=float, help="stage 1's peak learning rate (preset: 1e-3)")
+    parser.add_argument("--llm-layers", type=int,
+                        help="the language model's depth (preset: 4); stage 1 grows a shallower trained model to it, "
+                             "each layer followed by a copy that starts as an identity (training/grow.py)")
     parser.add_argument("--question-weight", action="append", default=[], metavar="TYPE=WEIGHT",
                         help="re-weight one of stage 1's question types (preset: relation=3, the others 1; "
                              "repeatable), e.g. relation=12 for a relation-heavy phase warm from a trained model")
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
                  (args.dit_width, preset.decoder, "hidden_size"), (args.dit_layers, preset.decoder, "num_layers"),
                  (args.dit_batch, preset.decoder, "dit_batch"),
                  (args.llm_steps, preset.llm, "steps"), (args.llm_lr, preset.llm, "lr"),
+                 (args.llm_layers, preset.llm, "num_layers"),
                  (args.question_weight, preset.llm, "question_weights"),
                  (args.answer_weighting, preset.llm, "answer_weighting"), (args.vqa_share, preset.llm, "vqa_share"),
                  (args.rope_theta, preset.llm, "rope_theta"),

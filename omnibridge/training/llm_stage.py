@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..modeling.chat_format import ChatFormat, EncodedPrompt
 from ..modeling.loading import LoadedModel
 from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
+from .grow import grow_language_model
 from .llm_data import question_mix, sample_conversation, task_mix
 from .presets import LLMPreset
 
@@ -98,7 +99,11 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
     """`keep_eye`: stage 1b has trained the vision tower; freeze it, and keep it over a saved state's.
 
     The preset's rotary base and turn order become the model's (older checkpoints had others): the
-    positions are learned through them, and this run re-teaches them."""
+    positions are learned through them, and this run re-teaches them. A preset deeper than the model
+    grows it first (grow.py: the grown model starts out computing what the trained one did)."""
+    old_layers = model.llm.config.text_config.num_hidden_layers
+    if preset.num_layers > old_layers:
+        model.llm = grow_language_model(model.llm, preset.num_layers)
     llm = model.llm.train()
     old_theta = set_rope_theta(llm, preset.rope_theta)
     eye = {k: v.clone() for k, v in llm.model.visual.state_dict().items()} if keep_eye else None
@@ -110,6 +115,8 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
     questions, tasks = question_mix(preset.question_weights), task_mix(preset.vqa_share)
     run.log(event="recipe", lr=preset.lr, batch=preset.batch, questions=questions, vqa_share=preset.vqa_share,
             answer_weighting=preset.answer_weighting)
+    if preset.num_layers > old_layers:
+        run.log(event="grown", old_layers=old_layers, new_layers=preset.num_layers)
     if old_theta is not None:
         run.log(event="rope_theta", old=old_theta, new=preset.rope_theta)
     if old_order != preset.text_before_images:
