@@ -85,3 +85,24 @@ def test_the_bare_loop_draws_what_the_pipeline_draws(tiny_pipeline, monkeypatch,
         tiny_pipeline.decoder.set_sampler(original)
     bare = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
     assert np.abs(bare - np.asarray(drawn, dtype=float)).max() <= 1
+
+
+def test_the_steps_study_pairs_every_setting_with_the_default(tiny_pipeline):
+    """Same prompts and seeds for every setting, so each row counts the prompts it won and lost against the
+    model's default; the decoder keeps its own sampler afterwards."""
+    from benchmarks import bench_steps
+
+    generation = tiny_pipeline.config.generation
+    kind = tiny_pipeline.decoder.sampler_kind
+    result = bench_steps.run(tiny_pipeline, per_category=1,
+                             settings=((generation.sampler, generation.num_inference_steps), ("ddpm", 100)))
+    rows = result.figures["per_setting"]
+    default = f"{generation.sampler}@{generation.num_inference_steps}"
+    assert set(rows) == {default, "ddpm@100"} and result.figures["prompts"] == 6
+    assert "won_vs_default" not in rows[default]
+    reference = rows["ddpm@100"]
+    assert 0 <= reference["won_vs_default"] + reference["lost_vs_default"] <= 6
+    # won - lost is the difference in passed prompts, which the overall accuracies must agree with
+    assert reference["won_vs_default"] - reference["lost_vs_default"] == round(
+        6 * (reference["overall"] - rows[default]["overall"]))
+    assert tiny_pipeline.decoder.sampler_kind == kind
