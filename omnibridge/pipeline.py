@@ -215,6 +215,13 @@ class OmniBridgePipeline:
         return self.config.model_id
 
     @property
+    def embedding_model_id(self) -> str:
+        """What the gallery records its vectors under: the name plus a digest of the embedding-side weights,
+        since a retrained model keeps its name (modeling/fingerprint.py)."""
+        fingerprint = self.model.embedding_fingerprint
+        return f"{self.model_id}@{fingerprint}" if fingerprint else self.model_id
+
+    @property
     def device(self) -> torch.device:
         return self.placement.device
 

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         with tqdm(desc="re-indexing", unit="img") as bar:
             done = store.reindex(progress=lambda d, total: (setattr(bar, "total", total), bar.update(d - bar.n)))
-        print(f"re-indexed {done} images with {store.pipeline.model_id}")
+        print(f"re-indexed {done} images with {store.pipeline.embedding_model_id}")
 
 
 if __name__ == "__main__":

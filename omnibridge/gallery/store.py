@@ -173,7 +173,7 @@ class GalleryStore:
         try:
             return self.client.get_collection(name, embedding_function=None)
         except (NotFoundError, ValueError):
-            metadata = {"embedding_model": self.pipeline.model_id, "embedding_dim": int(self.pipeline.embedding_dim)}
+            metadata = {"embedding_model": self.pipeline.embedding_model_id, "embedding_dim": int(self.pipeline.embedding_dim)}
             return self.client.create_collection(name, embedding_function=None, metadata=metadata,
                                                  configuration={"hnsw": dict(HNSW_INDEX)})
 
@@ -187,9 +187,10 @@ class GalleryStore:
             raise GalleryError(f"the gallery holds vectors of another model ({model}, {dim}-d); re-index it first")
 
     def needs_reindex(self) -> bool:
-        """True when the stored vectors come from another embedding model than the pipeline's."""
+        """True when the stored vectors come from other embedding weights than the pipeline's (another model,
+        or the same one retrained)."""
         model, dim = self.index_model()
-        other_model = model != self.pipeline.model_id or dim != self.pipeline.embedding_dim
+        other_model = model != self.pipeline.embedding_model_id or dim != self.pipeline.embedding_dim
         return other_model and self.count() > 0  # counting last: it is a Chroma call on every search
 
     def reindex(self, progress: ProgressFn | None = None) -> int:

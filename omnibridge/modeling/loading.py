@@ -28,6 +28,7 @@ from .alignment import OmniBridgeAlignment, is_alignment_key
 from .config import BiLMConfig, GenerationDefaults, OmniBridgeConfig, RetrievalConfig
 from .decoder import DECODER_SUBFOLDERS, HunyuanDecoder
 from .devices import Placement
+from .fingerprint import files_fingerprint
 
 CONFIG_FILE = "omnibridge_config.json"
 ALIGNMENT_FILE = "alignment.safetensors"
@@ -50,6 +51,8 @@ class LoadedModel:
     decoder: HunyuanDecoder
     layout: str  # "omnibridge" or "official"
     source: str
+    # a digest of the files the embeddings come from (fingerprint.py); "" for a model never saved
+    embedding_fingerprint: str = ""
 
 
 # ------------------------------------------------------------------------------------ resolving
@@ -104,6 +107,13 @@ def _safetensors_files(folder: Path) -> list[Path]:
     if not files:
         raise ModelFolderError(f"no *.safetensors weights in {folder}")
     return files
+
+
+def _embedding_side_files(llm_folder: Path) -> list[Path]:
+    """The LLM's weights, tokenizer and image preprocessing: with the retrieval heads, what an embedding
+    depends on (the decoder never enters it)."""
+    extra = [llm_folder / name for name in ("tokenizer.json", "preprocessor_config.json")]
+    return _safetensors_files(llm_folder) + [path for path in extra if path.exists()]
 
 
 def check_our_folder(folder: Path) -> None:
@@ -197,7 +207,9 @@ def load_our_layout(folder: Path, placement: Placement) -> LoadedModel:
     state = _read_tensors([folder / ALIGNMENT_FILE], lambda key: True)
     alignment = load_alignment(state, config, placement)
     decoder = HunyuanDecoder.from_pretrained(folder / DECODER_SUBFOLDER, placement.device, placement.decoder_dtype)
-    return LoadedModel(config, llm, tokenizer, image_processor, alignment, decoder, "omnibridge", str(folder))
+    fingerprint = files_fingerprint([*_embedding_side_files(folder / LLM_SUBFOLDER), folder / ALIGNMENT_FILE])
+    return LoadedModel(config, llm, tokenizer, image_processor, alignment, decoder, "omnibridge", str(folder),
+                       fingerprint)
 
 
 def load_official_layout(folder: Path, decoder: str | Path | None, placement: Placement,
@@ -220,7 +232,8 @@ def load_official_layout(folder: Path, decoder: str | Path | None, placement: Pl
     decoder_folder = resolve_folder(decoder or OFFICIAL_DECODER_ID, what="HunyuanDiT decoder")
     check_decoder_folder(decoder_folder)
     hunyuan = HunyuanDecoder.from_pretrained(decoder_folder, placement.device, placement.decoder_dtype)
-    return LoadedModel(config, llm, tokenizer, image_processor, alignment, hunyuan, "official", str(folder))
+    return LoadedModel(config, llm, tokenizer, image_processor, alignment, hunyuan, "official", str(folder),
+                       files_fingerprint(_embedding_side_files(folder)))
 
 
 def save_our_layout(model: LoadedModel, folder: str | Path) -> None:

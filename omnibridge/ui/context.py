@@ -67,7 +67,7 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
     seeding = None
     if gallery.needs_reindex():  # never mix vectors of two models: the Gallery tab offers a re-index
         model, dim = gallery.index_model()
-        print(f"the gallery was indexed with {model} ({dim}-d), not {pipeline.model_id}; re-index it from the "
+        print(f"the gallery was indexed with {model} ({dim}-d), not {pipeline.embedding_model_id}; re-index it from the "
               f"Gallery tab or with: python -m omnibridge.gallery reindex --data-dir {data_dir}", flush=True)
     elif settings.seed_gallery and gallery.count(source="seed") < settings.seed_gallery:
         seeding = GallerySeeding(gallery, settings.seed_gallery).start()

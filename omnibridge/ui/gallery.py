@@ -114,7 +114,8 @@ def build_gallery_tab(ctx: AppContext) -> dict:
     with gr.Row(visible=needs_reindex) as reindex_row:
         model, dim = ctx.gallery.index_model()
         gr.Markdown(f"⚠️ This gallery was indexed with **{model}** ({dim}-d), not the loaded model "
-                    f"**{ctx.pipeline.model_id}**. Vectors of two models cannot be mixed: re-index to search it.")
+                    f"**{ctx.pipeline.embedding_model_id}** (the part after @ names the weights). Vectors of two "
+                    "models cannot be mixed: re-index to search it.")
         reindex = gr.Button("Re-index now", variant="primary", elem_id="gallery-reindex")
     with gr.Row():
         with gr.Column(scale=2):
