@@ -192,6 +192,60 @@ def test_another_model_requires_a_reindex_instead_of_mixing(gallery, tiny_pipeli
     assert reopened.count() == 2 and reopened.captions.count() == 2
 
 
+def test_a_retrained_model_of_the_same_name_requires_a_reindex(tiny_model_dir, tmp_path):
+    """Every built-in checkpoint is called omnibridge-shapes: the gallery must notice new retrieval heads
+    (a digest of the embedding-side files), and ignore a new decoder, which embeddings never use."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from omnibridge import OmniBridgePipeline
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    first = OmniBridgePipeline.from_pretrained(folder)
+    assert first.embedding_model_id.startswith(first.model_id + "@")
+    store = GalleryStore(tmp_path / "data", first)
+    store.add(_images(2), ["a red circle", "a square"])
+
+    dit = next((folder / "decoder" / "transformer").glob("*.safetensors"))
+    weights = load_file(dit)
+    save_file({k: v * 1.01 for k, v in weights.items()}, dit)  # the decoder's files do not enter the digest
+    assert OmniBridgePipeline.from_pretrained(folder).embedding_model_id == first.embedding_model_id
+
+    state = load_file(folder / "alignment.safetensors")
+    state["image_queries"] = state["image_queries"] + 0.01  # as a stage-3 cycle changes only the heads
+    save_file(state, folder / "alignment.safetensors")
+    retrained = OmniBridgePipeline.from_pretrained(folder)
+    assert retrained.model_id == first.model_id and retrained.embedding_model_id != first.embedding_model_id
+    reopened = GalleryStore(tmp_path / "data", retrained)
+    assert reopened.needs_reindex() and reopened.reindex() == 2
+    assert reopened.index_model()[0] == retrained.embedding_model_id and not reopened.needs_reindex()
+
+
+def test_large_files_are_fingerprinted_by_samples_that_still_see_a_change(tmp_path, monkeypatch):
+    from omnibridge.modeling import fingerprint
+
+    monkeypatch.setattr(fingerprint, "FULL_HASH_BYTES", 1000)
+    monkeypatch.setattr(fingerprint, "SAMPLE_BYTES", 100)
+    path = tmp_path / "shard.safetensors"
+    data = bytearray(range(256)) * 40  # 10,240 bytes: sampled, not read whole
+    path.write_bytes(bytes(data))
+    before = fingerprint.files_fingerprint([path])
+    assert fingerprint.files_fingerprint([path]) == before and len(before) == 12
+    data[-1] ^= 1  # the last sample covers the end of the file
+    path.write_bytes(bytes(data))
+    assert fingerprint.files_fingerprint([path]) != before
+    sampled = fingerprint.files_fingerprint([path])
+    monkeypatch.setattr(fingerprint, "FULL_HASH_BYTES", 10**9)
+    whole = fingerprint.files_fingerprint([path])
+    data[5000] ^= 1  # between two samples
+    path.write_bytes(bytes(data))
+    assert fingerprint.files_fingerprint([path]) != whole  # a file under the limit is read whole
+    monkeypatch.setattr(fingerprint, "FULL_HASH_BYTES", 1000)
+    assert fingerprint.files_fingerprint([path]) == sampled  # unseen: the price of not reading 15 GB shards
+
+
 def test_built_in_scenes_are_indexed_behind_the_app_and_a_half_done_seeding_is_completed(gallery, monkeypatch):
     from omnibridge.gallery.seeding import GallerySeeding
 
