@@ -23,10 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         pipeline = OmniBridgePipeline.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
                                                       decoder=settings.decoder)
+        demo = build_demo(pipeline, settings)  # loads --compare-model, if given
     except ModelFolderError as error:
         print(f"OmniBridge Studio cannot start: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    demo = build_demo(pipeline, settings)
     launch(demo, settings)
 
 

@@ -24,11 +24,20 @@ def test_our_layout_round_trips(tiny_pipeline, tiny_model_dir):
     assert loaded.config.to_dict() == tiny_pipeline.config.to_dict()
 
 
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: shutil.rmtree(d / "decoder" / "vae"), "vae"),
     (lambda d: (d / "alignment.safetensors").unlink(), "alignment.safetensors"),
     (lambda d: (d / "omnibridge_config.json").write_text("{not json"), "corrupt JSON"),
     (lambda d: [f.unlink() for f in (d / "llm").glob("*.safetensors")], "safetensors"),
+    # cut in half, as by an interrupted copy or download
+    (lambda d: _truncate(next((d / "llm").glob("*.safetensors"))), "Qwen2-VL LLM"),
+    (lambda d: _truncate(d / "alignment.safetensors"), "corrupt weights file"),
+    (lambda d: _truncate(next((d / "decoder" / "transformer").glob("*.safetensors"))), "HunyuanDiT decoder"),
+    (lambda d: _truncate(next((d / "decoder" / "text_encoder_2").glob("*.safetensors"))), "HunyuanDiT decoder"),
 ])
 def test_broken_folders_name_what_is_wrong(tiny_model_dir, tmp_path, damage, message):
     broken = tmp_path / "broken"

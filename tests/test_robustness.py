@@ -209,9 +209,11 @@ def test_app_refuses_to_start_on_a_missing_or_corrupt_model(tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "omnibridge_config.json").write_text("{ not json")
-    for model in (str(tmp_path / "does-not-exist"), str(broken)):
-        result = subprocess.run([sys.executable, "app.py", "--model", model, "--data-dir", str(tmp_path / "d")],
-                                capture_output=True, text=True, timeout=120)
+    cases = (["--model", str(tmp_path / "does-not-exist")], ["--model", str(broken)],
+             ["--compare-model", str(tmp_path / "does-not-exist")])  # the built-in model, a missing second one
+    for args in cases:
+        result = subprocess.run([sys.executable, "app.py", *args, "--data-dir", str(tmp_path / "d"), "--seed-gallery",
+                                 "0"], capture_output=True, text=True, timeout=180)
         assert result.returncode == 2
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         assert lines[-1].startswith("OmniBridge Studio cannot start:") and "Traceback" not in result.stderr

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .alignment import OmniBridgeAlignment, is_alignment_key
@@ -32,6 +32,9 @@ from .fingerprint import files_fingerprint
 
 CONFIG_FILE = "omnibridge_config.json"
 ALIGNMENT_FILE = "alignment.safetensors"
+# What a truncated or damaged file raises inside transformers, diffusers and safetensors (a half-copied
+# folder or an interrupted download): each becomes a ModelFolderError that names the file's folder
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
 LLM_SUBFOLDER = "llm"
 DECODER_SUBFOLDER = "decoder"
 OFFICIAL_DECODER_ID = "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers"
@@ -138,9 +141,16 @@ def _load_llm(folder: Path, placement: Placement):
             folder, dtype=placement.llm_dtype, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         image_processor = AutoImageProcessor.from_pretrained(folder)
-    except (OSError, ValueError, RuntimeError) as error:
+    except LOAD_ERRORS as error:
         raise ModelFolderError(f"cannot load the Qwen2-VL LLM from {folder}: {error}") from None
     return llm.to(placement.device).eval(), tokenizer, image_processor, info
+
+
+def _load_decoder(folder: str | Path, placement: Placement) -> HunyuanDecoder:
+    try:
+        return HunyuanDecoder.from_pretrained(folder, placement.device, placement.decoder_dtype)
+    except LOAD_ERRORS as error:
+        raise ModelFolderError(f"cannot load the HunyuanDiT decoder from {folder}: {error}") from None
 
 
 def _read_tensors(files: list[Path], keep) -> dict[str, torch.Tensor]:
@@ -206,7 +216,7 @@ def load_our_layout(folder: Path, placement: Placement) -> LoadedModel:
     llm, tokenizer, image_processor, _ = _load_llm(folder / LLM_SUBFOLDER, placement)
     state = _read_tensors([folder / ALIGNMENT_FILE], lambda key: True)
     alignment = load_alignment(state, config, placement)
-    decoder = HunyuanDecoder.from_pretrained(folder / DECODER_SUBFOLDER, placement.device, placement.decoder_dtype)
+    decoder = _load_decoder(folder / DECODER_SUBFOLDER, placement)
     fingerprint = files_fingerprint([*_embedding_side_files(folder / LLM_SUBFOLDER), folder / ALIGNMENT_FILE])
     return LoadedModel(config, llm, tokenizer, image_processor, alignment, decoder, "omnibridge", str(folder),
                        fingerprint)
@@ -231,7 +241,7 @@ def load_official_layout(folder: Path, decoder: str | Path | None, placement: Pl
     alignment = load_alignment(state, config, placement)
     decoder_folder = resolve_folder(decoder or OFFICIAL_DECODER_ID, what="HunyuanDiT decoder")
     check_decoder_folder(decoder_folder)
-    hunyuan = HunyuanDecoder.from_pretrained(decoder_folder, placement.device, placement.decoder_dtype)
+    hunyuan = _load_decoder(decoder_folder, placement)
     return LoadedModel(config, llm, tokenizer, image_processor, alignment, hunyuan, "official", str(folder),
                        files_fingerprint(_embedding_side_files(folder)))
 
