@@ -173,7 +173,8 @@ class GalleryStore:
         try:
             return self.client.get_collection(name, embedding_function=None)
         except (NotFoundError, ValueError):
-            metadata = {"embedding_model": self.pipeline.embedding_model_id, "embedding_dim": int(self.pipeline.embedding_dim)}
+            metadata = {"embedding_model": self.pipeline.embedding_model_id,
+                        "embedding_dim": int(self.pipeline.embedding_dim)}
             return self.client.create_collection(name, embedding_function=None, metadata=metadata,
                                                  configuration={"hnsw": dict(HNSW_INDEX)})
 

@@ -32,12 +32,12 @@ from .fingerprint import files_fingerprint
 
 CONFIG_FILE = "omnibridge_config.json"
 ALIGNMENT_FILE = "alignment.safetensors"
-# What a truncated or damaged file raises inside transformers, diffusers and safetensors (a half-copied
-# folder or an interrupted download): each becomes a ModelFolderError that names the file's folder
-LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
 LLM_SUBFOLDER = "llm"
 DECODER_SUBFOLDER = "decoder"
 OFFICIAL_DECODER_ID = "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers"
+# What a truncated or damaged file raises inside transformers, diffusers and safetensors (a half-copied
+# folder or an interrupted download): each becomes a ModelFolderError that names the file's folder
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
 
 
 class ModelFolderError(ValueError):
