@@ -501,3 +501,28 @@ def test_stage1_grows_a_shallower_model_to_the_presets_depth_and_trains_the_new_
     assert stack[1].self_attn.o_proj.weight.abs().sum() > 0  # a copy's zeroed projection has started to learn
     save_our_layout(model, tmp_path / "saved")
     assert load_our_layout(tmp_path / "saved", placement("cpu")).llm.config.text_config.num_hidden_layers == 2 * layers
+
+
+def test_a_half_precision_package_halves_the_llm_and_decoder_and_loads_as_float32(trained, tmp_path):
+    """The shapes preset packages in float16 (the 60 MB budget); loading casts back to the device's dtype."""
+    from safetensors import safe_open
+
+    from omnibridge.training.stages import package
+
+    root, _ = trained
+    report = package(root / "model.train", tmp_path / "half", half=True)
+    assert report["megabytes"] < package(root / "model.train", tmp_path / "full")["megabytes"]
+
+    def dtypes(path):
+        with safe_open(path, framework="pt") as handle:
+            return {handle.get_tensor(key).dtype for key in handle.keys()}
+
+    halved = [*(tmp_path / "half").glob("llm/*.safetensors"), *(tmp_path / "half").glob("decoder/*/*.safetensors")]
+    assert halved and all(torch.float32 not in dtypes(path) for path in halved)
+    assert dtypes(tmp_path / "half" / "alignment.safetensors") == {torch.float32}
+    full = OmniBridgePipeline.from_pretrained(tmp_path / "full")
+    half = OmniBridgePipeline.from_pretrained(tmp_path / "half")
+    for name, tensor in full.llm.state_dict().items():
+        assert half.llm.state_dict()[name].dtype == tensor.dtype == torch.float32
+        assert torch.allclose(half.llm.state_dict()[name], tensor, rtol=1e-3, atol=1e-4), name
+    assert half.generate("a red circle", num_inference_steps=2, seed=0).images[0].size == (64, 64)

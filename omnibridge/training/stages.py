@@ -142,7 +142,7 @@ def run_stages(preset: TrainPreset, out: Path, work_dir: Path, stages: list[str]
             report[stage] = trainer(model)
             _save_model(model, work_dir, stage, report[stage])
     if "package" in stages:
-        report["package"] = package(work_dir, out)
+        report["package"] = package(work_dir, out, half=preset.package_half)
     return report
 
 
@@ -178,8 +178,22 @@ def training_summary(work_dir: Path) -> dict:
     return summary
 
 
-def package(work_dir: Path, out: Path) -> dict:
-    """Copy the finished model to `out`, with its training summary (the model card comes from evaluation)."""
+def store_half(path: Path) -> None:
+    """Rewrite a safetensors file with its floating-point tensors in float16 (any beyond float16's range kept)."""
+    from safetensors.torch import load_file, save_file
+
+    def halved(tensor: torch.Tensor) -> torch.Tensor:
+        if not tensor.is_floating_point() or (tensor.numel() and tensor.abs().max() >= torch.finfo(torch.float16).max):
+            return tensor
+        return tensor.to(torch.float16)
+
+    save_file({key: halved(tensor).contiguous() for key, tensor in load_file(path).items()}, path,
+              metadata={"format": "pt"})
+
+
+def package(work_dir: Path, out: Path, half: bool = False) -> dict:
+    """Copy the finished model to `out`, with its training summary (the model card comes from evaluation);
+    `half` stores the language model's and decoder's weights in float16 (the alignment stays float32)."""
     source = model_dir(work_dir)
     if not (source / "omnibridge_config.json").exists():
         raise FileNotFoundError(f"nothing to package in {source}: run the llm/align/retrieval stages first")
@@ -189,6 +203,9 @@ def package(work_dir: Path, out: Path) -> dict:
         shutil.rmtree(tmp)
     shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("stages.json"))
     (tmp / "training_report.json").write_text(json.dumps(training_summary(work_dir), indent=2))
+    if half:
+        for weights in [*tmp.glob("llm/*.safetensors"), *tmp.glob("decoder/*/*.safetensors")]:
+            store_half(weights)
     if out.exists():
         for kept in ("README.md", "evaluation.json"):
             if (out / kept).exists():
