@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from omnibridge.evaluation.generation import draw_cases, generation_cases, score_images
-from omnibridge.shapes.detect import detect, matches_spec
+from omnibridge.evaluation.generation import draw_cases, generation_cases, judge_images, score_judged
 
 from .harness import Result
 
@@ -30,11 +29,10 @@ def run(pipe, per_category: int = 10, settings: tuple[tuple[str, int], ...] = SE
                 return pipe.generate_batch(prompts, seeds, num_inference_steps=steps)[0]
 
             start = time.perf_counter()
-            images = draw_cases(generate, cases)
             key = f"{sampler}@{steps}"
-            rows[key] = {"overall": score_images(cases, images)["overall"],
+            passed[key], right_count = judge_images(cases, draw_cases(generate, cases))
+            rows[key] = {"overall": score_judged(cases, passed[key], right_count)["overall"],
                          "seconds_per_image": round((time.perf_counter() - start) / len(cases), 4)}
-            passed[key] = [matches_spec(detect(image), case.spec) for case, image in zip(cases, images)]
     finally:
         pipe.decoder.set_sampler(original)
     for key, row in rows.items():

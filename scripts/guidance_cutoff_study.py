@@ -18,9 +18,8 @@ import statistics
 import time
 
 from omnibridge.evaluation.editing import evaluate_editing
-from omnibridge.evaluation.generation import draw_cases, generation_cases, score_images
+from omnibridge.evaluation.generation import draw_cases, generation_cases, judge_images, score_judged
 from omnibridge.pipeline import OmniBridgePipeline
-from omnibridge.shapes.detect import image_matches
 
 
 def seconds_per_image(pipe, repeats: int) -> float:
@@ -50,8 +49,8 @@ def main() -> None:
         pipe.config.generation.guidance_cutoff = cutoff
         start = time.perf_counter()
         images = draw_cases(lambda prompts, seeds: pipe.generate_batch(prompts, seeds)[0], cases)
-        passed = [image_matches(image, case.spec) for image, case in zip(images, cases)]
-        row = {"guidance_cutoff": cutoff, "generation_overall": score_images(cases, images)["overall"],
+        passed, right_count = judge_images(cases, images)
+        row = {"guidance_cutoff": cutoff, "generation_overall": score_judged(cases, passed, right_count)["overall"],
                "generation_seconds": round(time.perf_counter() - start),
                "seconds_per_image": seconds_per_image(pipe, args.repeats)}
         if reference is None:

@@ -58,21 +58,33 @@ def generation_cases(per_category: int, seed: int = EVAL_SEED) -> list[Generatio
     return cases
 
 
-def score_images(cases: list[GenerationCase], images: list[Image.Image]) -> dict:
-    """Per-category accuracy, overall (mean of categories, as GenEval reports) and object-count accuracy."""
-    passed = {c: [] for c in CATEGORIES}
-    right_count = []
+def judge_images(cases: list[GenerationCase], images: list[Image.Image]) -> tuple[list[bool], list[bool]]:
+    """Per case, from one detection of its image: does it show what the prompt asks, and does it hold the
+    right number of objects (studies pair the first list across settings)."""
+    passed, right_count = [], []
     for case, image in zip(cases, images, strict=True):
         found = detect(image)
-        passed[case.category].append(matches_spec(found, case.spec))
+        passed.append(matches_spec(found, case.spec))
         right_count.append(len(found) == case.spec.n_objects)
-    per_category = {c: sum(v) / len(v) for c, v in passed.items() if v}
+    return passed, right_count
+
+
+def score_judged(cases: list[GenerationCase], passed: list[bool], right_count: list[bool]) -> dict:
+    """Per-category accuracy, overall (mean of categories, as GenEval reports) and object-count accuracy."""
+    by_category = {c: [] for c in CATEGORIES}
+    for case, ok in zip(cases, passed, strict=True):
+        by_category[case.category].append(ok)
+    per_category = {c: sum(v) / len(v) for c, v in by_category.items() if v}
     return {
         **{c: round(a, 4) for c, a in per_category.items()},
         "overall": round(sum(per_category.values()) / len(per_category), 4),
         "right_object_count": round(sum(right_count) / len(right_count), 4),
         "n_prompts": len(cases),
     }
+
+
+def score_images(cases: list[GenerationCase], images: list[Image.Image]) -> dict:
+    return score_judged(cases, *judge_images(cases, images))
 
 
 def draw_cases(

@@ -102,7 +102,8 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
     positions are learned through them, and this run re-teaches them. A preset deeper than the model
     grows it first (grow.py: the grown model starts out computing what the trained one did)."""
     old_layers = model.llm.config.text_config.num_hidden_layers
-    if preset.num_layers > old_layers:
+    grows = preset.num_layers > old_layers
+    if grows:
         model.llm = grow_language_model(model.llm, preset.num_layers)
     llm = model.llm.train()
     old_theta = set_rope_theta(llm, preset.rope_theta)
@@ -115,7 +116,7 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
     questions, tasks = question_mix(preset.question_weights), task_mix(preset.vqa_share)
     run.log(event="recipe", lr=preset.lr, batch=preset.batch, questions=questions, vqa_share=preset.vqa_share,
             answer_weighting=preset.answer_weighting)
-    if preset.num_layers > old_layers:
+    if grows:
         run.log(event="grown", old_layers=old_layers, new_layers=preset.num_layers)
     if old_theta is not None:
         run.log(event="rope_theta", old=old_theta, new=preset.rope_theta)
