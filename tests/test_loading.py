@@ -47,6 +47,32 @@ def test_broken_folders_name_what_is_wrong(tiny_model_dir, tmp_path, damage, mes
         OmniBridgePipeline.from_pretrained(broken)
 
 
+def test_the_negative_prompt_cache_follows_the_text_encoders_weights(tiny_model_dir, tmp_path):
+    """The negative encoding on disk is reused across restarts, but not once the text encoders change: a
+    retrained decoder keeps its folder name, so a name-keyed cache would serve the old encoders' output."""
+    from omnibridge.modeling.decoder import HunyuanDecoder
+
+    cache = tmp_path / "cache"
+    assert HunyuanDecoder.from_pretrained(tiny_model_dir / "decoder").load_negative_cache(cache, "tiny") is False
+    assert HunyuanDecoder.from_pretrained(tiny_model_dir / "decoder").load_negative_cache(cache, "tiny") is True
+
+    retrained_dir = tmp_path / "decoder"
+    shutil.copytree(tiny_model_dir / "decoder", retrained_dir)
+    retrained = HunyuanDecoder.from_pretrained(retrained_dir)
+    with torch.no_grad():
+        for weight in retrained.text_encoder_2.parameters():
+            weight.add_(0.05)
+    retrained.text_encoder_2.save_pretrained(retrained_dir / "text_encoder_2")
+    reloaded = HunyuanDecoder.from_pretrained(retrained_dir)
+    assert reloaded.load_negative_cache(cache, "tiny") is False
+    assert torch.equal(reloaded.negative_encoding("").embeds_2, reloaded.encode_captions([""]).embeds_2)
+    assert len(list(cache.glob("negative-*.pt"))) == 2
+
+    for damaged in cache.glob("negative-*.pt"):
+        damaged.write_bytes(b"not a tensor file")
+    assert reloaded.load_negative_cache(cache, "tiny") is False  # rebuilt, not a crash
+
+
 def test_missing_folder_and_offline_hub_id_give_clear_errors(tmp_path):
     with pytest.raises(ModelFolderError, match="not found"):
         OmniBridgePipeline.from_pretrained(tmp_path / "nope")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,8 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, HunyuanDiT2DMo
 from diffusers.models.embeddings import get_2d_rotary_pos_embed
 from PIL import Image
 from transformers import AutoTokenizer, BertModel, PreTrainedModel, PreTrainedTokenizerBase, T5EncoderModel
+
+from .fingerprint import files_fingerprint
 
 # diffusers-style step callback: callback(decoder, step_index, timestep, {"latents": ...}) -> dict | None
 StepCallback = Callable[["HunyuanDecoder", int, int, dict], "dict | None"]
@@ -83,6 +86,8 @@ class HunyuanDecoder:
         # the tiny decoder uses its own full grid instead.
         self.rope_base_size = rope_base_size or 512 // self.vae_scale_factor // transformer.config.patch_size
         self._negative_cache: dict[str, CaptionEncoding] = {}
+        # what the negative-prompt encoding depends on; from_pretrained fills it from the folder's files
+        self.text_side_fingerprint = ""
 
     # ----------------------------------------------------------------------------------------- io
     @classmethod
@@ -103,6 +108,8 @@ class HunyuanDecoder:
         extra = _read_json(Path(path) / "omnibridge_decoder.json") if Path(path).is_dir() else {}
         decoder = cls(transformer, vae, scheduler, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
                       rope_base_size=extra.get("rope_base_size"))
+        if Path(path).is_dir():
+            decoder.text_side_fingerprint = text_side_fingerprint(Path(path))
         return decoder.to(device)
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -198,14 +205,16 @@ class HunyuanDecoder:
         """Reuse the negative-prompt encoding across restarts (HunyuanDiT's mT5 takes seconds to run)."""
         import hashlib
 
-        name = hashlib.sha256(f"{key}|{negative_prompt}".encode()).hexdigest()[:24]
+        # keyed by the text encoders' files, not only the model's name: a retrained decoder keeps its name
+        identity = f"{key}|{self.text_side_fingerprint}|{self.text_encoder.dtype}|{negative_prompt}"
+        name = hashlib.sha256(identity.encode()).hexdigest()[:24]
         path = Path(folder) / f"negative-{name}.pt"
         if path.exists():
             try:
                 tensors = torch.load(path, map_location=self.device, weights_only=True)
                 self._negative_cache[negative_prompt] = CaptionEncoding(*(t.to(self.device) for t in tensors))
                 return True
-            except (OSError, RuntimeError, TypeError):
+            except (OSError, RuntimeError, TypeError, ValueError, EOFError, pickle.UnpicklingError):
                 path.unlink(missing_ok=True)  # a damaged cache is rebuilt
         encoding = self.negative_encoding(negative_prompt)
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -394,6 +403,13 @@ def make_sampler(config: dict, kind: str = "dpm++") -> SchedulerMixin:
     if kind == "ddpm":
         return DDPMScheduler.from_config(config)
     raise ValueError(f"sampler must be one of {SAMPLERS}")
+
+
+def text_side_fingerprint(folder: Path) -> str:
+    """A digest of the two text encoders and their tokenizers, which alone make a caption's encoding."""
+    parts = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+    return files_fingerprint(file for part in parts if (folder / part).is_dir()
+                             for file in (folder / part).iterdir() if file.is_file())
 
 
 def _read_json(path: Path) -> dict:
