@@ -12,7 +12,7 @@ import pytest
 
 from omnibridge import OmniBridgePipeline
 from omnibridge.evaluation.generation import generation_cases, score_images
-from omnibridge.evaluation.retrieval import recall_at_k, retrieval_dataset
+from omnibridge.evaluation.retrieval import partial_queries, precision_at_k, recall_at_k, retrieval_dataset
 from omnibridge.evaluation.understanding import understanding_cases
 from omnibridge.shapes import render
 
@@ -51,6 +51,19 @@ def test_its_retrieval_finds_the_right_scene(builtin):
     scenes, captions, owners = retrieval_dataset(100, seed=999)
     scores = recall_at_k(builtin.embed_images([render(s) for s in scenes]), builtin.embed_texts(captions), owners)
     assert scores["t2i_R@5"] >= 0.3 and scores["i2t_R@5"] >= 0.3  # chance is 0.05
+
+
+def test_short_queries_are_scored_by_the_scenes_that_answer_them(builtin):
+    scenes, _, _ = retrieval_dataset(100, seed=999)
+    queries, answers = partial_queries(scenes, seed=999)
+    assert answers.shape == (len(queries), 100) and answers.any(1).all()
+    images = builtin.embed_images([render(s) for s in scenes])
+    # the answering images themselves, as queries, are found exactly; their opposites never
+    perfect = np.stack([images[row.argmax()] for row in answers])
+    assert precision_at_k(perfect, images, answers)["partial_P@1"] == 1.0
+    assert precision_at_k(-perfect, images, answers)["partial_P@1"] < 1.0
+    scores = precision_at_k(builtin.embed_texts(queries), images, answers)
+    assert scores["partial_P@1"] > answers.mean() + 0.1, (scores, answers.mean())  # above a random ranking
 
 
 def test_the_chat_routes_drawing_requests(builtin):

@@ -164,3 +164,27 @@ def test_everything_is_deterministic_given_a_seed():
     a = [format_caption(describe(sample_scene(random.Random(9)))) for _ in range(3)]
     assert len(set(a)) == 1
     assert paraphrase_prompt(random.Random(1), "a red circle") == paraphrase_prompt(random.Random(1), "a red circle")
+
+
+def test_short_queries_name_part_of_their_scene_and_are_answered_as_a_user_means_them():
+    from omnibridge.shapes.captions import partial_caption, query_holds
+    from omnibridge.shapes.world import Scene, ShapeObject
+
+    rng = random.Random(5)
+    for _ in range(300):
+        scene = sample_scene(rng)
+        query = partial_caption(scene, rng)
+        spec = parse_caption(query)
+        assert spec.relation is None and spec.n_objects <= len(scene)
+        assert query_holds(spec, scene), (query, format_caption(describe(scene)))
+
+    def circle(color, x0):
+        return ShapeObject("circle", color, "small", x0, 40, 10)
+
+    two_red = Scene((circle("red", 12), circle("red", 40)))
+    assert query_holds(parse_caption("a red circle"), two_red)  # a second red circle does not make it wrong
+    assert query_holds(parse_caption("two red circles"), two_red)
+    assert not query_holds(parse_caption("three red circles"), two_red)
+    assert not query_holds(parse_caption("two circles"), Scene((*two_red.objects, circle("blue", 26))))
+    assert not query_holds(parse_caption("a red circle and a square"), two_red)
+    assert not query_holds(parse_caption("a large red circle"), two_red)

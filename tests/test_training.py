@@ -384,9 +384,14 @@ def test_stage3_pool_holds_the_frozen_llms_states_and_is_rebuilt_for_another_llm
     states, mask = llm_states(model, fmt, [fmt.encode([Message("user", [render(first_scene)])])], "image0")
     assert torch.allclose(pool.image_states[0].float(), states[0, : int(mask.sum())], atol=1e-2, rtol=1e-2)
 
-    (images, image_mask), (texts, text_mask), image_ids, text_ids = pool_batch(pool, random.Random(0), 4)
-    assert images.shape[0] == 4 and texts.shape[0] == len(text_ids) and set(text_ids.tolist()) == {0, 1, 2, 3}
-    assert image_mask.sum(1).min() > 0 and text_mask.sum(1).min() > 0
+    batch = pool_batch(pool, random.Random(0), 4, partial_share=0.5)
+    (images, image_mask), (texts, text_mask), (partials, partial_mask) = batch.images, batch.texts, batch.partials
+    assert images.shape[0] == 4 and texts.shape[0] == len(batch.text_ids) and set(batch.text_ids.tolist()) == {0, 1, 2, 3}
+    assert image_mask.sum(1).min() > 0 and text_mask.sum(1).min() > 0 and partial_mask.sum(1).min() > 0
+    # two short queries, each drawn from one of the batch's first two scenes, which must answer it
+    assert partials.shape[0] == 2 and batch.partial_answers.shape == (2, 4)
+    assert batch.partial_answers[0, 0] and batch.partial_answers[1, 1]
+    assert pool_batch(pool, random.Random(0), 4).partials is None
 
     caption = pool.caption_states[pool.captions_of_scene[2][0]]
     reused = load_or_build_pool(model, fmt, preset, seed=1, folder=tmp_path)

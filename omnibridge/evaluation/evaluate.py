@@ -113,7 +113,7 @@ def format_table(report: dict) -> str:
             values = {k: v for k, v in report[part].items() if isinstance(v, float)}
             lines.append(f"{part:<14}" + "  ".join(f"{k} {v:.2f}" for k, v in values.items()))
     if "retrieval" in report:
-        values = {k: v for k, v in report["retrieval"].items() if "R@" in k}
+        values = {k: v for k, v in report["retrieval"].items() if "@" in k}
         lines.append("retrieval     " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
     if "speed" in report:
         lines.append(f"speed         image {report['speed']['image_s']:.3f} s, "

@@ -2,6 +2,10 @@
 
 Each image has several equivalent captions; image->text hits when any of its captions is in the
 top K, text->image when its image is, text->text when another caption of the same image is.
+
+That protocol queries with a scene's whole description. A gallery user types less ("a red circle"),
+which many scenes answer, so short queries are scored apart: precision of the top 1 and top 5 images
+(P@5 over the queries that at least 5 scenes answer).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import random
 
 import numpy as np
 
-from ..shapes.captions import describe, equivalent_captions, format_caption
+from ..shapes.captions import describe, equivalent_captions, format_caption, parse_caption, partial_caption, query_holds
 from ..shapes.render import render
 from ..shapes.world import sample_scene
 
@@ -53,8 +57,27 @@ def recall_at_k(image_vectors: np.ndarray, text_vectors: np.ndarray, owners: np.
     return {k: round(v, 4) for k, v in results.items()}
 
 
+def partial_queries(scenes, seed: int = EVAL_SEED) -> tuple[list[str], np.ndarray]:
+    """Distinct short queries, one drawn from each scene, and which scenes answer each: [queries, scenes]."""
+    rng = random.Random(f"{seed}/partial")
+    queries = list(dict.fromkeys(partial_caption(scene, rng) for scene in scenes))
+    answers = np.array([[query_holds(parse_caption(q), scene) for scene in scenes] for q in queries])
+    return queries, answers
+
+
+def precision_at_k(query_vectors: np.ndarray, image_vectors: np.ndarray, answers: np.ndarray) -> dict:
+    top = np.argsort(-(query_vectors @ image_vectors.T), axis=1)[:, :5]
+    hits = np.take_along_axis(answers, top, axis=1)
+    enough = answers.sum(1) >= 5
+    return {"partial_P@1": round(float(hits[:, 0].mean()), 4),
+            "partial_P@5": round(float(hits[enough].mean()), 4)}
+
+
 def evaluate_retrieval(pipe, n_scenes: int = 1000) -> dict:
     scenes, captions, owners = retrieval_dataset(n_scenes)
     image_vectors = pipe.embed_images([render(s) for s in scenes])
     text_vectors = pipe.embed_texts(captions)
-    return {**recall_at_k(image_vectors, text_vectors, owners), "n_images": len(scenes), "n_texts": len(captions)}
+    queries, answers = partial_queries(scenes)
+    partial = precision_at_k(pipe.embed_texts(queries), image_vectors, answers)
+    return {**recall_at_k(image_vectors, text_vectors, owners), **partial,
+            "n_images": len(scenes), "n_texts": len(captions), "n_partial_queries": len(queries)}

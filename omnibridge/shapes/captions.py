@@ -122,6 +122,24 @@ def describe(scene: Scene, with_size: bool = True, with_color: bool = True) -> C
     return CaptionSpec(groups=tuple(group for group, _ in scene_groups(scene.objects, with_size, with_color)))
 
 
+def partial_caption(scene: Scene, rng: random.Random) -> str:
+    """A short query naming part of a scene, as a gallery user types it: one group of its description
+    (sometimes two), each attribute left out half the time ("a red circle", "two squares")."""
+    spec = describe(scene, with_size=rng.random() < 0.5, with_color=rng.random() < 0.5)
+    n_groups = 2 if len(spec.groups) > 2 and rng.random() < 0.25 else 1
+    return format_caption(CaptionSpec(tuple(rng.sample(spec.groups, n_groups))))
+
+
+def query_holds(spec: CaptionSpec, scene: Scene) -> bool:
+    """Whether a scene answers a (possibly partial) query without a relation: every group is there,
+    "a red circle" at least once (a second one does not make it wrong), "two red circles" exactly twice."""
+    for group in spec.groups:
+        present = sum(group.accepts(obj) for obj in scene.objects)
+        if present < 1 or (group.count > 1 and present != group.count):
+            return False
+    return True
+
+
 def relation_spec(
     scene: Scene, first: int = 0, with_size: bool = True, with_color: bool = True
 ) -> CaptionSpec | None:

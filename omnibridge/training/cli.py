@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retrieval-steps", type=int, help="override stage 3's step count")
     parser.add_argument("--retrieval-batch", type=int, help="override stage 3's batch (captions; half as many images)")
     parser.add_argument("--retrieval-pool", type=int, help="scenes whose frozen-LLM states stage 3 samples from")
+    parser.add_argument("--partial-share", type=float,
+                        help="share of stage 3's scenes that also bring a short query (0: whole descriptions only)")
     parser.add_argument("--vision-patch", type=int, choices=(4, 8),
                         help="the LLM's vision patch in pixels (a new stage-1 run; give it its own --work-dir)")
     args = parser.parse_args(argv)
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     for value, owner, name in overrides:
         if value:
             setattr(owner, name, value)
+    if args.partial_share is not None:  # apart from the loop above: 0 is a value worth giving
+        preset.align.stage3_partial_share = args.partial_share
     out = Path(args.out)
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".train")
     work_dir.mkdir(parents=True, exist_ok=True)

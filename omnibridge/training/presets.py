@@ -89,6 +89,7 @@ class AlignPreset:
     stage3_batch: int = 128  # captions per step; half as many images
     stage3_lr: float = 5e-4
     stage3_pool_scenes: int = 40_000  # frozen-LLM states computed once, sampled by every step
+    stage3_partial_share: float = 0.25  # scenes of a batch that also bring a short query (0: whole descriptions only)
 
 
 @dataclass

@@ -1,7 +1,11 @@
 """Stage 3, retrieval: multi-positive InfoNCE image<->text plus a small text<->text term.
 
 Loss = i2t + t2i + 0.05 * t2t, with every caption of the same scene a positive (the official
-recipe). The LLM stays frozen. Unlike the official retrieval fine-tune, the projector and BiLM are
+recipe), plus a term of our own for short queries: a gallery user types "a red circle", not a scene's
+whole description, and a model trained on whole descriptions only ranks such a query poorly. Some
+scenes of each batch also bring a partial description of themselves (captions.partial_caption), and
+every image in the batch that answers it is its positive (text->image only: image->text and
+text->text keep to whole descriptions). The LLM stays frozen. Unlike the official retrieval fine-tune, the projector and BiLM are
 frozen as well, so this stage cannot degrade generation: it trains the retrieval query banks, the
 four pooling heads, the fusion gates and the logit scale.
 
@@ -23,13 +27,14 @@ from tqdm.auto import tqdm
 
 from ..modeling.chat_format import ChatFormat, Message, SpanText, gather_spans
 from ..modeling.loading import LoadedModel
-from ..shapes.captions import equivalent_captions
+from ..shapes.captions import CaptionSpec, equivalent_captions, parse_caption, partial_caption, query_holds
 from ..shapes.render import render
-from ..shapes.world import sample_scene
+from ..shapes.world import Scene, sample_scene
 from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
 from .presets import AlignPreset
 
 TEXT_TO_TEXT_WEIGHT = 0.05
+PARTIAL_QUERY_WEIGHT = 0.5
 
 
 def multi_positive_nce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -42,7 +47,10 @@ def multi_positive_nce(logits: torch.Tensor, positives: torch.Tensor) -> torch.T
     return -torch.where(targets > 0, targets * log_probs, torch.zeros_like(log_probs)).sum(1).mean()
 
 
-def retrieval_loss(image_embeds, text_embeds, image_ids, text_ids, logit_scale) -> torch.Tensor:
+def retrieval_loss(image_embeds, text_embeds, image_ids, text_ids, logit_scale,
+                   partial_embeds: torch.Tensor | None = None, partial_answers: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """`partial_answers[q, i]`: whether image i answers short query q (multi-positive text->image)."""
     scale = logit_scale.float().exp()
     positives = image_ids[:, None] == text_ids[None, :]
     i2t = multi_positive_nce(scale * image_embeds @ text_embeds.T, positives)
@@ -51,7 +59,10 @@ def retrieval_loss(image_embeds, text_embeds, image_ids, text_ids, logit_scale) 
     eye = torch.eye(len(text_ids), dtype=torch.bool, device=same.device)
     t2t_logits = (scale * text_embeds @ text_embeds.T).masked_fill(eye, float("-inf"))
     t2t = multi_positive_nce(t2t_logits, same & ~eye)
-    return i2t + t2i + TEXT_TO_TEXT_WEIGHT * t2t
+    loss = i2t + t2i + TEXT_TO_TEXT_WEIGHT * t2t
+    if partial_embeds is not None and len(partial_embeds):
+        loss = loss + PARTIAL_QUERY_WEIGHT * multi_positive_nce(scale * partial_embeds @ image_embeds.T, partial_answers)
+    return loss
 
 
 @torch.no_grad()
@@ -69,6 +80,9 @@ class StatePool:
     caption_states: list[torch.Tensor]  # per caption: [tokens, hidden], float16
     captions_of_scene: list[list[int]]  # scene -> indices into caption_states
     llm_fingerprint: float
+    scenes: list[Scene]  # to tell which images answer a short query
+    partial_states: list[torch.Tensor]  # per scene: one short query drawn from it
+    partial_specs: list[CaptionSpec]
 
     def __len__(self) -> int:
         return len(self.image_states)
@@ -86,8 +100,9 @@ def _unpadded(states: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
 def build_state_pool(model: LoadedModel, fmt: ChatFormat, seed: int, n_scenes: int, captions_per_scene: int = 3,
                      chunk: int = 64) -> StatePool:
     rng = random.Random(f"{seed}/retrieval-pool")
+    partial_rng = random.Random(f"{seed}/retrieval-pool-partial")  # its own, so the rest of the pool is as before
     scenes = [sample_scene(rng) for _ in range(n_scenes)]
-    image_states, caption_states, captions_of_scene = [], [], []
+    image_states, caption_states, captions_of_scene, partial_states, partial_texts = [], [], [], [], []
     for start in tqdm(range(0, n_scenes, chunk), desc="retrieval pool", dynamic_ncols=True, mininterval=5.0):
         batch = scenes[start:start + chunk]
         image_prompts = [fmt.encode([Message("user", [render(s)])]) for s in batch]
@@ -99,18 +114,27 @@ def build_state_pool(model: LoadedModel, fmt: ChatFormat, seed: int, n_scenes: i
             captions_of_scene.append(list(range(len(caption_states) + len(texts),
                                                 len(caption_states) + len(texts) + len(chosen))))
             texts += chosen
-        text_prompts = [fmt.encode([Message("user", [SpanText("text", t)])]) for t in texts]
-        caption_states += _unpadded(*llm_states(model, fmt, text_prompts, "text"))
-    return StatePool(image_states, caption_states, captions_of_scene, llm_fingerprint(model))
+        caption_states += _text_states(model, fmt, texts)
+        partials = [partial_caption(scene, partial_rng) for scene in batch]
+        partial_states += _text_states(model, fmt, partials)
+        partial_texts += partials
+    return StatePool(image_states, caption_states, captions_of_scene, llm_fingerprint(model), scenes,
+                     partial_states, [parse_caption(text) for text in partial_texts])
+
+
+def _text_states(model: LoadedModel, fmt: ChatFormat, texts: list[str]) -> list[torch.Tensor]:
+    prompts = [fmt.encode([Message("user", [SpanText("text", t)])]) for t in texts]
+    return _unpadded(*llm_states(model, fmt, prompts, "text"))
 
 
 def load_or_build_pool(model: LoadedModel, fmt: ChatFormat, preset: AlignPreset, seed: int, folder: Path) -> StatePool:
     path = folder / f"pool-{preset.stage3_pool_scenes}-seed{seed}.pt"
     fingerprint = llm_fingerprint(model)
     if path.exists():
-        pool = StatePool(**torch.load(path, map_location="cpu", weights_only=False))
-        if abs(pool.llm_fingerprint - fingerprint) <= 1e-6 * max(1.0, abs(fingerprint)):
-            return pool
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        same_llm = abs(saved["llm_fingerprint"] - fingerprint) <= 1e-6 * max(1.0, abs(fingerprint))
+        if same_llm and "partial_states" in saved:  # a pool from before the short queries is rebuilt
+            return StatePool(**saved)
     pool = build_state_pool(model, fmt, seed, preset.stage3_pool_scenes)
     torch.save(pool.__dict__, path)
     return pool
@@ -126,8 +150,20 @@ def _padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return states, mask
 
 
-def pool_batch(pool: StatePool, rng: random.Random, n_scenes: int, captions_per_scene: int = 2):
-    """A batch drawn from the pool: n_scenes images, up to `captions_per_scene` of each one's captions."""
+@dataclass
+class PoolBatch:
+    images: tuple[torch.Tensor, torch.Tensor]  # states, mask
+    texts: tuple[torch.Tensor, torch.Tensor]
+    image_ids: torch.Tensor
+    text_ids: torch.Tensor  # the image each whole description belongs to
+    partials: tuple[torch.Tensor, torch.Tensor] | None  # short queries; None when the batch has none
+    partial_answers: torch.Tensor  # [queries, images]: which images answer each short query
+
+
+def pool_batch(pool: StatePool, rng: random.Random, n_scenes: int, captions_per_scene: int = 2,
+               partial_share: float = 0.0) -> PoolBatch:
+    """n_scenes images, up to `captions_per_scene` of each one's whole descriptions, and the short
+    queries of a `partial_share` of the scenes."""
     scenes = rng.sample(range(len(pool)), min(n_scenes, len(pool)))
     texts, text_ids = [], []
     for index, scene in enumerate(scenes):
@@ -135,8 +171,12 @@ def pool_batch(pool: StatePool, rng: random.Random, n_scenes: int, captions_per_
         for caption in rng.sample(captions, min(captions_per_scene, len(captions))):
             texts.append(pool.caption_states[caption])
             text_ids.append(index)
-    images = _padded([pool.image_states[i] for i in scenes])
-    return images, _padded(texts), torch.arange(len(scenes)), torch.tensor(text_ids)
+    askers = scenes[: round(partial_share * len(scenes))]
+    answers = torch.tensor([[query_holds(pool.partial_specs[q], pool.scenes[s]) for s in scenes] for q in askers],
+                           dtype=torch.bool).reshape(len(askers), len(scenes))
+    partials = _padded([pool.partial_states[q] for q in askers]) if askers else None
+    return PoolBatch(_padded([pool.image_states[i] for i in scenes]), _padded(texts), torch.arange(len(scenes)),
+                     torch.tensor(text_ids), partials, answers)
 
 
 # The parts of the alignment that stage 3 trains, in its optimizer's order; stage 2 owns the rest.
@@ -180,10 +220,12 @@ def train_retrieval(model: LoadedModel, preset: AlignPreset, work_dir: Path, see
     while run.progress.step < preset.stage3_steps:
         step = run.progress.step
         rng = step_rng(seed, "retrieval", step)
-        (image_states, image_mask), (text_states, text_mask), image_ids, text_ids = pool_batch(pool, rng, n_scenes)
-        image_embeds = alignment.embed_image_states(image_states, image_mask)
-        text_embeds = alignment.embed_text_states(text_states, text_mask)
-        loss = retrieval_loss(image_embeds, text_embeds, image_ids, text_ids, alignment.logit_scale)
+        batch = pool_batch(pool, rng, n_scenes, partial_share=preset.stage3_partial_share)
+        image_embeds = alignment.embed_image_states(*batch.images)
+        text_embeds = alignment.embed_text_states(*batch.texts)
+        partial_embeds = alignment.embed_text_states(*batch.partials) if batch.partials else None
+        loss = retrieval_loss(image_embeds, text_embeds, batch.image_ids, batch.text_ids, alignment.logit_scale,
+                              partial_embeds, batch.partial_answers)
         lr = warmup_cosine_lr(step, preset.stage3_steps, preset.stage3_lr, warmup=min(100, preset.stage3_steps // 10 + 1))
         optimizer_step(optimizer, loss, parameters, lr)
         with torch.no_grad():
