@@ -5,9 +5,11 @@ recipe), plus a term of our own for short queries: a gallery user types "a red c
 whole description, and a model trained on whole descriptions only ranks such a query poorly. Some
 scenes of each batch also bring a partial description of themselves (captions.partial_caption), and
 every image in the batch that answers it is its positive (text->image only: image->text and
-text->text keep to whole descriptions). The LLM stays frozen. Unlike the official retrieval fine-tune, the projector and BiLM are
-frozen as well, so this stage cannot degrade generation: it trains the retrieval query banks, the
-four pooling heads, the fusion gates and the logit scale.
+text->text keep to whole descriptions).
+
+The LLM stays frozen. Unlike the official retrieval fine-tune, the projector and BiLM are frozen as
+well, so this stage cannot degrade generation: it trains the retrieval query banks, the four pooling
+heads, the fusion gates and the logit scale.
 
 Because the LLM is frozen, its states for a scene never change: they are computed once for a pool of
 scenes (`stage3_pool_scenes`, a few minutes) and each step draws its batch from the pool. A step then
