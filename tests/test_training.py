@@ -531,3 +531,16 @@ def test_a_half_precision_package_halves_the_llm_and_decoder_and_loads_as_float3
         assert half.llm.state_dict()[name].dtype == tensor.dtype == torch.float32
         assert torch.allclose(half.llm.state_dict()[name], tensor, rtol=1e-3, atol=1e-4), name
     assert half.generate("a red circle", num_inference_steps=2, seed=0).images[0].size == (64, 64)
+
+
+def test_command_line_options_reach_the_preset_and_a_zero_counts():
+    """An option not given leaves the preset's value; one given, even 0 (`--vqa-share 0`), replaces it."""
+    from omnibridge.training.cli import parse_args, preset_for
+    from omnibridge.training.presets import get_preset
+
+    assert preset_for(parse_args(["--out", "unused"])) == get_preset("shapes")
+    given = preset_for(parse_args(["--out", "unused", "--partial-share", "0", "--vqa-share", "0",
+                                   "--text-before-images", "--question-weight", "relation=2", "--llm-steps", "7"]))
+    assert given.align.stage3_partial_share == 0 and given.llm.vqa_share == 0
+    assert given.llm.text_before_images is True and given.llm.question_weights == {"relation": 2.0}
+    assert given.llm.steps == 7 and given.align == replace(get_preset("shapes").align, stage3_partial_share=0)

@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rope-theta", type=float,
                         help="the language model's rotary base (preset: 10); stage 1 sets it on a model "
                              "trained with another, and re-teaches positions")
-    parser.add_argument("--text-before-images", action="store_true",
+    parser.add_argument("--text-before-images", action="store_true", default=None,
                         help="train stage 1 with each turn's text before its images (PromptConfig."
                              "text_before_images; tried in the ninth session: colour answers fell, relations did not rise)")
     parser.add_argument("--vision-steps", type=int, help="override stage 1b's step count")
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
-    args.question_weight = _question_weights(parser, args.question_weight)
+    args.question_weight = _question_weights(parser, args.question_weight) if args.question_weight else None
     return args
 
 
@@ -111,13 +111,10 @@ def _question_weights(parser: argparse.ArgumentParser, pairs: list[str]) -> dict
     return weights
 
 
-def main(argv: list[str] | None = None) -> dict:
+def preset_for(args: argparse.Namespace):
+    """The named preset with every option the command line gave set on it."""
     from .presets import get_preset
-    from .stages import DecoderRunOptions, record_command, run_stages
 
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     preset = get_preset(args.preset)
     overrides = ((args.decoder_steps, preset.decoder, "dit_steps"),
                  (args.decoder_cooldown_steps, preset.decoder, "dit_cooldown_steps"),
@@ -134,12 +131,21 @@ def main(argv: list[str] | None = None) -> dict:
                  (args.align_steps, preset.align, "stage2_steps"), (args.retrieval_steps, preset.align, "stage3_steps"),
                  (args.retrieval_batch, preset.align, "stage3_batch"),
                  (args.retrieval_pool, preset.align, "stage3_pool_scenes"),
-                 (args.align_all_queries_share, preset.align, "all_queries_share"))
+                 (args.align_all_queries_share, preset.align, "all_queries_share"),
+                 (args.partial_share, preset.align, "stage3_partial_share"))
     for value, owner, name in overrides:
-        if value:
+        if value is not None:  # an option not given is None; 0 is a value worth giving (--vqa-share 0)
             setattr(owner, name, value)
-    if args.partial_share is not None:  # apart from the loop above: 0 is a value worth giving
-        preset.align.stage3_partial_share = args.partial_share
+    return preset
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from .stages import DecoderRunOptions, record_command, run_stages
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = preset_for(args)
     out = Path(args.out)
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".train")
     work_dir.mkdir(parents=True, exist_ok=True)
