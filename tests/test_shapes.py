@@ -167,14 +167,15 @@ def test_everything_is_deterministic_given_a_seed():
 
 
 def test_short_queries_name_part_of_their_scene_and_are_answered_as_a_user_means_them():
-    from omnibridge.shapes.captions import partial_caption, query_holds
+    from omnibridge.shapes.captions import partial_spec, query_holds
     from omnibridge.shapes.world import Scene, ShapeObject
 
     rng = random.Random(5)
     for _ in range(300):
         scene = sample_scene(rng)
-        query = partial_caption(scene, rng)
-        spec = parse_caption(query)
+        spec = partial_spec(scene, rng)
+        query = format_caption(spec)
+        assert parse_caption(query) == spec  # a query the caption grammar reads back as it was meant
         assert spec.relation is None and spec.n_objects <= len(scene)
         assert query_holds(spec, scene), (query, format_caption(describe(scene)))
 

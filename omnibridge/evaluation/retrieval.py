@@ -14,7 +14,7 @@ import random
 
 import numpy as np
 
-from ..shapes.captions import describe, equivalent_captions, format_caption, parse_caption, partial_caption, query_holds
+from ..shapes.captions import describe, equivalent_captions, format_caption, partial_spec, query_holds
 from ..shapes.render import render
 from ..shapes.world import sample_scene
 
@@ -60,9 +60,12 @@ def recall_at_k(image_vectors: np.ndarray, text_vectors: np.ndarray, owners: np.
 def partial_queries(scenes, seed: int = EVAL_SEED) -> tuple[list[str], np.ndarray]:
     """Distinct short queries, one drawn from each scene, and which scenes answer each: [queries, scenes]."""
     rng = random.Random(f"{seed}/partial")
-    queries = list(dict.fromkeys(partial_caption(scene, rng) for scene in scenes))
-    answers = np.array([[query_holds(parse_caption(q), scene) for scene in scenes] for q in queries])
-    return queries, answers
+    specs = {}
+    for scene in scenes:
+        spec = partial_spec(scene, rng)
+        specs.setdefault(format_caption(spec), spec)
+    answers = np.array([[query_holds(spec, scene) for scene in scenes] for spec in specs.values()])
+    return list(specs), answers
 
 
 def precision_at_k(query_vectors: np.ndarray, image_vectors: np.ndarray, answers: np.ndarray) -> dict:

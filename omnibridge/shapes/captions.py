@@ -122,12 +122,12 @@ def describe(scene: Scene, with_size: bool = True, with_color: bool = True) -> C
     return CaptionSpec(groups=tuple(group for group, _ in scene_groups(scene.objects, with_size, with_color)))
 
 
-def partial_caption(scene: Scene, rng: random.Random) -> str:
+def partial_spec(scene: Scene, rng: random.Random) -> CaptionSpec:
     """A short query naming part of a scene, as a gallery user types it: one group of its description
     (sometimes two), each attribute left out half the time ("a red circle", "two squares")."""
     spec = describe(scene, with_size=rng.random() < 0.5, with_color=rng.random() < 0.5)
     n_groups = 2 if len(spec.groups) > 2 and rng.random() < 0.25 else 1
-    return format_caption(CaptionSpec(tuple(rng.sample(spec.groups, n_groups))))
+    return CaptionSpec(tuple(rng.sample(spec.groups, n_groups)))
 
 
 def query_holds(spec: CaptionSpec, scene: Scene) -> bool:

@@ -3,7 +3,7 @@
 Loss = i2t + t2i + 0.05 * t2t, with every caption of the same scene a positive (the official
 recipe), plus a term of our own for short queries: a gallery user types "a red circle", not a scene's
 whole description, and a model trained on whole descriptions only ranks such a query poorly. Some
-scenes of each batch also bring a partial description of themselves (captions.partial_caption), and
+scenes of each batch also bring a partial description of themselves (captions.partial_spec), and
 every image in the batch that answers it is its positive (text->image only: image->text and
 text->text keep to whole descriptions).
 
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..modeling.chat_format import ChatFormat, Message, SpanText, gather_spans
 from ..modeling.loading import LoadedModel
-from ..shapes.captions import CaptionSpec, equivalent_captions, parse_caption, partial_caption, query_holds
+from ..shapes.captions import CaptionSpec, equivalent_captions, format_caption, partial_spec, query_holds
 from ..shapes.render import render
 from ..shapes.world import Scene, sample_scene
 from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
@@ -62,7 +62,7 @@ def retrieval_loss(image_embeds, text_embeds, image_ids, text_ids, logit_scale,
     t2t_logits = (scale * text_embeds @ text_embeds.T).masked_fill(eye, float("-inf"))
     t2t = multi_positive_nce(t2t_logits, same & ~eye)
     loss = i2t + t2i + TEXT_TO_TEXT_WEIGHT * t2t
-    if partial_embeds is not None and len(partial_embeds):
+    if partial_embeds is not None:
         loss = loss + PARTIAL_QUERY_WEIGHT * multi_positive_nce(scale * partial_embeds @ image_embeds.T, partial_answers)
     return loss
 
@@ -104,7 +104,7 @@ def build_state_pool(model: LoadedModel, fmt: ChatFormat, seed: int, n_scenes: i
     rng = random.Random(f"{seed}/retrieval-pool")
     partial_rng = random.Random(f"{seed}/retrieval-pool-partial")  # its own, so the rest of the pool is as before
     scenes = [sample_scene(rng) for _ in range(n_scenes)]
-    image_states, caption_states, captions_of_scene, partial_states, partial_texts = [], [], [], [], []
+    image_states, caption_states, captions_of_scene, partial_states, partial_specs = [], [], [], [], []
     for start in tqdm(range(0, n_scenes, chunk), desc="retrieval pool", dynamic_ncols=True, mininterval=5.0):
         batch = scenes[start:start + chunk]
         image_prompts = [fmt.encode([Message("user", [render(s)])]) for s in batch]
@@ -117,11 +117,11 @@ def build_state_pool(model: LoadedModel, fmt: ChatFormat, seed: int, n_scenes: i
                                                 len(caption_states) + len(texts) + len(chosen))))
             texts += chosen
         caption_states += _text_states(model, fmt, texts)
-        partials = [partial_caption(scene, partial_rng) for scene in batch]
-        partial_states += _text_states(model, fmt, partials)
-        partial_texts += partials
+        specs = [partial_spec(scene, partial_rng) for scene in batch]
+        partial_states += _text_states(model, fmt, [format_caption(spec) for spec in specs])
+        partial_specs += specs
     return StatePool(image_states, caption_states, captions_of_scene, llm_fingerprint(model), scenes,
-                     partial_states, [parse_caption(text) for text in partial_texts])
+                     partial_states, partial_specs)
 
 
 def _text_states(model: LoadedModel, fmt: ChatFormat, texts: list[str]) -> list[torch.Tensor]:
