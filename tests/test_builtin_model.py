@@ -62,6 +62,9 @@ def test_short_queries_are_scored_by_the_scenes_that_answer_them(builtin):
     perfect = np.stack([images[row.argmax()] for row in answers])
     assert precision_at_k(perfect, images, answers)["partial_P@1"] == 1.0
     assert precision_at_k(-perfect, images, answers)["partial_P@1"] < 1.0
+    # P@5 counts only queries that five scenes answer; with none, it is absent, not NaN (JSON has no NaN)
+    few = np.eye(3, dtype=bool)
+    assert precision_at_k(np.eye(3), np.eye(3), few) == {"partial_P@1": 1.0, "partial_P@5": None}
     scores = precision_at_k(builtin.embed_texts(queries), images, answers)
     assert scores["partial_P@1"] > answers.mean() + 0.1, (scores, answers.mean())  # above a random ranking
 

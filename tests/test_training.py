@@ -264,6 +264,7 @@ def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
                             "--questions-per-type", "2", "--edits-per-type", "1", "--retrieval-scenes", "20",
                             "--steps", "2", "--write-card"])
     saved = json.loads(out.read_text())
+    assert "NaN" not in out.read_text()  # strict JSON: a metric with nothing to count is null
     assert saved["generation"]["omnibridge"]["n_prompts"] == 12
     assert 0.0 <= report["understanding"]["overall"] <= 1.0
     assert "t2i_R@1" in report["retrieval"] and report["speed"]["image_s"] > 0

@@ -114,7 +114,8 @@ def format_table(report: dict) -> str:
             lines.append(f"{part:<14}" + "  ".join(f"{k} {v:.2f}" for k, v in values.items()))
     if "retrieval" in report:
         values = {k: v for k, v in report["retrieval"].items() if "@" in k}
-        lines.append("retrieval     " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        lines.append("retrieval     " + "  ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a"
+                                                  for k, v in values.items()))
     if "speed" in report:
         lines.append(f"speed         image {report['speed']['image_s']:.3f} s, "
                      f"short answer {report['speed']['short_answer_s']:.3f} s")

@@ -71,9 +71,9 @@ def partial_queries(scenes, seed: int = EVAL_SEED) -> tuple[list[str], np.ndarra
 def precision_at_k(query_vectors: np.ndarray, image_vectors: np.ndarray, answers: np.ndarray) -> dict:
     top = np.argsort(-(query_vectors @ image_vectors.T), axis=1)[:, :5]
     hits = np.take_along_axis(answers, top, axis=1)
-    enough = answers.sum(1) >= 5
+    enough = answers.sum(1) >= 5  # a query with fewer answering scenes could not fill its top 5
     return {"partial_P@1": round(float(hits[:, 0].mean()), 4),
-            "partial_P@5": round(float(hits[enough].mean()), 4)}
+            "partial_P@5": round(float(hits[enough].mean()), 4) if enough.any() else None}
 
 
 def evaluate_retrieval(pipe, n_scenes: int = 1000) -> dict:
