@@ -545,3 +545,20 @@ def test_command_line_options_reach_the_preset_and_a_zero_counts():
     assert given.align.stage3_partial_share == 0 and given.llm.vqa_share == 0
     assert given.llm.text_before_images is True and given.llm.question_weights == {"relation": 2.0}
     assert given.llm.steps == 7 and given.align == replace(get_preset("shapes").align, stage3_partial_share=0)
+
+
+def test_the_package_takes_the_presets_sampler_and_steps(trained):
+    from pathlib import Path
+
+    from omnibridge.modeling.config import OmniBridgeConfig
+    from omnibridge.training.presets import get_preset
+
+    root, _ = trained
+    packaged = OmniBridgeConfig.load(root / "model" / "omnibridge_config.json").generation
+    quick = get_preset("quick")
+    assert (packaged.sampler, packaged.num_inference_steps) == (quick.sampler, quick.inference_steps)
+    # the shapes recipe writes the defaults the built-in model ships with
+    shipped = OmniBridgeConfig.load(Path("assets/omnibridge-shapes/omnibridge_config.json")).generation
+    shapes = get_preset("shapes")
+    assert (shipped.sampler, shipped.num_inference_steps, shipped.guidance_cutoff) == (
+        shapes.sampler, shapes.inference_steps, shapes.guidance_cutoff)

@@ -108,6 +108,11 @@ def format_table(report: dict) -> str:
         lines.append("generation    " + " | ".join(header))
         for path in ("omnibridge", "decoder_alone"):
             lines.append(f"  {path:<12} " + " | ".join(f"{generation[path][k]:.2f}" for k in keys))
+        settings = generation.get("settings")
+        if settings:  # accuracy depends on them: say which were measured
+            lines.append(f"  sampler {report.get('sampler', '?')}, {settings['num_inference_steps']} steps, "
+                         f"guidance {settings['guidance_scale']} on the first "
+                         f"{report.get('guidance_cutoff', 1.0):.0%} of the steps")
     for part in ("understanding", "editing"):
         if part in report:
             values = {k: v for k, v in report[part].items() if isinstance(v, float)}

@@ -138,7 +138,8 @@ def build_chat_tab(ctx: AppContext) -> dict:
         turn = pipeline.stream_chat_turn(
             to_model_messages(history[:-1]), mode=MODES.get(mode_label, "auto"),
             max_new_tokens=clamp_int(max_tokens, 1, 512, 64), temperature=clamp_float(temp, 0.0, 1.5, 0.0),
-            top_p=clamp_float(nucleus, 0.05, 1.0, 1.0), num_inference_steps=clamp_int(draw_steps, 1, 100, 20),
+            top_p=clamp_float(nucleus, 0.05, 1.0, 1.0),
+            num_inference_steps=clamp_int(draw_steps, 1, 100, pipeline.config.generation.num_inference_steps),
             callback=stop_between_steps)
         try:
             for event in turn:

@@ -23,9 +23,9 @@ from .context import AppContext
 # No accuracy figures here: the app may load another model than the built-in one they were measured
 # on (README, "fewer steps", has them: DDPM@100 is the most accurate there).
 SAMPLER_LABELS = {
-    "dpm++": "DPM-Solver++, 20 steps (fast)",
+    "dpm++": "DPM-Solver++ (fast)",
     "ddpm": "DDPM, 100 steps (the official setting; about 5x slower)",
-    "unipc": "UniPC",
+    "unipc": "UniPC (fast)",
     "ddim": "DDIM",
     "dpm++sde": "DPM-Solver++ SDE",
 }
