@@ -24,7 +24,7 @@ from .context import AppContext
 # on (README, "fewer steps", has them: DDPM@100 is the most accurate there).
 SAMPLER_LABELS = {
     "dpm++": "DPM-Solver++ (fast)",
-    "ddpm": "DDPM, 100 steps (the official setting; about 5x slower)",
+    "ddpm": "DDPM, 100 steps (the official setting; several times slower)",
     "unipc": "UniPC (fast)",
     "ddim": "DDIM",
     "dpm++sde": "DPM-Solver++ SDE",
