@@ -551,12 +551,18 @@ def test_the_package_takes_the_presets_sampler_and_steps(trained):
     from pathlib import Path
 
     from omnibridge.modeling.config import OmniBridgeConfig
+    from omnibridge.modeling.decoder import HunyuanDecoder
+    from omnibridge.training.assemble import shapes_config
     from omnibridge.training.presets import get_preset
 
     root, _ = trained
     packaged = OmniBridgeConfig.load(root / "model" / "omnibridge_config.json").generation
     quick = get_preset("quick")
     assert (packaged.sampler, packaged.num_inference_steps) == (quick.sampler, quick.inference_steps)
+    # not the config's own defaults: a preset's choice reaches the package
+    decoder = HunyuanDecoder.from_pretrained(root / "model" / "decoder")
+    chosen = shapes_config(replace(quick, sampler="ddim", inference_steps=7), decoder, llm_hidden_size=32).generation
+    assert (chosen.sampler, chosen.num_inference_steps) == ("ddim", 7)
     # the shapes recipe writes the defaults the built-in model ships with
     shipped = OmniBridgeConfig.load(Path("assets/omnibridge-shapes/omnibridge_config.json")).generation
     shapes = get_preset("shapes")

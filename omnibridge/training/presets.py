@@ -126,7 +126,7 @@ def quick_preset() -> TrainPreset:
         name="quick",
         edit_candidates=1,
         guidance_cutoff=1.0,
-        sampler="dpm++",  # the micro model is not measured; it keeps the library's usual sampler
+        sampler="dpm++",  # the micro model's accuracy is never measured: it keeps the earlier default
         inference_steps=20,
         package_half=False,
         decoder=DecoderPreset(vae_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2, text_dim=32,
