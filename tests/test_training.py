@@ -406,10 +406,17 @@ def test_stage3_pool_holds_the_frozen_llms_states_and_is_rebuilt_for_another_llm
     assert not torch.equal(rebuilt.caption_states[rebuilt.captions_of_scene[2][0]], caption)
 
 
-def test_a_new_dit_trains_on_a_trained_decoders_frozen_text_encoders(trained, tmp_path):
+def test_a_new_dit_trains_on_a_trained_decoders_frozen_text_encoders(trained, tmp_path, monkeypatch):
     """--decoder-from: the model's alignment stays valid because the text encoders it imitates do not change."""
     from safetensors.torch import load_file
 
+    from omnibridge.evaluation import generation
+    from omnibridge.training import decoder_stage
+
+    check_seeds = []  # the stage keeps its best EMA by these checks: never the evaluation's own cases
+    monkeypatch.setattr(decoder_stage, "generation_cases",
+                        lambda per_category, seed=generation.EVAL_SEED: check_seeds.append(seed)
+                        or generation.generation_cases(per_category, seed))
     root, _ = trained
     source = root / "model" / "decoder"
     work = tmp_path / "work"
@@ -417,6 +424,7 @@ def test_a_new_dit_trains_on_a_trained_decoders_frozen_text_encoders(trained, tm
             "--decoder-from", str(source), "--dit-width", "64", "--dit-batch", "4", "--decoder-steps", "3",
             "--threads", "2"]
     report = train_main(args)
+    assert check_seeds == [generation.VALIDATION_SEED]
     assert report["decoder"]["vae"]["kept_from"] == str(source) and not report["decoder"]["vae"]["dit_trained_on"]
     for part in ("text_encoder", "text_encoder_2", "vae"):
         before, after = (load_file(next((d / part).glob("*.safetensors"))) for d in (source, work / "decoder"))
@@ -541,8 +549,9 @@ def test_command_line_options_reach_the_preset_and_a_zero_counts():
 
     assert preset_for(parse_args(["--out", "unused"])) == get_preset("shapes")
     given = preset_for(parse_args(["--out", "unused", "--partial-share", "0", "--vqa-share", "0",
-                                   "--text-before-images", "--question-weight", "relation=2", "--llm-steps", "7"]))
-    assert given.align.stage3_partial_share == 0 and given.llm.vqa_share == 0
+                                   "--text-before-images", "--question-weight", "relation=2", "--llm-steps", "7",
+                                   "--dit-lr", "2e-4"]))
+    assert given.align.stage3_partial_share == 0 and given.llm.vqa_share == 0 and given.decoder.dit_lr == 2e-4
     assert given.llm.text_before_images is True and given.llm.question_weights == {"relation": 2.0}
     assert given.llm.steps == 7 and given.align == replace(get_preset("shapes").align, stage3_partial_share=0)
 

@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "--work-dir; worth a GPU)")
     parser.add_argument("--dit-layers", type=int, help="the DiT's depth, even (as --dit-width)")
     parser.add_argument("--dit-batch", type=int, help="the DiT's batch (a GPU affords more than the preset's 32)")
+    parser.add_argument("--dit-lr", type=float,
+                        help="the DiT's peak learning rate (preset: 5e-4); lower it to go on at a smaller batch "
+                             "than a run was trained with, e.g. a GPU-trained DiT cooled down on a CPU")
     parser.add_argument("--decoder-from", type=Path,
                         help="train the DiT on this trained decoder's VAE and text encoders, kept frozen (e.g. "
                              "assets/omnibridge-shapes/decoder): the model's alignment stays valid, so stages 2-3 "
@@ -119,7 +122,7 @@ def preset_for(args: argparse.Namespace):
     overrides = ((args.decoder_steps, preset.decoder, "dit_steps"),
                  (args.decoder_cooldown_steps, preset.decoder, "dit_cooldown_steps"),
                  (args.dit_width, preset.decoder, "hidden_size"), (args.dit_layers, preset.decoder, "num_layers"),
-                 (args.dit_batch, preset.decoder, "dit_batch"),
+                 (args.dit_batch, preset.decoder, "dit_batch"), (args.dit_lr, preset.decoder, "dit_lr"),
                  (args.llm_steps, preset.llm, "steps"), (args.llm_lr, preset.llm, "lr"),
                  (args.llm_layers, preset.llm, "num_layers"),
                  (args.question_weight, preset.llm, "question_weights"),

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..evaluation.generation import evaluate_generation, generation_cases
+from ..evaluation.generation import VALIDATION_SEED, evaluate_generation, generation_cases
 from ..modeling.decoder import HunyuanDecoder
 from ..shapes.captions import describe
 from ..shapes.detect import image_matches
@@ -206,7 +206,7 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
         optimizer.load_state_dict(run.saved_state["optimizer"])
         ema.load_state_dict(run.saved_state["ema"])
     noise_schedule = training_noise_schedule()
-    cases = generation_cases(preset.eval_prompts_per_category)
+    cases = generation_cases(preset.eval_prompts_per_category, seed=VALIDATION_SEED)  # picks the best EMA
     best_dir = Path(work_dir) / "dit" / "best"
     ema_modules = copy.deepcopy(trainable).eval()
 
