@@ -295,6 +295,10 @@ def test_the_model_card_tells_gpu_training_time_from_cpu_time():
     assert "| dit | 3525 | 7.6 min on NVIDIA H200 |" in summary and "| llm | 100 | 120.0 min |" in summary
     assert "**2.00 h** on a 2-core CPU" in summary and "plus **7.6 min** on one NVIDIA H200" in summary
     assert "dit: trained on the frozen text encoders" in summary
+    # the curve names how many prompts each check drew (60 for curves recorded before the count was kept)
+    check = {"step": 500, "seconds": 60.0, "overall": 0.5, "right_object_count": 0.7}
+    for recorded, shown in ((check, "(60 prompts"), ({**check, "n_prompts": 150}, "(150 prompts")):
+        assert shown in _training_summary({"dit": {**training["dit"], "eval_curve": [recorded]}})
 
 
 def test_a_finer_vision_patch_and_text_first_turns_can_be_asked_for(tmp_path):

@@ -123,7 +123,8 @@ def _training_summary(training: dict | None) -> str:
     curve = stages.get("dit", {}).get("eval_curve")
     if curve:
         where = f" on {stages['dit']['device']}" if stages["dit"].get("device") else ""
-        rows.append(f"\nDecoder-alone generation accuracy during stage 0{where} (60 held-out prompts, EMA weights):\n")
+        prompts = curve[0].get("n_prompts") or 60  # curves recorded before the count was kept: 60
+        rows.append(f"\nDecoder-alone generation accuracy during stage 0{where} ({prompts} prompts, EMA weights):\n")
         rows.append("| step | training minutes | overall | right object count |\n|---|---|---|---|")
         rows += [f"| {c['step']} | {c['seconds'] / 60:.0f} | {c['overall']:.3f} | {c['right_object_count']:.2f} |"
                  for c in curve]

@@ -166,7 +166,8 @@ def training_summary(work_dir: Path) -> dict:
         evals = list({r["step"]: r for r in rows if r.get("event") == "eval"}.values())
         if evals:
             entry["eval_curve"] = [{"step": r["step"], "seconds": r["seconds"], "overall": r["overall"],
-                                    "right_object_count": r.get("right_object_count")} for r in evals]
+                                    "right_object_count": r.get("right_object_count"),
+                                    "n_prompts": r.get("n_prompts")} for r in evals]
         done = [r for r in rows if r.get("event") == "done"]
         if done:
             entry.update({k: v for k, v in done[-1].items() if k not in ("stage", "step", "seconds", "images_seen",
