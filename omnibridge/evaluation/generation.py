@@ -18,8 +18,8 @@ from ..shapes.world import COLOR_NAMES, RELATIONS, SHAPES
 
 CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 EVAL_SEED = 7_000_000  # held out: training derives its data from (seed, stage, step) strings instead
-# Prompts and noise for choosing among checkpoints or settings (the decoder stage's checks, studies), so
-# that the evaluation's own cases never pick what they then measure.
+# Prompts and noise for choosing among checkpoints or settings (the decoder stage's checks, the seventeenth
+# session's sampler screen), so that the evaluation's own cases never pick what they then measure.
 VALIDATION_SEED = 7_654_321
 
 

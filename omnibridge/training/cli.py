@@ -41,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dit-layers", type=int, help="the DiT's depth, even (as --dit-width)")
     parser.add_argument("--dit-batch", type=int, help="the DiT's batch (a GPU affords more than the preset's 32)")
     parser.add_argument("--dit-lr", type=float,
-                        help="the DiT's peak learning rate (preset: 5e-4); lower it to go on at a smaller batch "
-                             "than a run was trained with, e.g. a GPU-trained DiT cooled down on a CPU")
+                        help="the DiT's peak learning rate (preset: 5e-4), e.g. lower to go on at a smaller batch "
+                             "than a run was trained with")
     parser.add_argument("--decoder-from", type=Path,
                         help="train the DiT on this trained decoder's VAE and text encoders, kept frozen (e.g. "
                              "assets/omnibridge-shapes/decoder): the model's alignment stays valid, so stages 2-3 "
