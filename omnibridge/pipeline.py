@@ -36,6 +36,7 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .caption_choice import least_change
 from .inputs import InvalidInputError, clean_text, load_image, normalize_messages
 from .model_thread import ModelThread
 from .modeling.chat_format import ChatFormat, EncodedPrompt, Message, SpanText, gather_spans
@@ -420,15 +421,19 @@ class OmniBridgePipeline:
         return ChatAnswer("text", self.format.sanitize(text))  # no control tokens reach the reader
 
     # ------------------------------------------------------------------------------ generation
-    def _generate_after(self, prompts: list[EncodedPrompt], forced_prefix: str | None, max_new_tokens: int) -> list[str]:
-        """Greedy continuation of prompts, optionally after a forced first token (e.g. `<img>`)."""
+    def _generate_after(self, prompts: list[EncodedPrompt], forced_prefix: str | None, max_new_tokens: int,
+                        beams: int = 1) -> list[str]:
+        """Greedy continuation of prompts, optionally after a forced first token (e.g. `<img>`).
+
+        `beams` > 1 runs beam search and returns each prompt's `beams` best continuations, best first."""
         prefix = self.format.tag_ids(forced_prefix) if forced_prefix else []
         prompts = [EncodedPrompt(p.input_ids + prefix, p.images, p.spans) for p in prompts]
         batch = self._to_device(self.format.collate(prompts, "left")["inputs"])
         with torch.inference_mode():
             output = self.llm.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                        top_p=None, top_k=None, eos_token_id=self._stop_ids(),
-                                       pad_token_id=self.format.pad_id)
+                                       pad_token_id=self.format.pad_id, num_beams=beams,
+                                       num_return_sequences=beams)
         new_tokens = output[:, batch["input_ids"].shape[1]:]
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
 
@@ -548,13 +553,24 @@ class OmniBridgePipeline:
         _, image_states = self._caption_states([encoded], [caption], prompts.edit_open or prompts.image_open)
         return self._condition([caption], image_states, t5_inputs=True)
 
-    def _write_edit_caption(self, source: Image.Image, instruction: str) -> str:
-        prompts = self.config.prompts
+    def _write_edit_caption(self, source: Image.Image, instruction: str) -> tuple[str, dict]:
+        """The edit's target caption, and how it was chosen when the model writes several (caption_choice.py)."""
+        prompts, beams = self.config.prompts, self.config.generation.edit_caption_beams
+        max_new_tokens = self.config.generation.max_new_tokens
         encoded = self.format.encode([Message("user", [source, prompts.edit.format(instruction=instruction)])])
-        caption = self._generate_after([encoded], prompts.edit_open or None, self.config.generation.max_new_tokens)[0]
-        caption = caption.split("\n")[0].strip()
+        captions = [c.split("\n")[0].strip()
+                    for c in self._generate_after([encoded], prompts.edit_open or None, max_new_tokens, beams)]
+        choice = {}
+        if beams > 1:
+            asked = self.format.encode([Message("user", [source, prompts.describe])])
+            description = self._generate_after([asked], None, max_new_tokens)[0]
+            choice = {"source_description": description, "caption_candidates": captions}
+            captions = [captions[least_change(description, captions)]]
+        caption = captions[0]
         # The official scripts fall back to the raw instruction when the LLM refuses.
-        return instruction if not caption or caption.startswith("I'm unable to see the image") else caption
+        if not caption or caption.startswith("I'm unable to see the image"):
+            caption = instruction
+        return caption, choice
 
     def generate(self, prompt: str, rewrite: bool = True, seed: int | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
@@ -641,7 +657,7 @@ class OmniBridgePipeline:
 
         def job():
             start = time.perf_counter()
-            written = caption or self._write_edit_caption(source, instruction)
+            written, choice = (caption, {}) if caption else self._write_edit_caption(source, instruction)
             cond = self._edit_condition(source, instruction, written)
             timings = {"rewrite_condition_s": time.perf_counter() - start}
             mark = time.perf_counter()
@@ -650,11 +666,11 @@ class OmniBridgePipeline:
                                  captions=[written])
             timings["denoise_decode_s"] = time.perf_counter() - mark
             timings["total_s"] = time.perf_counter() - start
-            return written, drawn, timings
+            return written, choice, drawn, timings
 
-        caption, (images, kept_seeds, scores), timings = self.run_job(job)
-        parameters = {"mode": "edit", "instruction": instruction, "caption": caption, "sampler": sampler,
-                      "num_inference_steps": steps,
+        caption, choice, (images, kept_seeds, scores), timings = self.run_job(job)
+        parameters = {"mode": "edit", "instruction": instruction, "caption": caption, **choice,
+                      "sampler": sampler, "num_inference_steps": steps,
                       "guidance_scale": guidance, "guidance_cutoff": self.config.generation.guidance_cutoff,
                       "strength": strength, "height": height, "width": width,
                       "candidates": candidates, "seeds": kept_seeds, "model": self.model_id}
@@ -691,7 +707,10 @@ class OmniBridgePipeline:
         settings = dict(seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                         callback=callback, caption=answer.caption)
         if answer.kind == "edit":
+            if self.config.generation.edit_caption_beams > 1:  # the edit writes its own and chooses among beams
+                settings["caption"] = None
             result = self.edit(last_image, request, **settings)
+            answer = ChatAnswer("edit", result.caption, result.caption)
         else:
             result = self.generate(request, **settings)
         yield ChatTurnEvent(answer, done=True, result=result)

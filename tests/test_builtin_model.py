@@ -73,3 +73,19 @@ def test_the_chat_routes_drawing_requests(builtin):
     events = list(builtin.stream_chat_turn([{"role": "user", "content": "draw a red circle"}],
                                            num_inference_steps=10, seed=random.Random(0).randrange(1000)))
     assert events[-1].answer.kind == "draw" and events[-1].result.images[0].size == (64, 64)
+
+
+def test_an_edit_in_chat_keeps_the_caption_that_changes_its_own_description_least(builtin):
+    from omnibridge.caption_choice import NO_CHANGE, caption_change, least_change
+    from omnibridge.evaluation.editing import edit_cases
+
+    example = edit_cases(1, seed=2468)[0]  # a recolour of a held-out scene
+    messages = [{"role": "user", "content": [{"type": "image", "image": render(example.source)},
+                                             example.instruction]}]
+    final = list(builtin.stream_chat_turn(messages, num_inference_steps=4, seed=1))[-1]
+    assert final.answer.kind == "edit", final.answer
+    parameters = final.result.parameters
+    written, description = parameters["caption_candidates"], parameters["source_description"]
+    assert len(written) == builtin.config.generation.edit_caption_beams == 4
+    assert final.answer.caption == final.result.caption == written[least_change(description, written)]
+    assert caption_change(description, final.result.caption) < NO_CHANGE  # the edit changes something

@@ -248,6 +248,45 @@ def test_self_check_keeps_the_candidate_the_models_own_embeddings_rate_best(tiny
     assert plain.scores is None and plain.parameters["candidates"] == 1
 
 
+def test_caption_change_counts_objects_not_words():
+    from omnibridge.caption_choice import NO_CHANGE, caption_change, least_change
+
+    source = "a large red circle and two small blue squares"
+    assert caption_change(source, "a large green circle and two small blue squares") == 1  # a recolour: one object
+    assert caption_change(source, "a large red circle and a small blue square") == 1  # a removal
+    assert caption_change(source, "a large green circle and a large blue square") == 3  # three objects changed
+    assert caption_change(source, "two small blue squares and a large red circle") == NO_CHANGE  # reordered
+    assert caption_change(source, "a large red circle and a small blue square and a small blue square") == NO_CHANGE
+    assert caption_change("a red circle and a blue square", "a red circle to the left of a blue square") == 0  # a move
+    assert caption_change("a red circle", "a fish on a bicycle") == 4  # outside the grammar: words
+    assert caption_change("a fish", "a fish") == NO_CHANGE
+    beams = ["a large green circle and a large blue square",  # also merges and resizes the squares: 3
+             "a large red circle and two small blue squares",  # changes nothing
+             "two small blue squares and a large green circle",  # the edit: 1
+             "a large green circle and two small blue squares",  # the same edit, a worse beam
+             "a large red circle"]  # drops both squares: 2
+    assert least_change(source, beams) == 2
+    with pytest.raises(ValueError):
+        least_change(source, [])
+
+
+def test_an_edit_can_choose_its_caption_among_beams(tiny_pipeline, scene_image):
+    from omnibridge.caption_choice import least_change
+
+    defaults = tiny_pipeline.config.generation
+    defaults.edit_caption_beams = 3
+    try:
+        result = tiny_pipeline.edit(scene_image, "make the circle blue", seed=5, num_inference_steps=2)
+    finally:
+        defaults.edit_caption_beams = 1
+    written = result.parameters["caption_candidates"]
+    description = result.parameters["source_description"]
+    assert len(written) == 3 and isinstance(description, str)
+    assert result.caption == written[least_change(description, written)]
+    plain = tiny_pipeline.edit(scene_image, "make the circle blue", seed=5, num_inference_steps=2)
+    assert "caption_candidates" not in plain.parameters
+
+
 def test_self_check_works_for_edits_and_batches_and_clamps_the_count(tiny_pipeline, scene_image):
     settings = dict(num_inference_steps=2, guidance_scale=2.0)
     edited = tiny_pipeline.edit(scene_image, "make the circle blue", seed=3, candidates=2, **settings)

@@ -23,10 +23,11 @@ def edit_cases(per_type: int, seed: int = EVAL_SEED):
     return cases
 
 
-def evaluate_editing(pipe, per_type: int = 15, num_inference_steps: int | None = None) -> dict:
+def evaluate_editing(pipe, per_type: int = 15, num_inference_steps: int | None = None,
+                     seed: int = EVAL_SEED) -> dict:
     passed: dict[str, list[bool]] = {t: [] for t in EDIT_TYPES}
     caption_right: list[bool] = []
-    for index, example in enumerate(edit_cases(per_type)):
+    for index, example in enumerate(edit_cases(per_type, seed)):
         result = pipe.edit(render(example.source), example.instruction, seed=index,
                            num_inference_steps=num_inference_steps)
         passed[example.etype].append(image_matches(result.images[0], example.target_spec))
@@ -35,4 +36,5 @@ def evaluate_editing(pipe, per_type: int = 15, num_inference_steps: int | None =
     total = [ok for v in passed.values() for ok in v]
     return {**scores, "overall": round(sum(total) / len(total), 4),
             "target_caption_exact": round(sum(caption_right) / len(caption_right), 4), "n_edits": len(total),
-            "candidates": pipe.config.generation.edit_candidates}
+            "candidates": pipe.config.generation.edit_candidates,
+            "caption_beams": pipe.config.generation.edit_caption_beams}

@@ -69,8 +69,13 @@ def _goal_rows(report: dict) -> list[tuple[str, str, bool]]:
     if "editing" in report:
         editing = report["editing"]
         measured = f"{editing['overall']:.2f}"
+        choices = []
+        if editing.get("caption_beams", 1) > 1:
+            choices.append(f"caption: the least change of {editing['caption_beams']} beams")
         if editing.get("candidates", 1) > 1:
-            measured += f" (self-check: best of {editing['candidates']} candidates)"
+            choices.append(f"self-check: best of {editing['candidates']} candidates")
+        if choices:
+            measured += f" ({'; '.join(choices)})"
         rows.append(("editing >= 0.50", measured, editing["overall"] >= 0.50))
     if "speed" in report:
         speed = report["speed"]

@@ -52,6 +52,7 @@ class PromptConfig:
         "Please generate a new description (under 80 words) for the image based on the provided instruction. "
         "Modification instruction: \n{instruction}"
     )
+    describe: str = "Describe the image in detail."  # asked of an edit's source when choosing its caption
     image_open: str = "<img>"  # the LLM wraps captions meant for the decoder in these tokens
     image_close: str = "</img>"
     edit_open: str = ""  # the built-in model wraps edit captions in <edit> ... </edit>; the official one does not
@@ -79,6 +80,9 @@ class GenerationDefaults:
     # Images drawn per image shown; more than one keeps the one the model rates best (self_check.py)
     candidates: int = 1
     edit_candidates: int = 1
+    # Target captions an edit writes by beam search; more than one keeps the beam that changes the model's
+    # own description of the source least (caption_choice.py)
+    edit_caption_beams: int = 1
     max_new_tokens: int = 256
     allowed_sizes: tuple[int, ...] = (768, 1024, 1280)
 

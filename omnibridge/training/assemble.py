@@ -16,7 +16,8 @@ from .presets import TrainPreset
 # The built-in model answers a drawing request with <img>caption</img> and an edit with
 # <edit>caption</edit>; its rewrite and edit instructions are the user's own words, so chat and
 # the Generate/Edit tab are the same task for it.
-SHAPES_PROMPTS = PromptConfig(rewrite="{prompt}", edit="{instruction}", edit_open="<edit>", edit_close="</edit>")
+SHAPES_PROMPTS = PromptConfig(rewrite="{prompt}", edit="{instruction}", describe="Describe the image.",
+                              edit_open="<edit>", edit_close="</edit>")
 
 
 def shapes_config(preset: TrainPreset, decoder: HunyuanDecoder, llm_hidden_size: int) -> OmniBridgeConfig:
@@ -39,6 +40,7 @@ def shapes_config(preset: TrainPreset, decoder: HunyuanDecoder, llm_hidden_size:
                                       width=decoder.sample_size, max_new_tokens=40,
                                       allowed_sizes=(decoder.sample_size,),
                                       edit_candidates=preset.edit_candidates,
+                                      edit_caption_beams=preset.edit_caption_beams,
                                       guidance_cutoff=preset.guidance_cutoff),
         max_context_tokens=1024,
         max_images_in_context=8,
