@@ -1,14 +1,14 @@
-"""Choosing an edit's target caption among the LLM's beams: the one that changes the source least.
+"""Choosing an edit's target caption among the LLM's beams: the one that changes the fewest objects.
 
 An edit changes one thing. When the LLM writes an edit's target caption, its single best beam is often
 wrong in something the instruction never touched (an object's size, a colour), while one of its next
-beams is right: on the built-in model's held-out edits the top beam shows the right scene about 70% of the
-time and one of four beams about 88%. The model can tell them apart by itself: it describes the source
-image, and the beam that changes the fewest objects of that description, while still changing something,
-is kept (ties go to the better beam). An object recoloured counts as one change, like one added or removed:
-counting it as one dropped plus one added made removals win over recolours and cost recolours 12 points. Nothing outside the model decides; the description is the model's
-own, so its mistakes cost some picks (see the README's evaluation section and
-`scripts/edit_caption_choice_study.py`).
+beams is right: on the built-in model's validation edits the top beam shows the right scene about 70% of
+the time and one of four beams about 90%. The model can tell them apart by itself: it describes the
+source image, and the beam that changes the fewest objects of that description, while still changing
+something, is kept (ties go to the better beam). A recoloured object counts as one change, like one added
+or removed: counting it as one dropped plus one added let wrong removals beat right recolours (recolours
+0.83 -> 0.68). Nothing outside the model decides; the description is the model's own, so its mistakes
+cost some picks (README, evaluation; `scripts/edit_caption_choice_study.py`).
 
 Captions in the Shapes grammar are compared as scenes, so "two red circles" and "a red circle and a red
 circle" are the same objects, and a caption that only adds a relation ("... to the left of ...") is a
