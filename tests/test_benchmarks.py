@@ -104,6 +104,9 @@ def test_the_steps_study_pairs_every_setting_with_the_default(tiny_pipeline):
     rows = result.figures["per_setting"]
     default = f"{generation.sampler}@{generation.num_inference_steps}"
     assert list(rows) == [default, "ddpm@100"] and result.figures["prompts"] == 6
+    from omnibridge.evaluation.generation import EVAL_SEED, VALIDATION_SEED
+
+    assert result.figures["prompt_seed"] == VALIDATION_SEED != EVAL_SEED  # it chooses: never the test prompts
     assert "won_vs_default" not in rows[default]
     reference = rows["ddpm@100"]
     assert 0 <= reference["won_vs_default"] + reference["lost_vs_default"] <= 6

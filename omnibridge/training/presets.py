@@ -102,7 +102,7 @@ class TrainPreset:
     align: AlignPreset = field(default_factory=AlignPreset)
     # The packaged model's default for edits: best of 4 by its own embeddings took the built-in
     # model's edits from 0.21 to 0.38 (120 held-out edits; README, "self-check"); with the caption choice
-    # below, best of 8 took the 60 held-out edits from 0.48 to 0.52 at 1.6x an edit's time
+    # below, best of 8 took the 60 held-out edits from 0.48 to 0.52 at 1.9x an edit's time
     edit_candidates: int = 8
     # ... and of the target captions it writes by beam search, the one that changes its own description of
     # the source least (caption_choice.py): 0.40 -> 0.48 on the built-in model's 60 held-out edits
