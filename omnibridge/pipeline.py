@@ -42,6 +42,7 @@ from .model_thread import ModelThread
 from .modeling.chat_format import ChatFormat, EncodedPrompt, Message, SpanText, gather_spans
 from .modeling.decoder import SAMPLERS, CaptionEncoding, GenerationCancelled, StepCallback
 from .modeling.devices import Placement, placement as choose_placement
+from .modeling.features import feature_layers_only
 from .modeling.loading import (
     LoadedModel,
     detect_layout,
@@ -449,7 +450,7 @@ class OmniBridgePipeline:
         caption tokens, and those of the first image in the prompt (editing conditions on them)."""
         forced = [self.format.with_caption(p, c, opener, self._closer(opener)) for p, c in zip(prompts, captions)]
         collated = self.format.collate(forced, "right")
-        with torch.inference_mode():
+        with torch.inference_mode(), feature_layers_only(self.llm, self.config.feature_layers):
             states = self.llm.model(**self._to_device(collated["inputs"])).last_hidden_state
         spans = collated["spans"]
         caption_states = gather_spans(states, [s["caption"] for s in spans])
@@ -746,6 +747,12 @@ class OmniBridgePipeline:
         return np.concatenate(vectors).astype(np.float32)
 
     def _states_after_shared_prefix(self, collated: dict) -> tuple[torch.Tensor, int]:
+        """The LLM's feature states (modeling/features.py) for a batch, from the first position its prompts
+        do not share."""
+        with feature_layers_only(self.llm, self.config.feature_layers):
+            return self._last_states_after_shared_prefix(collated)
+
+    def _last_states_after_shared_prefix(self, collated: dict) -> tuple[torch.Tensor, int]:
         """The LLM's last hidden states for a batch, from the first position its prompts do not share.
 
         Every embedding prompt opens with the same tokens (system turn, user header): 15 of an image's

@@ -6,6 +6,7 @@ import json
 import random
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -519,6 +520,50 @@ def test_stage1_grows_a_shallower_model_to_the_presets_depth_and_trains_the_new_
     assert stack[1].self_attn.o_proj.weight.abs().sum() > 0  # a copy's zeroed projection has started to learn
     save_our_layout(model, tmp_path / "saved")
     assert load_our_layout(tmp_path / "saved", placement("cpu")).llm.config.text_config.num_hidden_layers == 2 * layers
+
+
+def test_answer_layers_train_alone_and_leave_what_the_bilm_and_retrieval_heads_read(tiny_model, scene_image,
+                                                                                     tmp_path):
+    """Stacked answer layers (grow.stack_answer_layers) start as identities; stage 1 then trains only them,
+    and the pipeline's feature states (OmniBridgeConfig.feature_layers) stay bit for bit the trunk's."""
+    from omnibridge.modeling.devices import placement
+    from omnibridge.modeling.loading import load_our_layout, save_our_layout
+    from omnibridge.training.grow import stack_answer_layers
+    from omnibridge.training.presets import quick_preset
+
+    llm = tiny_model.llm.eval()
+    layers = llm.config.text_config.num_hidden_layers
+    stacked = stack_answer_layers(llm, layers).eval()
+    batch = _llm_batch(tiny_model, scene_image)
+    with torch.inference_mode():
+        before, after = llm(**batch, output_hidden_states=True), stacked(**batch, output_hidden_states=True)
+        assert torch.allclose(before.logits, after.logits, atol=1e-5)
+        assert torch.equal(before.hidden_states[layers - 1], after.hidden_states[layers - 1])  # the trunk's own
+    with pytest.raises(ValueError, match="answer layers"):
+        stack_answer_layers(llm, layers + 1)
+
+    model = copy.copy(tiny_model)
+    model.llm, model.config = copy.deepcopy(tiny_model.llm), copy.deepcopy(tiny_model.config)
+    frozen = {k: v.clone() for k, v in model.llm.state_dict().items()}
+    train_llm(model, replace(quick_preset().llm, steps=2, answer_layers=layers), tmp_path, seed=0, resume=False)
+    assert model.config.feature_layers == layers and len(model.llm.model.language_model.layers) == 2 * layers
+    trained = model.llm.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in frozen.items())  # embeddings, trunk, norm, eye: untouched
+    assert trained[f"model.language_model.layers.{layers}.mlp.down_proj.weight"].abs().sum() > 0  # new ones learn
+    events = [json.loads(line) for line in (tmp_path / "llm" / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "answer_layers" and e["frozen_layers"] == layers for e in events)
+
+    save_our_layout(model, tmp_path / "saved")
+    reloaded = load_our_layout(tmp_path / "saved", placement("cpu"))
+    assert reloaded.config.feature_layers == layers
+    original, stacked_pipe = (OmniBridgePipeline(m, placement("cpu")) for m in (tiny_model, reloaded))
+    texts = ["a red circle", "two blue squares and a large green triangle"]
+    assert np.array_equal(original.embed_texts(texts), stacked_pipe.embed_texts(texts))
+    assert np.array_equal(original.embed_images([scene_image]), stacked_pipe.embed_images([scene_image]))
+    assert not torch.equal(original.llm(**batch).logits, stacked_pipe.llm(**batch).logits)  # its answers moved
+    with pytest.raises(ValueError, match="not both"):
+        train_llm(reloaded, replace(quick_preset().llm, steps=1, num_layers=4 * layers), tmp_path / "again",
+                  seed=0, resume=False)
 
 
 def test_a_half_precision_package_halves_the_llm_and_decoder_and_loads_as_float32(trained, tmp_path):

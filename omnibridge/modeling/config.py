@@ -97,6 +97,11 @@ class OmniBridgeConfig:
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     max_context_tokens: int = 8192  # chat history is truncated, oldest first, to fit this budget
     max_images_in_context: int = 8
+    # The LLM layers whose output (after the final norm) the BiLM and the retrieval heads read; None: all of
+    # them, as the official model does. A model with answer layers stacked on a frozen language model
+    # (training/grow.py, `--answer-layers`) reads only the frozen ones, so the new layers change its answers
+    # and captions but not the states that its alignment and retrieval heads were trained on.
+    feature_layers: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llm-layers", type=int,
                         help="the language model's depth (preset: 4); stage 1 grows a shallower trained model to it, "
                              "each layer followed by a copy that starts as an identity (training/grow.py)")
+    parser.add_argument("--answer-layers", type=int,
+                        help="stack this many layers on the trained language model and train only them in stage 1; "
+                             "the alignment and retrieval heads keep reading the frozen layers (training/grow.py)")
     parser.add_argument("--question-weight", action="append", default=[], metavar="TYPE=WEIGHT",
                         help="re-weight one of stage 1's question types (preset: relation=3, the others 1; "
                              "repeatable), e.g. relation=12 for a relation-heavy phase warm from a trained model")
@@ -124,7 +127,7 @@ def preset_for(args: argparse.Namespace):
                  (args.dit_width, preset.decoder, "hidden_size"), (args.dit_layers, preset.decoder, "num_layers"),
                  (args.dit_batch, preset.decoder, "dit_batch"), (args.dit_lr, preset.decoder, "dit_lr"),
                  (args.llm_steps, preset.llm, "steps"), (args.llm_lr, preset.llm, "lr"),
-                 (args.llm_layers, preset.llm, "num_layers"),
+                 (args.llm_layers, preset.llm, "num_layers"), (args.answer_layers, preset.llm, "answer_layers"),
                  (args.question_weight, preset.llm, "question_weights"),
                  (args.answer_weighting, preset.llm, "answer_weighting"), (args.vqa_share, preset.llm, "vqa_share"),
                  (args.rope_theta, preset.llm, "rope_theta"),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..modeling.chat_format import ChatFormat, EncodedPrompt
 from ..modeling.loading import LoadedModel
 from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
-from .grow import grow_language_model
+from .grow import grow_language_model, stack_answer_layers
 from .llm_data import question_mix, sample_conversation, task_mix
 from .presets import LLMPreset
 
@@ -100,15 +100,29 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
 
     The preset's rotary base and turn order become the model's (older checkpoints had others): the
     positions are learned through them, and this run re-teaches them. A preset deeper than the model
-    grows it first (grow.py: the grown model starts out computing what the trained one did)."""
+    grows it first (grow.py: the grown model starts out computing what the trained one did).
+    `preset.answer_layers` stacks new layers on a trained model and trains only them (and, once stacked,
+    every later run trains only them): the states that the BiLM and retrieval heads read stay as they were."""
     old_layers = model.llm.config.text_config.num_hidden_layers
     grows = preset.num_layers > old_layers
+    stacks = preset.answer_layers > 0 and model.config.feature_layers is None
+    if grows and (stacks or model.config.feature_layers is not None):
+        raise ValueError("grow the language model (--llm-layers) or stack answer layers on it, not both")
     if grows:
         model.llm = grow_language_model(model.llm, preset.num_layers)
+    if stacks:
+        model.llm = stack_answer_layers(model.llm, preset.answer_layers)
+        model.config.feature_layers = old_layers
     llm = model.llm.train()
+    trunk = model.config.feature_layers
     old_theta = set_rope_theta(llm, preset.rope_theta)
+    if trunk is not None and old_theta is not None:
+        raise ValueError(f"rotary base {old_theta} -> {preset.rope_theta} would change the frozen layers' states")
     eye = {k: v.clone() for k, v in llm.model.visual.state_dict().items()} if keep_eye else None
     llm.model.visual.requires_grad_(not keep_eye)
+    if trunk is not None:  # only the answer layers learn: embeddings (tied to the output), trunk and norm stay
+        llm.requires_grad_(False)
+        llm.model.language_model.layers[trunk:].requires_grad_(True)
     old_order = model.config.prompts.text_before_images
     model.config.prompts = replace(model.config.prompts, text_before_images=preset.text_before_images)
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
@@ -118,11 +132,14 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
             answer_weighting=preset.answer_weighting)
     if grows:
         run.log(event="grown", old_layers=old_layers, new_layers=preset.num_layers)
+    if stacks:
+        run.log(event="answer_layers", frozen_layers=old_layers, new_layers=preset.answer_layers)
     if old_theta is not None:
         run.log(event="rope_theta", old=old_theta, new=preset.rope_theta)
     if old_order != preset.text_before_images:
         run.log(event="text_before_images", old=old_order, new=preset.text_before_images)
-    optimizer = torch.optim.AdamW(llm.parameters(), lr=preset.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    trained = [p for p in llm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=preset.lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, preset.steps // 40)
     if run.saved_state:
         llm.load_state_dict(run.saved_state["llm"])
@@ -133,7 +150,7 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
         rng = step_rng(seed, "llm", run.progress.step)
         conversations = [sample_conversation(rng, questions=questions, tasks=tasks) for _ in range(preset.batch)]
         loss = accumulate_gradients(llm, fmt, conversations, preset.max_length, weighting=preset.answer_weighting)
-        optimizer_step(optimizer, None, llm.parameters(),
+        optimizer_step(optimizer, None, trained,
                        warmup_cosine_lr(run.progress.step, preset.steps, preset.lr, warmup))
         run.tick(preset.batch, loss=loss.item())
         if run.progress.step % 200 == 0:

@@ -44,6 +44,10 @@ class DecoderPreset:
 class LLMPreset:
     hidden_size: int = 256
     num_layers: int = 4
+    # Layers stacked on the trained language model for answers only (training/grow.py): stage 1 then trains
+    # just them, and the BiLM and retrieval heads keep reading the frozen layers' states, so a stage-1 run
+    # needs no new stages 2 and 3 (OmniBridgeConfig.feature_layers). 0: none.
+    answer_layers: int = 0
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 704
