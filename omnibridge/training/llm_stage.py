@@ -138,7 +138,9 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
         run.log(event="rope_theta", old=old_theta, new=preset.rope_theta)
     if old_order != preset.text_before_images:
         run.log(event="text_before_images", old=old_order, new=preset.text_before_images)
-    trained = [p for p in llm.parameters() if p.requires_grad]
+    # With answer layers only they are optimised; otherwise every parameter stays in the optimiser (a frozen
+    # eye gets no gradients, and a state saved before stage 1b froze it must still load)
+    trained = [p for p in llm.parameters() if p.requires_grad] if trunk is not None else list(llm.parameters())
     optimizer = torch.optim.AdamW(trained, lr=preset.lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, preset.steps // 40)
     if run.saved_state:
