@@ -42,7 +42,7 @@ from .model_thread import ModelThread
 from .modeling.chat_format import ChatFormat, EncodedPrompt, Message, SpanText, gather_spans
 from .modeling.decoder import SAMPLERS, CaptionEncoding, GenerationCancelled, StepCallback
 from .modeling.devices import Placement, placement as choose_placement
-from .modeling.features import feature_layers_only
+from .modeling.features import feature_layers_only, feature_states
 from .modeling.loading import (
     LoadedModel,
     detect_layout,
@@ -450,8 +450,8 @@ class OmniBridgePipeline:
         caption tokens, and those of the first image in the prompt (editing conditions on them)."""
         forced = [self.format.with_caption(p, c, opener, self._closer(opener)) for p, c in zip(prompts, captions)]
         collated = self.format.collate(forced, "right")
-        with torch.inference_mode(), feature_layers_only(self.llm, self.config.feature_layers):
-            states = self.llm.model(**self._to_device(collated["inputs"])).last_hidden_state
+        with torch.inference_mode():
+            states = feature_states(self.llm, self.config.feature_layers, self._to_device(collated["inputs"]))
         spans = collated["spans"]
         caption_states = gather_spans(states, [s["caption"] for s in spans])
         image_states = gather_spans(states, [s["image0"] for s in spans]) if all("image0" in s for s in spans) else None

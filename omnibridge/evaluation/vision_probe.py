@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..modeling.chat_format import Message, gather_spans
-from ..modeling.features import feature_layers_only
+from ..modeling.features import feature_states
 from ..shapes.render import render
 from ..shapes.world import COLORS, SHAPES, grid_cell, sample_scene
 
@@ -54,8 +54,7 @@ def image_features(pipe, scenes, batch_size: int = 64) -> dict[str, torch.Tensor
             tower = pipe.llm.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
             tower = getattr(tower, "pooler_output", tower)  # merged tokens, one row per LLM image token
             tower = tower.reshape(len(chunk), -1, tower.shape[-1])
-            with feature_layers_only(pipe.llm, pipe.config.feature_layers):  # what the BiLM and heads read
-                states = pipe.llm.model(**inputs).last_hidden_state
+            states = feature_states(pipe.llm, pipe.config.feature_layers, inputs)  # what the BiLM and heads read
             image_states, _ = gather_spans(states, [p.spans["image0"] for p in prompts])  # one image size: no padding
         grid = math.isqrt(tower.shape[1])
         own = torch.tensor([grid_cell(s.objects[0].cy, grid) * grid + grid_cell(s.objects[0].cx, grid) for s in chunk])

@@ -27,3 +27,9 @@ def feature_layers_only(llm: torch.nn.Module, layers: int | None):
         yield
     finally:
         language_model.layers = everything
+
+
+def feature_states(llm: torch.nn.Module, layers: int | None, inputs: dict) -> torch.Tensor:
+    """One forward pass of `llm.model` over collated `inputs`: the states the BiLM and retrieval heads read."""
+    with feature_layers_only(llm, layers):
+        return llm.model(**inputs).last_hidden_state

@@ -21,7 +21,7 @@ import torch
 
 from ..modeling.alignment import OmniBridgeAlignment
 from ..modeling.chat_format import ChatFormat, Message, gather_spans
-from ..modeling.features import feature_layers_only
+from ..modeling.features import feature_states
 from ..modeling.loading import LoadedModel
 from ..modeling.schedule import SemanticGuidedSchedule
 from ..shapes.captions import paraphrase_prompt
@@ -66,8 +66,7 @@ def alignment_batch(model: LoadedModel, fmt: ChatFormat, rng: random.Random, bat
     for prompts, span in ((t2i_prompts, "caption"), (edit_prompts, "image0")):
         if prompts:
             collated = fmt.collate(prompts, "right")
-            with feature_layers_only(model.llm, model.config.feature_layers):
-                states = model.llm.model(**collated["inputs"]).last_hidden_state
+            states = feature_states(model.llm, model.config.feature_layers, collated["inputs"])
             memories.append(gather_spans(states, [s[span] for s in collated["spans"]]))
             edit_flags += [span == "image0"] * len(prompts)
     memory, memory_mask = _pad_cat(memories)

@@ -21,59 +21,48 @@ LAYERS_PREFIX = "model.language_model.layers."
 ZEROED_IN_COPIES = ("self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias")
 
 
+def _rebuilt(llm: torch.nn.Module, sources: list[int], copies: list[bool]) -> torch.nn.Module:
+    """A Qwen2-VL whose text layer i is layer `sources[i]` of `llm`, with its output projections zeroed
+    where `copies[i]`; everything outside the text layers is `llm`'s."""
+    text_config = llm.config.text_config
+    config = copy.deepcopy(llm.config)
+    config.text_config.num_hidden_layers = len(sources)
+    if getattr(text_config, "layer_types", None):
+        config.text_config.layer_types = [text_config.layer_types[source] for source in sources]
+    parameter = next(llm.parameters())
+    rebuilt = type(llm)(config).to(device=parameter.device, dtype=parameter.dtype)
+
+    old_state = llm.state_dict()
+    state = {key: value for key, value in old_state.items() if not key.startswith(LAYERS_PREFIX)}
+    for index, (source, is_copy) in enumerate(zip(sources, copies, strict=True)):
+        prefix = f"{LAYERS_PREFIX}{source}."
+        for key, value in old_state.items():
+            if key.startswith(prefix):
+                rest = key[len(prefix):]
+                zeroed = is_copy and rest in ZEROED_IN_COPIES
+                state[f"{LAYERS_PREFIX}{index}.{rest}"] = torch.zeros_like(value) if zeroed else value.clone()
+    rebuilt.load_state_dict(state)
+    rebuilt.generation_config = copy.deepcopy(llm.generation_config)
+    return rebuilt.train(llm.training)
+
+
 def grow_language_model(llm: torch.nn.Module, num_layers: int) -> torch.nn.Module:
     """`llm` (a Qwen2-VL) with `num_layers` text layers, a whole multiple of its own; `llm` itself if equal."""
-    text_config = llm.config.text_config
-    old_layers = text_config.num_hidden_layers
+    old_layers = llm.config.text_config.num_hidden_layers
     if num_layers == old_layers:
         return llm
     if num_layers < old_layers or num_layers % old_layers:
         raise ValueError(f"can grow {old_layers} layers to a multiple of {old_layers}, not to {num_layers}")
     factor = num_layers // old_layers
-    config = copy.deepcopy(llm.config)
-    config.text_config.num_hidden_layers = num_layers
-    if getattr(text_config, "layer_types", None):
-        config.text_config.layer_types = [text_config.layer_types[i // factor] for i in range(num_layers)]
-    parameter = next(llm.parameters())
-    grown = type(llm)(config).to(device=parameter.device, dtype=parameter.dtype)
-
-    state = {}
-    for key, value in llm.state_dict().items():
-        if not key.startswith(LAYERS_PREFIX):
-            state[key] = value
-            continue
-        index, rest = key[len(LAYERS_PREFIX):].split(".", 1)
-        for copy_index in range(factor):
-            zeroed = copy_index > 0 and rest in ZEROED_IN_COPIES
-            state[f"{LAYERS_PREFIX}{int(index) * factor + copy_index}.{rest}"] = (
-                torch.zeros_like(value) if zeroed else value.clone())
-    grown.load_state_dict(state)
-    grown.generation_config = copy.deepcopy(llm.generation_config)
-    return grown.train(llm.training)
+    return _rebuilt(llm, [i // factor for i in range(num_layers)], [i % factor > 0 for i in range(num_layers)])
 
 
 def stack_answer_layers(llm: torch.nn.Module, extra: int) -> torch.nn.Module:
     """`llm` with `extra` text layers stacked on top, copies of its own (the last `extra`, in order) whose
     output projections are zero, so the stacked model computes exactly what `llm` did; the first layers'
     output is unchanged however the new ones train, which `OmniBridgeConfig.feature_layers` relies on."""
-    text_config = llm.config.text_config
-    old_layers = text_config.num_hidden_layers
+    old_layers = llm.config.text_config.num_hidden_layers
     if not 0 < extra <= old_layers:
         raise ValueError(f"can stack 1 to {old_layers} answer layers on {old_layers}, not {extra}")
-    config = copy.deepcopy(llm.config)
-    config.text_config.num_hidden_layers = old_layers + extra
-    if getattr(text_config, "layer_types", None):
-        config.text_config.layer_types = list(text_config.layer_types) + list(text_config.layer_types[-extra:])
-    parameter = next(llm.parameters())
-    stacked = type(llm)(config).to(device=parameter.device, dtype=parameter.dtype)
-    state = dict(llm.state_dict())
-    for new_index in range(old_layers, old_layers + extra):
-        source = f"{LAYERS_PREFIX}{new_index - extra}."
-        for key, value in llm.state_dict().items():
-            if key.startswith(source):
-                rest = key[len(source):]
-                state[f"{LAYERS_PREFIX}{new_index}.{rest}"] = (
-                    torch.zeros_like(value) if rest in ZEROED_IN_COPIES else value.clone())
-    stacked.load_state_dict(state)
-    stacked.generation_config = copy.deepcopy(llm.generation_config)
-    return stacked.train(llm.training)
+    sources = list(range(old_layers)) + list(range(old_layers - extra, old_layers))
+    return _rebuilt(llm, sources, [i >= old_layers for i in range(old_layers + extra)])

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..modeling.chat_format import ChatFormat, Message, SpanText, gather_spans
-from ..modeling.features import feature_layers_only
+from ..modeling.features import feature_states
 from ..modeling.loading import LoadedModel
 from ..shapes.captions import CaptionSpec, equivalent_captions, format_caption, partial_spec, query_holds
 from ..shapes.render import render
@@ -71,8 +71,7 @@ def retrieval_loss(image_embeds, text_embeds, image_ids, text_ids, logit_scale,
 @torch.no_grad()
 def llm_states(model: LoadedModel, fmt: ChatFormat, prompts, span: str):
     collated = fmt.collate(prompts, "right")
-    with feature_layers_only(model.llm, model.config.feature_layers):
-        states = model.llm.model(**collated["inputs"]).last_hidden_state
+    states = feature_states(model.llm, model.config.feature_layers, collated["inputs"])
     return gather_spans(states, [s[span] for s in collated["spans"]])
 
 
