@@ -7,6 +7,11 @@ minutes), 0.69 at 1,200, so the skill is learnable by this four-layer model, dro
 of reach; alone, it costs everything else (count 0.02, describe 0.05 after 1,200 steps).
 
     PYTHONPATH=. python scripts/relations_alone.py --steps 600 --lr 3e-4
+
+`--answer-work-dir` drills the answer layers of an `--answer-layers` run instead (its work dir's `model/`
+with the layers stacked and its last `llm/state.pt` loaded; only the stacked layers train): can layers that
+read the frozen layers' states learn relations at all? Its held-out questions come from the validation seed,
+as a study's should; `--questions-seed 7200000` gives the evaluation's own, as in the ninth session.
 """
 
 from __future__ import annotations
@@ -16,12 +21,18 @@ import random
 
 import torch
 
+from pathlib import Path
+
 from omnibridge import OmniBridgePipeline
+from omnibridge.evaluation.generation import VALIDATION_SEED
 from omnibridge.evaluation.understanding import evaluate_understanding, is_exact_match, understanding_cases
 from omnibridge.modeling.chat_format import Message
+from omnibridge.modeling.devices import placement
+from omnibridge.modeling.loading import load_our_layout
 from omnibridge.shapes.qa import sample_question
 from omnibridge.shapes.render import render
 from omnibridge.shapes.world import sample_scene
+from omnibridge.training.grow import stack_answer_layers
 from omnibridge.training.llm_data import Conversation
 from omnibridge.training.llm_stage import accumulate_gradients
 
@@ -43,19 +54,44 @@ def relation_accuracy(pipe, cases) -> float:
     return sum(is_exact_match(a, c[3]) for a, c in zip(answers, cases)) / len(cases)
 
 
+def answer_layer_pipeline(work_dir: Path) -> tuple[OmniBridgePipeline, list[torch.nn.Parameter]]:
+    """An answer-layer run's last saved language model, and the parameters that run trains (the stacked layers)."""
+    model = load_our_layout(work_dir / "model", placement("cpu"))
+    state = torch.load(work_dir / "llm" / "state.pt", map_location="cpu", weights_only=False)
+    trunk = model.llm.config.text_config.num_hidden_layers
+    model.llm = stack_answer_layers(model.llm, _stacked_layers(state["llm"]) - trunk)
+    model.llm.load_state_dict(state["llm"])
+    model.config.feature_layers = trunk
+    print(f"answer layers over {trunk} frozen ones, saved at step {state['progress']['step']}", flush=True)
+    model.llm.requires_grad_(False)
+    stacked = model.llm.model.language_model.layers[trunk:]
+    stacked.requires_grad_(True)
+    return OmniBridgePipeline(model, placement("cpu")), list(stacked.parameters())
+
+
+def _stacked_layers(state: dict) -> int:
+    prefix = "model.language_model.layers."
+    return 1 + max(int(key[len(prefix):].split(".")[0]) for key in state if key.startswith(prefix))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="assets/omnibridge-shapes")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--answer-work-dir", type=Path, default=None)
+    parser.add_argument("--questions-seed", type=int, default=VALIDATION_SEED)
     args = parser.parse_args()
     torch.manual_seed(0)
-    pipe = OmniBridgePipeline.from_pretrained(args.model, device="cpu")
-    cases = [c for c in understanding_cases(100) if c[0] == "relation"]  # the evaluation's own questions
+    if args.answer_work_dir:
+        pipe, trainable = answer_layer_pipeline(args.answer_work_dir)
+    else:
+        pipe = OmniBridgePipeline.from_pretrained(args.model, device="cpu")
+        pipe.llm.model.visual.requires_grad_(False)
+        trainable = [p for p in pipe.llm.parameters() if p.requires_grad]
+    cases = [c for c in understanding_cases(100, args.questions_seed) if c[0] == "relation"]
     print(f"step 0: relation accuracy {relation_accuracy(pipe, cases):.2f}", flush=True)
-    pipe.llm.model.visual.requires_grad_(False)
-    trainable = [p for p in pipe.llm.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
     rng = random.Random(123)
     for step in range(1, args.steps + 1):
