@@ -525,11 +525,15 @@ def test_stage1_grows_a_shallower_model_to_the_presets_depth_and_trains_the_new_
 def test_answer_layers_train_alone_and_leave_what_the_bilm_and_retrieval_heads_read(tiny_model, scene_image,
                                                                                      tmp_path):
     """Stacked answer layers (grow.stack_answer_layers) start as identities; stage 1 then trains only them,
-    and the pipeline's feature states (OmniBridgeConfig.feature_layers) stay bit for bit the trunk's."""
+    and the pipeline's feature states (OmniBridgeConfig.feature_layers) stay bit for bit the trunk's, also
+    once packaged in float16."""
     from omnibridge.modeling.devices import placement
     from omnibridge.modeling.loading import load_our_layout, save_our_layout
+    from safetensors import safe_open
+
     from omnibridge.training.grow import stack_answer_layers
     from omnibridge.training.presets import quick_preset
+    from omnibridge.training.stages import frozen_trunk, store_half
 
     llm = tiny_model.llm.eval()
     layers = llm.config.text_config.num_hidden_layers
@@ -554,6 +558,15 @@ def test_answer_layers_train_alone_and_leave_what_the_bilm_and_retrieval_heads_r
     assert any(e.get("event") == "answer_layers" and e["frozen_layers"] == layers for e in events)
 
     save_our_layout(model, tmp_path / "saved")
+    # the shapes preset's float16 package rounds only the answer layers (stages.frozen_trunk)
+    frozen_key = frozen_trunk(layers)
+    assert frozen_key("model.layers.0.mlp.up_proj.weight") and frozen_key("model.embed_tokens.weight")
+    assert not frozen_key(f"model.language_model.layers.{layers}.mlp.up_proj.weight")
+    for weights in (tmp_path / "saved").glob("llm/*.safetensors"):
+        store_half(weights, keep=frozen_key)
+        with safe_open(weights, framework="pt") as handle:
+            halved = {key for key in handle.keys() if handle.get_tensor(key).dtype == torch.float16}
+        assert halved and all(not frozen_key(key) for key in halved)
     reloaded = load_our_layout(tmp_path / "saved", placement("cpu"))
     assert reloaded.config.feature_layers == layers
     original, stacked_pipe = (OmniBridgePipeline(m, placement("cpu")) for m in (tiny_model, reloaded))

@@ -17,14 +17,17 @@ encoders frozen, so the targets, and the alignment, stay as they were.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from ..modeling.config import OmniBridgeConfig
 from ..modeling.decoder import HunyuanDecoder
 from ..modeling.devices import Placement
 from ..modeling.loading import LoadedModel, load_our_layout, save_our_layout
@@ -179,22 +182,38 @@ def training_summary(work_dir: Path) -> dict:
     return summary
 
 
-def store_half(path: Path) -> None:
-    """Rewrite a safetensors file with its floating-point tensors in float16 (any beyond float16's range kept)."""
+def store_half(path: Path, keep: Callable[[str], bool] = lambda key: False) -> None:
+    """Rewrite a safetensors file with its floating-point tensors in float16 (any beyond float16's range kept,
+    and any whose key `keep` accepts)."""
     from safetensors.torch import load_file, save_file
 
-    def halved(tensor: torch.Tensor) -> torch.Tensor:
-        if not tensor.is_floating_point() or (tensor.numel() and tensor.abs().max() >= torch.finfo(torch.float16).max):
+    def halved(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if not tensor.is_floating_point() or keep(key) or (
+                tensor.numel() and tensor.abs().max() >= torch.finfo(torch.float16).max):
             return tensor
         return tensor.to(torch.float16)
 
-    save_file({key: halved(tensor).contiguous() for key, tensor in load_file(path).items()}, path,
+    save_file({key: halved(key, tensor).contiguous() for key, tensor in load_file(path).items()}, path,
               metadata={"format": "pt"})
+
+
+def frozen_trunk(feature_layers: int | None) -> Callable[[str], bool]:
+    """Which language-model tensors an answer-layer model keeps exactly: all but its answer layers. The BiLM and
+    the retrieval heads were trained on the frozen layers' states, so rounding those would move them."""
+    if feature_layers is None:
+        return lambda key: False
+
+    def frozen(key: str) -> bool:
+        layer = re.search(r"(?:^|\.)layers\.(\d+)\.", key)
+        return layer is None or int(layer.group(1)) < feature_layers
+
+    return frozen
 
 
 def package(work_dir: Path, out: Path, half: bool = False) -> dict:
     """Copy the finished model to `out`, with its training summary (the model card comes from evaluation);
-    `half` stores the language model's and decoder's weights in float16 (the alignment stays float32)."""
+    `half` stores the language model's and decoder's weights in float16 (the alignment stays float32, and so
+    do the frozen layers under answer layers)."""
     source = model_dir(work_dir)
     if not (source / "omnibridge_config.json").exists():
         raise FileNotFoundError(f"nothing to package in {source}: run the llm/align/retrieval stages first")
@@ -205,7 +224,10 @@ def package(work_dir: Path, out: Path, half: bool = False) -> dict:
     shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("stages.json"))
     (tmp / "training_report.json").write_text(json.dumps(training_summary(work_dir), indent=2))
     if half:
-        for weights in [*tmp.glob("llm/*.safetensors"), *tmp.glob("decoder/*/*.safetensors")]:
+        frozen = frozen_trunk(OmniBridgeConfig.load(tmp / "omnibridge_config.json").feature_layers)
+        for weights in tmp.glob("llm/*.safetensors"):
+            store_half(weights, keep=frozen)
+        for weights in tmp.glob("decoder/*/*.safetensors"):
             store_half(weights)
     if out.exists():
         for kept in ("README.md", "evaluation.json"):
