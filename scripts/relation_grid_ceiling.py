@@ -9,7 +9,8 @@ is the one most often right among many scenes drawn as the question sampler draw
 answer is then scored on relation questions drawn from the evaluation's (and the validation's) seed. A token's content can in
 principle say more than its cell (where inside the cell an edge falls), so this bounds a cell reader, not
 every model; the same ceiling for an 8x8 grid (`--vision-patch 4`) shows what finer tokens would buy, and
-`--reader centre` gives the ceiling for a reader that knows only the cell holding each object's centre.
+`--reader centre` gives the ceiling for a reader that knows only the cell holding each object's centre. Each
+grid also gets the ceiling for the one-object "locate" question that stage 1 uses as a stepping stone.
 
     PYTHONPATH=. python scripts/relation_grid_ceiling.py --pairs 400000
 """
@@ -22,7 +23,7 @@ from collections import Counter, defaultdict
 
 from omnibridge.evaluation.generation import VALIDATION_SEED
 from omnibridge.evaluation.understanding import EVAL_SEED
-from omnibridge.shapes.qa import sample_question
+from omnibridge.shapes.qa import location_words, sample_question
 from omnibridge.shapes.world import RELATIONS, Scene, ShapeObject, relation_holds, sample_scene
 
 # The question forms of qa._relation_question, each with the answer the shapes-world rule gives.
@@ -114,6 +115,23 @@ def main() -> None:
             print(f"{args.reader}, {64 // cell}x{64 // cell} token grid, {name} relation questions: "
                   + ", ".join(f"{form} {sum(oks) / len(oks):.3f}" for form, oks in right.items())
                   + f", all {sum(every) / len(every):.3f} ({unseen} of {len(every)} never drawn)", flush=True)
+        print(f"{args.reader}, {64 // cell}x{64 // cell} token grid, locate (one object, by thirds): "
+              f"{locate_ceiling(reader, cell, args.pairs, args.questions):.3f} (evaluation seed)", flush=True)
+
+
+def locate_ceiling(reader, cell: int, draws: int, questions: int) -> float:
+    """The same ceiling for stage 1's stepping stone, "Where is the red circle?" -> "top left" (thirds of the
+    canvas, whose borders at 21 and 43 pixels cut through the 16-pixel cells)."""
+    votes: dict = defaultdict(Counter)
+    rng = random.Random(1)
+    for _ in range(draws // 2):
+        for obj in sample_scene(rng).objects:
+            votes[reader(obj, cell)][location_words(obj)] += 1
+    best = {key: counter.most_common(1)[0][0] for key, counter in votes.items()}
+    rng, right = random.Random(EVAL_SEED), []
+    while len(right) < questions:
+        right += [best.get(reader(obj, cell)) == location_words(obj) for obj in sample_scene(rng).objects]
+    return sum(right) / len(right)
 
 
 if __name__ == "__main__":
