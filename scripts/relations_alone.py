@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import random
+from pathlib import Path
 
 import torch
-
-from pathlib import Path
 
 from omnibridge import OmniBridgePipeline
 from omnibridge.evaluation.generation import VALIDATION_SEED
@@ -58,10 +57,12 @@ def answer_layer_pipeline(work_dir: Path) -> tuple[OmniBridgePipeline, list[torc
     """An answer-layer run's last saved language model, and the parameters that run trains (the stacked layers)."""
     model = load_our_layout(work_dir / "model", placement("cpu"))
     state = torch.load(work_dir / "llm" / "state.pt", map_location="cpu", weights_only=False)
-    trunk = model.llm.config.text_config.num_hidden_layers
-    model.llm = stack_answer_layers(model.llm, _stacked_layers(state["llm"]) - trunk)
+    if model.config.feature_layers is None:  # the run's first work dir holds the model before stacking
+        trunk = model.llm.config.text_config.num_hidden_layers
+        model.llm = stack_answer_layers(model.llm, _stacked_layers(state["llm"]) - trunk)
+        model.config.feature_layers = trunk
+    trunk = model.config.feature_layers
     model.llm.load_state_dict(state["llm"])
-    model.config.feature_layers = trunk
     print(f"answer layers over {trunk} frozen ones, saved at step {state['progress']['step']}", flush=True)
     model.llm.requires_grad_(False)
     stacked = model.llm.model.language_model.layers[trunk:]

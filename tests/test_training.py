@@ -527,10 +527,10 @@ def test_answer_layers_train_alone_and_leave_what_the_bilm_and_retrieval_heads_r
     """Stacked answer layers (grow.stack_answer_layers) start as identities; stage 1 then trains only them,
     and the pipeline's feature states (OmniBridgeConfig.feature_layers) stay bit for bit the trunk's, also
     once packaged in float16."""
-    from omnibridge.modeling.devices import placement
-    from omnibridge.modeling.loading import load_our_layout, save_our_layout
     from safetensors import safe_open
 
+    from omnibridge.modeling.devices import placement
+    from omnibridge.modeling.loading import load_our_layout, save_our_layout
     from omnibridge.training.grow import stack_answer_layers
     from omnibridge.training.presets import quick_preset
     from omnibridge.training.stages import frozen_trunk, store_half
