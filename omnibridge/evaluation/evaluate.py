@@ -20,7 +20,7 @@ from ..modeling.decoder import SAMPLERS
 from .editing import evaluate_editing
 from .generation import evaluate_generation, generation_cases
 from .retrieval import evaluate_retrieval
-from .understanding import evaluate_understanding
+from .understanding import QUESTIONS_PER_TYPE, evaluate_understanding
 
 PARTS = ("generation", "understanding", "editing", "retrieval", "speed")
 
@@ -77,7 +77,8 @@ def measure_speed(pipe, repeats: int = 5) -> dict:
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
 
 
-def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = 100, edits_per_type: int = 15,
+def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = QUESTIONS_PER_TYPE,
+                   edits_per_type: int = 15,
                    retrieval_scenes: int = 1000, steps: int | None = None, guidance: float | None = None) -> dict:
     report: dict = {"model": pipe.model_id, "source": pipe.model.source,
                     "sampler": pipe.decoder.sampler_kind,
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="report.json")
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--prompts-per-category", type=int, default=50)
-    parser.add_argument("--questions-per-type", type=int, default=100)
+    parser.add_argument("--questions-per-type", type=int, default=QUESTIONS_PER_TYPE)
     parser.add_argument("--edits-per-type", type=int, default=15)
     parser.add_argument("--retrieval-scenes", type=int, default=1000)
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")

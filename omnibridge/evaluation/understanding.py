@@ -9,6 +9,9 @@ from ..shapes.render import render
 from ..shapes.world import sample_scene
 
 EVAL_SEED = 7_200_000
+# 500 questions per type (3,000 in all, about 20 s on a CPU): at 100 a type's accuracy had a standard error of
+# about 5 points, and the shipped model's relations read 0.57 on those 100 and 0.46 on 500.
+QUESTIONS_PER_TYPE = 500
 
 
 def understanding_cases(per_type: int, seed: int = EVAL_SEED) -> list[tuple[str, object, str, str]]:
@@ -29,7 +32,7 @@ def is_exact_match(answer: str, expected: str) -> bool:
     return answer.strip().lower().rstrip(".") == expected
 
 
-def evaluate_understanding(pipe, per_type: int = 100, batch: int = 64) -> dict:
+def evaluate_understanding(pipe, per_type: int = QUESTIONS_PER_TYPE, batch: int = 64) -> dict:
     cases = understanding_cases(per_type)
     answers: list[str] = []
     for start in range(0, len(cases), batch):
