@@ -11,6 +11,8 @@ principle say more than its cell (where inside the cell an edge falls), so this 
 every model; the same ceiling for an 8x8 grid (`--vision-patch 4`) shows what finer tokens would buy, and
 `--reader centre` gives the ceiling for a reader that knows only the cell holding each object's centre. Each
 grid also gets the ceiling for the one-object "locate" question that stage 1 uses as a stepping stone.
+`--model PATH --questions 1000` scores a model's own relation answers instead, split by form and by how many
+cells apart the two objects' centres are.
 
     PYTHONPATH=. python scripts/relation_grid_ceiling.py --pairs 400000
 """
@@ -93,12 +95,41 @@ def parse(question: str) -> tuple[str, list[str], list[str]]:
     return form, words[first + 1:first + 3], words[last + 1:last + 3]
 
 
+def model_accuracy_by_separation(model: str, questions: int) -> None:
+    """A model's own relation answers on validation questions, by how many cells apart the two centres are."""
+    from omnibridge import OmniBridgePipeline
+    from omnibridge.evaluation.understanding import is_exact_match
+    from omnibridge.shapes.render import render
+
+    pipe = OmniBridgePipeline.from_pretrained(model, device="cpu")
+    cases = relation_cases(VALIDATION_SEED, questions)
+    answers: list[str] = []
+    for start in range(0, len(cases), 64):
+        chunk = cases[start:start + 64]
+        answers += pipe.answer_batch([render(scene) for scene, _, _ in chunk], [q for _, q, _ in chunk])
+    right: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    for (scene, question, expected), answer in zip(cases, answers):
+        form, a_words, b_words = parse(question)
+        (row_a, col_a), (row_b, col_b) = (centre_cell(named(scene, w), 16) for w in (a_words, b_words))
+        apart = "0-1 cells apart" if max(abs(row_a - row_b), abs(col_a - col_b)) < 2 else "2+ cells apart"
+        right[("where" if form == "where" else "yes/no", apart)].append(is_exact_match(answer, expected))
+    yes = [a == "yes" for (_, q, _), a in zip(cases, answers) if not q.startswith("Where")]
+    print(f"{model}, {len(cases)} validation relation questions: "
+          + ", ".join(f"{form} {apart} {sum(oks) / len(oks):.3f} ({len(oks)})"
+                      for (form, apart), oks in sorted(right.items()))
+          + f"; yes/no answered yes {sum(yes) / len(yes):.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=400_000, help="object pairs drawn to find each best answer")
     parser.add_argument("--questions", type=int, default=2000)
     parser.add_argument("--reader", choices=sorted(READERS), default="footprint")
+    parser.add_argument("--model", help="instead: a model's own relation answers by how far apart the objects are")
     args = parser.parse_args()
+    if args.model:
+        model_accuracy_by_separation(args.model, args.questions)
+        return
     reader = READERS[args.reader]
     for cell in (16, 8):
         table = best_answers(args.pairs, cell, seed=1, reader=reader)

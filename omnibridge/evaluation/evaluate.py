@@ -78,8 +78,8 @@ def measure_speed(pipe, repeats: int = 5) -> dict:
 
 
 def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = QUESTIONS_PER_TYPE,
-                   edits_per_type: int = 15,
-                   retrieval_scenes: int = 1000, steps: int | None = None, guidance: float | None = None) -> dict:
+                   edits_per_type: int = 15, retrieval_scenes: int = 1000, steps: int | None = None,
+                   guidance: float | None = None) -> dict:
     report: dict = {"model": pipe.model_id, "source": pipe.model.source,
                     "sampler": pipe.decoder.sampler_kind,
                     "candidates": pipe.config.generation.candidates,
