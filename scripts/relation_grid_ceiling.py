@@ -6,10 +6,10 @@ objects' *centres* to within 6 pixels (shapes-world.md), finer than a 16-pixel c
 the ceiling that puts on a reader that knows, for each named object, the cells its bounding box covers (its
 first and last row and column): for every such pair of footprints and every question form, the best answer
 is the one most often right among many scenes drawn as the question sampler draws them, and that best
-answer is then scored on relation questions drawn from the evaluation's (and the validation's) seed. A token's content can in
-principle say more than its cell (where inside the cell an edge falls), so this bounds a cell reader, not
-every model; the same ceiling for an 8x8 grid (`--vision-patch 4`) shows what finer tokens would buy, and
-`--reader centre` gives the ceiling for a reader that knows only the cell holding each object's centre. Each
+answer is then scored on relation questions drawn from the evaluation's (and the validation's) seed. A
+token's content can in principle say more than its cell (where inside the cell an edge falls), so this
+bounds a cell reader, not every model; the same ceiling for an 8x8 grid (`--vision-patch 4`) shows what
+finer tokens would buy, and `--reader centre` gives the ceiling for a reader that knows only the cell holding each object's centre. Each
 grid also gets the ceiling for the one-object "locate" question that stage 1 uses as a stepping stone.
 `--model PATH --questions 1000` scores a model's own relation answers instead, split by form and by how many
 cells apart the two objects' centres are.
@@ -28,11 +28,8 @@ from omnibridge.evaluation.understanding import EVAL_SEED
 from omnibridge.shapes.qa import location_words, sample_question
 from omnibridge.shapes.world import RELATIONS, Scene, ShapeObject, relation_holds, sample_scene
 
-# The question forms of qa._relation_question, each with the answer the shapes-world rule gives.
-FORMS = ("where", *RELATIONS)
-
-
 def answers(a: ShapeObject, b: ShapeObject) -> dict[str, str]:
+    """The shapes-world rule's answer to each form of qa._relation_question: "where", then yes/no per relation."""
     holding = [r for r in RELATIONS if relation_holds(a, b, r)]
     return {"where": holding[0] if holding else "", **{r: "yes" if r in holding else "no" for r in RELATIONS}}
 
@@ -103,21 +100,36 @@ def model_accuracy_by_separation(model: str, questions: int) -> None:
 
     pipe = OmniBridgePipeline.from_pretrained(model, device="cpu")
     cases = relation_cases(VALIDATION_SEED, questions)
-    answers: list[str] = []
+    replies: list[str] = []  # not `answers`, the rule's
     for start in range(0, len(cases), 64):
         chunk = cases[start:start + 64]
-        answers += pipe.answer_batch([render(scene) for scene, _, _ in chunk], [q for _, q, _ in chunk])
+        replies += pipe.answer_batch([render(scene) for scene, _, _ in chunk], [q for _, q, _ in chunk])
     right: dict[tuple[str, str], list[bool]] = defaultdict(list)
-    for (scene, question, expected), answer in zip(cases, answers):
+    for (scene, question, expected), answer in zip(cases, replies):
         form, a_words, b_words = parse(question)
         (row_a, col_a), (row_b, col_b) = (centre_cell(named(scene, w), 16) for w in (a_words, b_words))
         apart = "0-1 cells apart" if max(abs(row_a - row_b), abs(col_a - col_b)) < 2 else "2+ cells apart"
         right[("where" if form == "where" else "yes/no", apart)].append(is_exact_match(answer, expected))
-    yes = [a == "yes" for (_, q, _), a in zip(cases, answers) if not q.startswith("Where")]
+    yes = [a == "yes" for (_, q, _), a in zip(cases, replies) if not q.startswith("Where")]
     print(f"{model}, {len(cases)} validation relation questions: "
           + ", ".join(f"{form} {apart} {sum(oks) / len(oks):.3f} ({len(oks)})"
                       for (form, apart), oks in sorted(right.items()))
           + f"; yes/no answered yes {sum(yes) / len(yes):.2f}", flush=True)
+
+
+def locate_ceiling(reader, cell: int, draws: int, questions: int) -> float:
+    """The same ceiling for stage 1's stepping stone, "Where is the red circle?" -> "top left" (thirds of the
+    canvas, whose borders at 21 and 43 pixels cut through the 16-pixel cells)."""
+    votes: dict = defaultdict(Counter)
+    rng = random.Random(1)
+    for _ in range(draws // 2):
+        for obj in sample_scene(rng).objects:
+            votes[reader(obj, cell)][location_words(obj)] += 1
+    best = {key: counter.most_common(1)[0][0] for key, counter in votes.items()}
+    rng, right = random.Random(EVAL_SEED), []
+    while len(right) < questions:
+        right += [best.get(reader(obj, cell)) == location_words(obj) for obj in sample_scene(rng).objects]
+    return sum(right) / len(right)
 
 
 def main() -> None:
@@ -135,7 +147,7 @@ def main() -> None:
         table = best_answers(args.pairs, cell, seed=1, reader=reader)
         for name, seed in (("evaluation", EVAL_SEED), ("validation", VALIDATION_SEED)):
             right: dict[str, list[bool]] = {"where": [], "yes/no": []}
-            unseen = 0  # pairs of what the reader knows that the draw never met: scored wrong, so raise --pairs until this is ~0
+            unseen = 0  # reader keys the draw never met: scored wrong, so raise --pairs until this is ~0
             for scene, question, expected in relation_cases(seed, args.questions):
                 form, a_words, b_words = parse(question)
                 a, b = named(scene, a_words), named(scene, b_words)
@@ -148,21 +160,6 @@ def main() -> None:
                   + f", all {sum(every) / len(every):.3f} ({unseen} of {len(every)} never drawn)", flush=True)
         print(f"{args.reader}, {64 // cell}x{64 // cell} token grid, locate (one object, by thirds): "
               f"{locate_ceiling(reader, cell, args.pairs, args.questions):.3f} (evaluation seed)", flush=True)
-
-
-def locate_ceiling(reader, cell: int, draws: int, questions: int) -> float:
-    """The same ceiling for stage 1's stepping stone, "Where is the red circle?" -> "top left" (thirds of the
-    canvas, whose borders at 21 and 43 pixels cut through the 16-pixel cells)."""
-    votes: dict = defaultdict(Counter)
-    rng = random.Random(1)
-    for _ in range(draws // 2):
-        for obj in sample_scene(rng).objects:
-            votes[reader(obj, cell)][location_words(obj)] += 1
-    best = {key: counter.most_common(1)[0][0] for key, counter in votes.items()}
-    rng, right = random.Random(EVAL_SEED), []
-    while len(right) < questions:
-        right += [best.get(reader(obj, cell)) == location_words(obj) for obj in sample_scene(rng).objects]
-    return sum(right) / len(right)
 
 
 if __name__ == "__main__":

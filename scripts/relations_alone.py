@@ -31,7 +31,7 @@ from omnibridge.modeling.loading import load_our_layout
 from omnibridge.shapes.qa import sample_question
 from omnibridge.shapes.render import render
 from omnibridge.shapes.world import sample_scene
-from omnibridge.training.grow import stack_answer_layers
+from omnibridge.training.grow import LAYERS_PREFIX, stack_answer_layers
 from omnibridge.training.llm_data import Conversation
 from omnibridge.training.llm_stage import accumulate_gradients
 
@@ -71,8 +71,7 @@ def answer_layer_pipeline(work_dir: Path) -> tuple[OmniBridgePipeline, list[torc
 
 
 def _stacked_layers(state: dict) -> int:
-    prefix = "model.language_model.layers."
-    return 1 + max(int(key[len(prefix):].split(".")[0]) for key in state if key.startswith(prefix))
+    return 1 + max(int(key[len(LAYERS_PREFIX):].split(".")[0]) for key in state if key.startswith(LAYERS_PREFIX))
 
 
 def main() -> None:
