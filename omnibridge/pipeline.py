@@ -442,7 +442,9 @@ class OmniBridgePipeline:
         """The OmniBridge prompt rewrite: free-form prompts -> captions in the decoder's language."""
         template = self.config.prompts.rewrite
         encoded = [self.format.encode([Message("user", [template.format(prompt=p)])]) for p in prompts]
-        captions = self._generate_after(encoded, self.config.prompts.image_open, self.config.generation.max_new_tokens)
+        with feature_layers_only(self.llm, self.config.generation.rewrite_layers):
+            captions = self._generate_after(encoded, self.config.prompts.image_open,
+                                            self.config.generation.max_new_tokens)
         return [caption or prompt for caption, prompt in zip(captions, prompts)]
 
     def _caption_states(self, prompts: list[EncodedPrompt], captions: list[str], opener: str):

@@ -1,6 +1,7 @@
 """Every pipeline method end to end on a micro model with random weights (code paths, not quality)."""
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -323,6 +324,36 @@ def test_decoder_alone_and_no_rewrite_paths(tiny_pipeline):
     images, captions = tiny_pipeline.generate_batch(["a circle", "a square"], [1, 2], rewrite=False,
                                                     num_inference_steps=2)
     assert len(images) == 2 and captions == ["a circle", "a square"]
+
+
+def test_the_rewrite_runs_only_its_configured_layers_and_leaves_the_model_whole(tiny_model):
+    """`generation.rewrite_layers` cuts the rewrite to the first layers (a model with answer layers rewrites
+    through its trunk); every other path still runs all of them."""
+    import copy
+
+    from omnibridge import OmniBridgePipeline
+    from omnibridge.modeling.devices import placement
+    from omnibridge.training.grow import stack_answer_layers
+
+    model = copy.copy(tiny_model)
+    trunk = tiny_model.llm.config.text_config.num_hidden_layers
+    model.llm = stack_answer_layers(tiny_model.llm, trunk).eval()
+    model.config = replace(tiny_model.config, feature_layers=trunk)
+    pipe = OmniBridgePipeline(model, placement("cpu"))
+    layers = model.llm.model.language_model.layers
+    calls = []
+    hook = layers[-1].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        pipe.rewrite_prompts(["a red circle"])
+        assert calls  # by default the rewrite passes every layer
+        calls.clear()
+        pipe.config.generation = replace(pipe.config.generation, rewrite_layers=trunk)
+        pipe.rewrite_prompts(["a red circle"])
+        assert not calls and len(model.llm.model.language_model.layers) == 2 * trunk
+        pipe.chat([{"role": "user", "content": "hello"}], max_new_tokens=2)
+        assert calls  # answers still pass every layer
+    finally:
+        hook.remove()
 
 
 def test_every_sampler_denoises_on_the_same_noise_schedule(tiny_pipeline):

@@ -551,6 +551,7 @@ def test_answer_layers_train_alone_and_leave_what_the_bilm_and_retrieval_heads_r
     frozen = {k: v.clone() for k, v in model.llm.state_dict().items()}
     train_llm(model, replace(quick_preset().llm, steps=2, answer_layers=layers), tmp_path, seed=0, resume=False)
     assert model.config.feature_layers == layers and len(model.llm.model.language_model.layers) == 2 * layers
+    assert model.config.generation.rewrite_layers == layers  # the trunk rewrites prompts (the faster way)
     trained = model.llm.state_dict()
     assert all(torch.equal(trained[k], v) for k, v in frozen.items())  # embeddings, trunk, norm, eye: untouched
     assert trained[f"model.language_model.layers.{layers}.mlp.down_proj.weight"].abs().sum() > 0  # new ones learn
