@@ -284,6 +284,9 @@ def test_the_model_card_marks_each_goal_met_or_missed():
     met = {goal: ok for goal, _, ok in _goal_rows(report)}
     assert met["understanding >= 0.95 overall"] and not met["no question type below 0.90"]
     assert met["editing >= 0.50"] and not met["one 64x64 image <= 0.5 s"] and met["a short answer <= 0.3 s"]
+    report["speed"].update(image_s=0.48, runs_image_s=[0.48, 0.51, 0.47])  # a noisy machine: every run is shown
+    measured = {goal: text for goal, text, _ in _goal_rows(report)}["one 64x64 image <= 0.5 s"]
+    assert measured.endswith("runs in a row: 0.480 s, 0.510 s, 0.470 s")
 
 
 def test_the_model_card_tells_gpu_training_time_from_cpu_time():

@@ -86,6 +86,8 @@ def _goal_rows(report: dict) -> list[tuple[str, str, bool]]:
                 ratio = speed["guidance_cutoff_image_s_same_run"] / speed["every_step_guided_image_s"]
                 measured += f": x{ratio:.2f} the time of guiding every step, in the same run"
             measured += ")"
+        if speed.get("runs_image_s"):  # the machine is shared: say how much the same measurement moved
+            measured += "; runs in a row: " + ", ".join(f"{s:.3f} s" for s in speed["runs_image_s"])
         rows.append(("one 64x64 image <= 0.5 s", measured, speed["image_s"] <= 0.5))
         rows.append(("a short answer <= 0.3 s", f"{speed['short_answer_s']:.3f} s", speed["short_answer_s"] <= 0.3))
     return rows
