@@ -5,8 +5,9 @@ circle?" right 98% of the time and "How many squares are there?" about 90%: desc
 every object apart over a long answer, not at seeing them. Here each held-out image gets `--beams`
 descriptions by beam search and the model's answers to the 18 "Is there a <colour> <shape>?" questions
 (and, with `counts`, the 3 "How many <shape>s are there?"); each description is scored by how many of
-those answers it contradicts, and the least contradicted one is kept (ties: the better beam). The true
-scene only grades.
+those answers it contradicts, and the least contradicted one is kept (ties: the better beam). A third pick,
+`cosine`, keeps the description whose retrieval embedding is closest to the image's (the self-check's signal
+for drawings). The true scene only grades.
 
     PYTHONPATH=. python scripts/describe_consistency_study.py --out describe_consistency.json
 """
@@ -75,6 +76,8 @@ def main() -> None:
         picks = {"top": 0}
         for name, with_counts in (("exist", False), ("exist+counts", True)):
             picks[name] = min(range(len(beams)), key=lambda i: (contradictions(beams[i], answers, with_counts), i))
+        image_vector = pipe.embed_images([image])[0]
+        picks["cosine"] = int(np.argmax(pipe.embed_texts(beams) @ image_vector))
         exist_right = np.mean([(a == "yes") == any(o.color == c and o.shape == s for o in scene.objects)
                                for (c, s), a in zip(EXIST, answers)])
         records.append({"truth": truth, "beams": beams, "answers": answers, "picks": picks,

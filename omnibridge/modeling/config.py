@@ -85,7 +85,7 @@ class GenerationDefaults:
     edit_caption_beams: int = 1
     # Text layers the prompt rewrite runs (None: all). A model with answer layers (feature_layers) can rewrite
     # through its frozen trunk alone when the trunk already rewrites as well: the built-in model's does, every
-    # one of 300 paraphrased validation prompts (scripts/rewrite_layers_study.py), in 0.6 of the time.
+    # one of 300 paraphrased validation prompts (scripts/rewrite_layers_study.py), in about 0.7 of the time.
     rewrite_layers: int | None = None
     max_new_tokens: int = 256
     allowed_sizes: tuple[int, ...] = (768, 1024, 1280)
