@@ -352,6 +352,10 @@ def test_the_rewrite_runs_only_its_configured_layers_and_leaves_the_model_whole(
         assert not calls and len(model.llm.model.language_model.layers) == 2 * trunk
         pipe.chat([{"role": "user", "content": "hello"}], max_new_tokens=2)
         assert calls  # answers still pass every layer
+        pipe.config.generation = replace(pipe.config.generation, rewrite_layers=0)
+        with pytest.raises(ValueError, match="at least one text layer"):
+            pipe.rewrite_prompts(["a red circle"])
+        assert len(model.llm.model.language_model.layers) == 2 * trunk
     finally:
         hook.remove()
 

@@ -17,6 +17,8 @@ def feature_layers_only(llm: torch.nn.Module, layers: int | None):
     """Inside the block, `llm.model` runs only its first `layers` text layers (all of them for None).
 
     The model thread runs one job at a time, so no answer can be generated while the layers are cut."""
+    if layers is not None and layers < 1:
+        raise ValueError(f"a model runs at least one text layer, not {layers} (feature_layers, rewrite_layers)")
     language_model = llm.model.language_model
     everything = language_model.layers
     if layers is None or layers >= len(everything):
