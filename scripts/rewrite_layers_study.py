@@ -4,8 +4,8 @@ The prompt rewrite turns a free-form prompt ("Please draw 2 red circles!") into 
 language ("two red circles"). The built-in model learned it in stage 1, before answer layers were stacked on
 top (training/grow.py); the answer layers were then trained mostly on questions. So for each layer count
 (all layers, and the trunk that `feature_layers` names) this prints:
-- how many paraphrased validation prompts it rewrites to their canonical caption (parsed, so word order
-  within the grammar's freedom does not count against it);
+- how many paraphrased validation prompts it rewrites to their canonical caption (compared as scenes, as
+  caption_choice.py does, so the order the objects are named in does not count against it);
 - how many canonical captions it leaves as they are (the evaluation's prompts are canonical);
 - the median time of one rewrite, the two layer counts timed in alternation.
 The prompts come from the generation evaluation's validation seed, so nothing here looks at held-out ones.
@@ -19,25 +19,24 @@ import argparse
 import random
 import statistics
 import time
+from dataclasses import replace
 
+from omnibridge.caption_choice import caption_scene
 from omnibridge.evaluation.generation import VALIDATION_SEED, generation_cases
-from omnibridge.modeling.features import feature_layers_only
 from omnibridge.pipeline import OmniBridgePipeline
-from omnibridge.shapes.captions import paraphrase_prompt, parse_caption
+from omnibridge.shapes.captions import paraphrase_prompt
 
 
 def means_the_same(caption: str, target: str) -> bool:
-    try:
-        return parse_caption(caption) == parse_caption(target)
-    except ValueError:
-        return False
+    scene = caption_scene(caption)
+    return scene is not None and scene == caption_scene(target)
 
 
 def rewrite(pipe: OmniBridgePipeline, prompts: list[str], layers: int | None, batch: int = 50) -> list[str]:
-    def job():
-        with feature_layers_only(pipe.llm, layers):
-            return [c for i in range(0, len(prompts), batch) for c in pipe.rewrite_prompts(prompts[i:i + batch])]
-    return pipe.run_job(job)
+    """The pipeline's own rewrite with `generation.rewrite_layers` set to `layers`."""
+    pipe.config.generation = replace(pipe.config.generation, rewrite_layers=layers)
+    return pipe.run_job(lambda: [c for i in range(0, len(prompts), batch)
+                                 for c in pipe.rewrite_prompts(prompts[i:i + batch])])
 
 
 def main() -> None:
@@ -48,7 +47,6 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = OmniBridgePipeline.from_pretrained(args.model)
-    pipe.config.generation.rewrite_layers = None  # the study sets the layers itself
     trunk = pipe.config.feature_layers
     if trunk is None:
         raise SystemExit(f"{args.model} has no answer layers (feature_layers is None): nothing to compare")
