@@ -84,6 +84,7 @@ class ChatAnswer:
     kind: str  # "text", "draw" or "edit"
     text: str  # the visible answer (the caption for drawings and edits)
     caption: str | None = None
+    working: str = ""  # what the model wrote before a text answer when it shows its work (PromptConfig.answer_after)
 
 
 @dataclass
@@ -405,11 +406,22 @@ class OmniBridgePipeline:
         return text.strip()
 
     def answer_batch(self, images: list, questions: list[str], max_new_tokens: int = 40) -> list[str]:
-        """Greedy single-turn answers for (image, question) pairs in one batch (evaluation)."""
+        """Greedy single-turn answers for (image, question) pairs in one batch (evaluation): the answers
+        alone, without any working the model wrote before them."""
         loaded = [load_image(image) for image in images]
         prompts = [self.format.encode([Message("user", [image, clean_text(q, what="question")])])
                    for image, q in zip(loaded, questions, strict=True)]
-        return self.run_job(lambda: self._generate_after(prompts, None, max_new_tokens))
+        written = self.run_job(lambda: self._generate_after(prompts, None, max_new_tokens))
+        return [self.split_working(text)[1] for text in written]
+
+    def split_working(self, text: str) -> tuple[str, str]:
+        """(working, answer): a model that shows its work writes `PromptConfig.answer_after` between the two;
+        text without it is all answer."""
+        separator = self.config.prompts.answer_after
+        if not separator or separator not in text:
+            return "", text.strip()
+        working, _, answer = text.rpartition(separator)
+        return working.strip(), answer.strip()
 
     def parse_answer(self, text: str) -> ChatAnswer:
         """Read the model's own routing: `<img>caption</img>` draws, `<edit>caption</edit>` edits."""
@@ -419,7 +431,8 @@ class OmniBridgePipeline:
             if opener and text.lstrip().startswith(opener):
                 caption = self.format.sanitize(text.lstrip()[len(opener):].split(closer)[0]).strip()
                 return ChatAnswer(kind, caption, caption)
-        return ChatAnswer("text", self.format.sanitize(text))  # no control tokens reach the reader
+        working, answer = self.split_working(self.format.sanitize(text))  # no control tokens reach the reader
+        return ChatAnswer("text", answer, working=working)
 
     # ------------------------------------------------------------------------------ generation
     def _generate_after(self, prompts: list[EncodedPrompt], forced_prefix: str | None, max_new_tokens: int,

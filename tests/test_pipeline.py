@@ -496,6 +496,23 @@ def test_parse_answer_reads_the_models_routing(tiny_pipeline):
     assert tiny_pipeline.parse_answer("two").kind == "text"
 
 
+def test_a_model_that_shows_its_work_is_scored_and_shown_on_its_answer(tiny_pipeline, scene_image, monkeypatch):
+    from omnibridge.ui.chat import to_display, to_model_messages
+
+    written = "red circle (5, 2), blue square (1, 6)\nleft"
+    assert tiny_pipeline.parse_answer(written).text == written  # a model without answer_after: all answer
+    monkeypatch.setattr(tiny_pipeline.config, "prompts", replace(tiny_pipeline.config.prompts, answer_after="\n"))
+    answer = tiny_pipeline.parse_answer(written)
+    assert (answer.kind, answer.text, answer.working) == ("text", "left", "red circle (5, 2), blue square (1, 6)")
+    assert tiny_pipeline.parse_answer("two").working == "" and tiny_pipeline.parse_answer("two").text == "two"
+    monkeypatch.setattr(tiny_pipeline, "_generate_after", lambda prompts, *args: [written, "three"])
+    assert tiny_pipeline.answer_batch([scene_image] * 2, ["Where is it?", "How many?"]) == ["left", "three"]
+    shown = to_display(answer, "\n")  # the chat shows the working, and hands the model back what it wrote
+    assert shown == written
+    assert to_model_messages([{"role": "assistant", "content": shown}]) == [
+        {"role": "assistant", "content": [{"type": "text", "text": written}]}]
+
+
 def test_chat_turn_routes_by_mode(tiny_pipeline, scene_image):
     messages = [{"role": "user", "content": "draw two red circles"}]
     events = list(tiny_pipeline.stream_chat_turn(messages, mode="draw", max_new_tokens=6, num_inference_steps=2,

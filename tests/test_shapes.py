@@ -1,6 +1,7 @@
 """The Shapes world keeps its contract (shared/design/shapes-world.md)."""
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -124,6 +125,31 @@ def test_questions_have_correct_answers():
                 assert qa.answer == format_caption(describe(scene))
             if qtype == "exist":
                 assert qa.answer in ("yes", "no")
+
+
+def test_relation_answers_carry_their_working_in_eighths_of_the_canvas():
+    from omnibridge.shapes.qa import ANSWER_AFTER, position_working
+    from omnibridge.shapes.world import ShapeObject
+
+    # centre (45, 11): column 45 * 8 // 64 = 5, row 11 * 8 // 64 = 1
+    assert position_working(ShapeObject("circle", "red", "small", 40, 6, 10)) == "red circle (5, 1)"
+    rng = random.Random(8)
+    relations = 0
+    for scene in SCENES[:150]:
+        for qtype in QUESTION_TYPES:
+            qa = sample_question(rng, scene, qtype)
+            if qa is None:
+                continue
+            if qtype != "relation":
+                assert qa.working == "" and qa.reply == qa.answer
+                continue
+            relations += 1
+            named = re.findall(r"the (\w+) (\w+)", qa.question)  # "... the red circle ... the blue square?"
+            a, b = (next(o for o in scene.objects if (o.color, o.shape) == pair) for pair in named)
+            assert qa.working == f"{position_working(a)}, {position_working(b)}"
+            assert qa.reply == qa.working + ANSWER_AFTER + qa.answer and qa.answer in (
+                "yes", "no", "left", "right", "above", "below")
+    assert relations > 40
 
 
 def test_locate_answers_by_thirds_of_the_canvas():

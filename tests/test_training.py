@@ -256,6 +256,22 @@ def test_stage1_asks_every_question_type_and_relations_most():
         task_mix(1.5)
 
 
+def test_stage1_relation_answers_show_their_work_only_when_the_recipe_asks():
+    relations = question_mix({"relation": 1e6})
+    plain = [sample_conversation(random.Random(seed), "vqa", relations) for seed in range(20)]
+    assert all("\n" not in c.answer and c.answer in ("yes", "no", "left", "right", "above", "below") for c in plain)
+    worked = [sample_conversation(random.Random(seed), "vqa", relations, show_work=True) for seed in range(20)]
+    for before, after in zip(plain, worked):  # the same questions, now with each object's position first
+        working, _, answer = after.answer.partition("\n")
+        assert answer == before.answer and working.count("(") == 2 and after.messages[-1].parts == [after.answer]
+    multi = [sample_conversation(random.Random(seed), "multi_qa", show_work=True) for seed in range(60)]
+    shown = [part for c in multi for m in c.messages if m.role == "assistant" for part in m.parts if "\n" in part]
+    assert shown and all(part.count("(") == 2 for part in shown)  # earlier turns in the history show it too
+    others = [sample_conversation(random.Random(seed), "vqa", question_mix({"relation": 0}), show_work=True)
+              for seed in range(30)]
+    assert all("\n" not in c.answer or c.task == "vqa/describe" for c in others)
+
+
 def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
     from omnibridge.evaluation.evaluate import main as evaluate_main
 
@@ -305,14 +321,15 @@ def test_the_model_card_tells_gpu_training_time_from_cpu_time():
         assert shown in _training_summary({"dit": {**training["dit"], "eval_curve": [recorded]}})
 
 
-def test_a_finer_vision_patch_and_text_first_turns_can_be_asked_for(tmp_path):
+def test_a_finer_vision_patch_text_first_turns_and_shown_work_can_be_asked_for(tmp_path):
     train_main(["--preset", "quick", "--out", str(tmp_path / "model"), "--stages", "llm", "--vision-patch", "4",
-                "--text-before-images", "--llm-steps", "2", "--threads", "2"])
+                "--text-before-images", "--show-work", "--llm-steps", "2", "--threads", "2"])
     saved = tmp_path / "model.train" / "model" / "llm"
     assert json.loads((saved / "config.json").read_text())["vision_config"]["patch_size"] == 4
     assert json.loads((saved / "preprocessor_config.json").read_text())["patch_size"] == 4
     config = json.loads((saved.parent / "omnibridge_config.json").read_text())
     assert config["prompts"]["text_before_images"] is True
+    assert config["prompts"]["answer_after"] == "\n"  # so the pipeline splits the working from the answer
 
 
 def test_a_bigger_dit_can_be_asked_for(tmp_path):

@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--answer-weighting", choices=("token", "conversation"),
                         help="stage 1's loss: the mean over all answer tokens (preset) or over conversations, each "
                              "answer averaged first (a one-word answer then weighs as much as a caption)")
+    parser.add_argument("--show-work", action="store_true", default=None,
+                        help="train relation answers to show their work: each object's position in eighths, then "
+                             "the answer on its own line (shapes/qa.py); the model then answers that way")
     parser.add_argument("--rope-theta", type=float,
                         help="the language model's rotary base (preset: 10); stage 1 sets it on a model "
                              "trained with another, and re-teaches positions")
@@ -130,6 +133,7 @@ def preset_for(args: argparse.Namespace):
                  (args.llm_layers, preset.llm, "num_layers"), (args.answer_layers, preset.llm, "answer_layers"),
                  (args.question_weight, preset.llm, "question_weights"),
                  (args.answer_weighting, preset.llm, "answer_weighting"), (args.vqa_share, preset.llm, "vqa_share"),
+                 (args.show_work, preset.llm, "show_work"),
                  (args.rope_theta, preset.llm, "rope_theta"),
                  (args.text_before_images, preset.llm, "text_before_images"),
                  (args.vision_patch, preset.llm, "patch_size"),

@@ -75,7 +75,11 @@ def _edit_answer(caption: str) -> str:
     return f"<edit>{caption}</edit>"
 
 
-def _vqa(rng: random.Random, questions: dict[str, float] = QUESTION_MIX) -> Conversation:
+def _reply(qa, show_work: bool) -> str:
+    return qa.reply if show_work else qa.answer
+
+
+def _vqa(rng: random.Random, questions: dict[str, float] = QUESTION_MIX, show_work: bool = False) -> Conversation:
     scene = sample_scene(rng)
     qa = None
     while qa is None:
@@ -84,7 +88,8 @@ def _vqa(rng: random.Random, questions: dict[str, float] = QUESTION_MIX) -> Conv
             scene = sample_scene(rng)
     image = render(scene)
     parts = [image, qa.question] if rng.random() < 0.85 else [qa.question, image]
-    return Conversation([Message("user", parts), Message("assistant", [qa.answer])], f"vqa/{qa.qtype}", qa.answer)
+    reply = _reply(qa, show_work)
+    return Conversation([Message("user", parts), Message("assistant", [reply])], f"vqa/{qa.qtype}", reply)
 
 
 def _rewrite(rng: random.Random) -> Conversation:
@@ -130,19 +135,20 @@ def _draw_then_edit(rng: random.Random) -> Conversation:
                         answer)
 
 
-def _draw_then_ask(rng: random.Random) -> Conversation:
+def _draw_then_ask(rng: random.Random, show_work: bool = False) -> Conversation:
     scene, history = _drawn(rng)
     qa = None
     while qa is None:
         qa = sample_question(rng, scene)
-    return Conversation(history + [Message("user", [qa.question]), Message("assistant", [qa.answer])],
-                        "draw_then_ask", qa.answer)
+    reply = _reply(qa, show_work)
+    return Conversation(history + [Message("user", [qa.question]), Message("assistant", [reply])],
+                        "draw_then_ask", reply)
 
 
-def _ask_then_draw(rng: random.Random) -> Conversation:
+def _ask_then_draw(rng: random.Random, show_work: bool = False) -> Conversation:
     """A question about an uploaded image, then a drawing request: without this turn order in its data
     the model wrote broken captions ("<img> and a blue square") once a chat had an image Q&A in it."""
-    conversation = _vqa(rng)
+    conversation = _vqa(rng, show_work=show_work)
     _, caption = sample_decoder_pair(rng)
     answer = _draw_answer(caption)
     messages = conversation.messages + [Message("user", [paraphrase_prompt(rng, caption)]),
@@ -150,7 +156,7 @@ def _ask_then_draw(rng: random.Random) -> Conversation:
     return Conversation(messages, "ask_then_draw", answer)
 
 
-def _multi_qa(rng: random.Random) -> Conversation:
+def _multi_qa(rng: random.Random, show_work: bool = False) -> Conversation:
     scene = sample_scene(rng)
     image = render(scene)
     messages: list[Message] = []
@@ -159,8 +165,8 @@ def _multi_qa(rng: random.Random) -> Conversation:
         while qa is None:
             qa = sample_question(rng, scene)
         messages.append(Message("user", [image, qa.question] if turn == 0 else [qa.question]))
-        messages.append(Message("assistant", [qa.answer]))
-    return Conversation(messages, "multi_qa", qa.answer)
+        messages.append(Message("assistant", [_reply(qa, show_work)]))
+    return Conversation(messages, "multi_qa", _reply(qa, show_work))
 
 
 def _small_talk(rng: random.Random) -> Conversation:
@@ -177,16 +183,20 @@ def _small_talk(rng: random.Random) -> Conversation:
 _BUILDERS = {"vqa": _vqa, "rewrite": _rewrite, "edit": _edit, "draw_then_edit": _draw_then_edit,
              "draw_then_ask": _draw_then_ask, "ask_then_draw": _ask_then_draw, "multi_qa": _multi_qa,
              "small_talk": _small_talk}
+_ASKING_TASKS = ("draw_then_ask", "ask_then_draw", "multi_qa")  # besides vqa: their answers may show work
 
 
 def sample_conversation(rng: random.Random, task: str | None = None,
-                        questions: dict[str, float] = QUESTION_MIX, tasks: dict[str, float] = TASK_MIX) -> Conversation:
+                        questions: dict[str, float] = QUESTION_MIX, tasks: dict[str, float] = TASK_MIX,
+                        show_work: bool = False) -> Conversation:
     """One stage-1 conversation of `task` (drawn from `tasks` when None); `questions` weighs the question
     types of the single-question VQA task (the multi-turn tasks keep an even mix: they teach the turn
-    order, not the skill)."""
+    order, not the skill); with `show_work` relation answers write their working first (qa.QuestionAnswer.reply)."""
     task = task or rng.choices(list(tasks), weights=list(tasks.values()))[0]
     if task == "vqa":
-        return _vqa(rng, questions)
+        return _vqa(rng, questions, show_work)
+    if task in _ASKING_TASKS:
+        return _BUILDERS[task](rng, show_work)
     return _BUILDERS[task](rng)
 
 

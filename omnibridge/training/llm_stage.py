@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..modeling.chat_format import ChatFormat, EncodedPrompt
 from ..modeling.loading import LoadedModel
 from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
+from ..shapes.qa import ANSWER_AFTER
 from .grow import grow_language_model, stack_answer_layers
 from .llm_data import question_mix, sample_conversation, task_mix
 from .presets import LLMPreset
@@ -127,12 +128,15 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
         llm.requires_grad_(False)
         llm.model.language_model.layers[trunk:].requires_grad_(True)
     old_order = model.config.prompts.text_before_images
-    model.config.prompts = replace(model.config.prompts, text_before_images=preset.text_before_images)
+    # a model taught to show its work tells the pipeline where its answer starts (PromptConfig.answer_after)
+    answer_after = ANSWER_AFTER if preset.show_work else model.config.prompts.answer_after
+    model.config.prompts = replace(model.config.prompts, text_before_images=preset.text_before_images,
+                                   answer_after=answer_after)
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
     run = StageRun(work_dir, "llm", preset.steps, resume, seed)
     questions, tasks = question_mix(preset.question_weights), task_mix(preset.vqa_share)
     run.log(event="recipe", lr=preset.lr, batch=preset.batch, questions=questions, vqa_share=preset.vqa_share,
-            answer_weighting=preset.answer_weighting)
+            answer_weighting=preset.answer_weighting, show_work=preset.show_work)
     if grows:
         run.log(event="grown", old_layers=old_layers, new_layers=preset.num_layers)
     if stacks:
@@ -153,7 +157,8 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
             llm.model.visual.load_state_dict(eye)
     while run.progress.step < preset.steps:
         rng = step_rng(seed, "llm", run.progress.step)
-        conversations = [sample_conversation(rng, questions=questions, tasks=tasks) for _ in range(preset.batch)]
+        conversations = [sample_conversation(rng, questions=questions, tasks=tasks, show_work=preset.show_work)
+                         for _ in range(preset.batch)]
         loss = accumulate_gradients(llm, fmt, conversations, preset.max_length, weighting=preset.answer_weighting)
         optimizer_step(optimizer, None, trained,
                        warmup_cosine_lr(run.progress.step, preset.steps, preset.lr, warmup))

@@ -23,12 +23,15 @@ MODES = {"Auto (the model decides)": "auto", "Always answer in text": "answer", 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 
 
-def to_display(answer) -> str:
+def to_display(answer, answer_after: str = "") -> str:
+    """The chat's text for an answer. Working the model wrote before its answer is shown as written (the
+    built-in model's relation answers: where each object is, then the answer on a line of its own), so that the
+    history handed back to the model is what it wrote."""
     if answer.kind == "draw":
         return DRAW_MARK + answer.text
     if answer.kind == "edit":
         return EDIT_MARK + answer.text
-    return answer.text
+    return f"{answer.working}{answer_after}{answer.text}" if answer.working else answer.text
 
 
 def _text_of(content) -> str | None:
@@ -145,7 +148,8 @@ def build_chat_tab(ctx: AppContext) -> dict:
             for event in turn:
                 if cancel.is_set():
                     break
-                history[-1] = {"role": "assistant", "content": to_display(event.answer) or "…"}
+                shown = to_display(event.answer, pipeline.config.prompts.answer_after)
+                history[-1] = {"role": "assistant", "content": shown or "…"}
                 if event.result is not None:
                     for image in event.result.images:
                         path = ctx.save_output(image, {**event.result.parameters, "chat": True})
@@ -237,7 +241,7 @@ def _build_chat_api(ctx: AppContext) -> None:
             path = None
             if event.result is not None:
                 path = ctx.save_output(event.result.images[0], event.result.parameters)
-            yield to_display(event.answer), path
+            yield to_display(event.answer, ctx.pipeline.config.prompts.answer_after), path
 
     trigger.click(chat_api, [message, images, history, mode, max_new_tokens, temperature, top_p], [answer, image],
                   api_name="chat", **MODEL_QUEUE)
