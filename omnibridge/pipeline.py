@@ -562,18 +562,20 @@ class OmniBridgePipeline:
             states, _ = self._caption_states(encoded, captions, self.config.prompts.image_open)
         return self._condition(captions, states)
 
-    def _edit_condition(self, source: Image.Image, instruction: str, caption: str) -> CaptionEncoding:
+    def _edit_prompt(self, source: Image.Image, instruction: str) -> EncodedPrompt:
+        """The user turn that an edit's caption is written after and its conditioning is read from."""
+        return self.format.encode([Message("user", [source, self.config.prompts.edit.format(instruction=instruction)])])
+
+    def _edit_condition(self, encoded: EncodedPrompt, caption: str) -> CaptionEncoding:
         """Decoder conditioning for editing: the caption's T5 embeddings attend to the image-token states."""
         prompts = self.config.prompts
-        encoded = self.format.encode([Message("user", [source, prompts.edit.format(instruction=instruction)])])
         _, image_states = self._caption_states([encoded], [caption], prompts.edit_open or prompts.image_open)
         return self._condition([caption], image_states, t5_inputs=True)
 
-    def _write_edit_caption(self, source: Image.Image, instruction: str) -> tuple[str, dict]:
+    def _write_edit_caption(self, source: Image.Image, encoded: EncodedPrompt, instruction: str) -> tuple[str, dict]:
         """The edit's target caption, and how it was chosen when the model writes several (caption_choice.py)."""
         prompts, beams = self.config.prompts, self.config.generation.edit_caption_beams
         max_new_tokens = self.config.generation.max_new_tokens
-        encoded = self.format.encode([Message("user", [source, prompts.edit.format(instruction=instruction)])])
         captions = [c.split("\n")[0].strip()
                     for c in self._generate_after([encoded], prompts.edit_open or None, max_new_tokens, beams)]
         choice = {}
@@ -673,8 +675,9 @@ class OmniBridgePipeline:
 
         def job():
             start = time.perf_counter()
-            written, choice = (caption, {}) if caption else self._write_edit_caption(source, instruction)
-            cond = self._edit_condition(source, instruction, written)
+            encoded = self._edit_prompt(source, instruction)
+            written, choice = (caption, {}) if caption else self._write_edit_caption(source, encoded, instruction)
+            cond = self._edit_condition(encoded, written)
             timings = {"rewrite_condition_s": time.perf_counter() - start}
             mark = time.perf_counter()
             drawn = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,

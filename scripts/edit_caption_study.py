@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from omnibridge.evaluation.editing import edit_cases
-from omnibridge.modeling.chat_format import EncodedPrompt, Message, SpanText
+from omnibridge.modeling.chat_format import EncodedPrompt, SpanText
 from omnibridge.modeling.decoder import CaptionEncoding
 from omnibridge.pipeline import OmniBridgePipeline
 from omnibridge.shapes.detect import image_matches
@@ -37,7 +37,7 @@ SOURCE_WEIGHTS = (0.25, 0.5, 1.0)
 def beam_captions(pipe, source, instruction: str, count: int) -> tuple[list[str], list[float]]:
     """The `count` best target captions by beam search, with their beam scores."""
     prompts = pipe.config.prompts
-    encoded = pipe.format.encode([Message("user", [source, prompts.edit.format(instruction=instruction)])])
+    encoded = pipe._edit_prompt(source, instruction)
     forced = EncodedPrompt(encoded.input_ids + pipe.format.tag_ids(prompts.edit_open), encoded.images,
                            encoded.spans)
     batch = pipe._to_device(pipe.format.collate([forced], "left")["inputs"])
@@ -54,7 +54,8 @@ def beam_captions(pipe, source, instruction: str, count: int) -> tuple[list[str]
 
 def draw(pipe, source, instruction: str, captions: list[str], seeds: list[int]):
     """Every caption drawn once per seed, in one batch: images in caption-major order."""
-    conditions = [pipe._edit_condition(source, instruction, caption) for caption in captions]
+    encoded = pipe._edit_prompt(source, instruction)
+    conditions = [pipe._edit_condition(encoded, caption) for caption in captions]
     cond = CaptionEncoding.cat([c.repeat(len(seeds)) for c in conditions])
     defaults = pipe.config.generation
     with torch.inference_mode():
