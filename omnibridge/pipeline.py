@@ -56,6 +56,9 @@ from .self_check import MAX_CANDIDATES, best_candidates, candidate_seeds
 MAX_SEED = 2**31 - 1
 # A streamed answer's text is updated at most this often (the first token always at once): 30 a second.
 STREAM_INTERVAL_S = 1 / 30
+# Room for a one-turn answer with its working: the built-in model's longest, a four-object description shown
+# with every object's position, is 66 tokens (an answer alone at most 20); generation stops at the end token.
+ANSWER_TOKENS = 96
 Result = TypeVar("Result")
 
 __all__ = ["OmniBridgePipeline", "GenerationResult", "ChatAnswer", "ChatTurnEvent", "GenerationCancelled", "InvalidInputError"]
@@ -405,7 +408,7 @@ class OmniBridgePipeline:
             text = text.replace(token, "")
         return text.strip()
 
-    def answer_batch(self, images: list, questions: list[str], max_new_tokens: int = 40) -> list[str]:
+    def answer_batch(self, images: list, questions: list[str], max_new_tokens: int = ANSWER_TOKENS) -> list[str]:
         """Greedy single-turn answers for (image, question) pairs in one batch (evaluation): the answers
         alone, without any working the model wrote before them."""
         loaded = [load_image(image) for image in images]
@@ -581,7 +584,7 @@ class OmniBridgePipeline:
         choice = {}
         if beams > 1:
             asked = self.format.encode([Message("user", [source, prompts.describe])])
-            description = self._generate_after([asked], None, max_new_tokens)[0]
+            description = self.split_working(self._generate_after([asked], None, ANSWER_TOKENS)[0])[1]
             choice = {"source_description": description, "caption_candidates": captions}
             captions = [captions[least_change(description, captions)]]
         caption = captions[0]

@@ -127,12 +127,13 @@ def test_questions_have_correct_answers():
                 assert qa.answer in ("yes", "no")
 
 
-def test_relation_answers_carry_their_working_in_eighths_of_the_canvas():
-    from omnibridge.shapes.qa import ANSWER_AFTER, position_working
+def test_relation_and_describe_answers_carry_their_working_in_eighths_of_the_canvas():
+    from omnibridge.shapes.qa import ANSWER_AFTER, WORKING_TYPES, position_working
     from omnibridge.shapes.world import ShapeObject
 
     # centre (45, 11): column 45 * 8 // 64 = 5, row 11 * 8 // 64 = 1
     assert position_working(ShapeObject("circle", "red", "small", 40, 6, 10)) == "red circle (5, 1)"
+    assert position_working(ShapeObject("circle", "red", "small", 40, 6, 10), with_size=True) == "small red circle (5, 1)"
     rng = random.Random(8)
     relations = 0
     for scene in SCENES[:150]:
@@ -140,8 +141,15 @@ def test_relation_answers_carry_their_working_in_eighths_of_the_canvas():
             qa = sample_question(rng, scene, qtype)
             if qa is None:
                 continue
-            if qtype != "relation":
+            if qtype not in WORKING_TYPES:
                 assert qa.working == "" and qa.reply == qa.answer
+                continue
+            if qtype == "describe":  # every object with its size and position, left to right as the caption
+                listed = re.findall(r"(\w+) (\w+) (\w+) \((\d), (\d)\)", qa.working)
+                assert sorted(listed) == sorted((o.size, o.color, o.shape, str(int(o.cx * 8 // 64)), str(int(o.cy * 8 // 64)))
+                                                for o in scene.objects)
+                assert [column for *_, column, _ in listed] == sorted(column for *_, column, _ in listed)
+                assert qa.reply == qa.working + ANSWER_AFTER + format_caption(describe(scene))
                 continue
             relations += 1
             named = re.findall(r"the (\w+) (\w+)", qa.question)  # "... the red circle ... the blue square?"

@@ -12,6 +12,7 @@ import torch
 
 from omnibridge import OmniBridgePipeline
 from omnibridge.training.cli import main as train_main
+from omnibridge.training.cli import parse_args
 from omnibridge.training.llm_data import TASK_MIX, question_mix, sample_conversation, task_mix
 from omnibridge.training.llm_stage import train_llm
 
@@ -256,20 +257,23 @@ def test_stage1_asks_every_question_type_and_relations_most():
         task_mix(1.5)
 
 
-def test_stage1_relation_answers_show_their_work_only_when_the_recipe_asks():
+def test_stage1_answers_show_their_work_only_for_the_types_the_recipe_names():
     relations = question_mix({"relation": 1e6})
     plain = [sample_conversation(random.Random(seed), "vqa", relations) for seed in range(20)]
     assert all("\n" not in c.answer and c.answer in ("yes", "no", "left", "right", "above", "below") for c in plain)
-    worked = [sample_conversation(random.Random(seed), "vqa", relations, show_work=True) for seed in range(20)]
+    worked = [sample_conversation(random.Random(seed), "vqa", relations, show_work=("relation",)) for seed in range(20)]
     for before, after in zip(plain, worked):  # the same questions, now with each object's position first
         working, _, answer = after.answer.partition("\n")
         assert answer == before.answer and working.count("(") == 2 and after.messages[-1].parts == [after.answer]
-    multi = [sample_conversation(random.Random(seed), "multi_qa", show_work=True) for seed in range(60)]
+    multi = [sample_conversation(random.Random(seed), "multi_qa", show_work=("relation",)) for seed in range(60)]
     shown = [part for c in multi for m in c.messages if m.role == "assistant" for part in m.parts if "\n" in part]
     assert shown and all(part.count("(") == 2 for part in shown)  # earlier turns in the history show it too
-    others = [sample_conversation(random.Random(seed), "vqa", question_mix({"relation": 0}), show_work=True)
-              for seed in range(30)]
-    assert all("\n" not in c.answer or c.task == "vqa/describe" for c in others)
+    mixed = [sample_conversation(random.Random(seed), "vqa", question_mix({"relation": 0}), show_work=("relation",))
+             for seed in range(60)]
+    assert all("\n" not in c.answer for c in mixed)  # descriptions, not named, stay as they were
+    described = [sample_conversation(random.Random(seed), "vqa", question_mix({"describe": 1e6}),
+                                     show_work=("relation", "describe")) for seed in range(10)]
+    assert all(c.task == "vqa/describe" and c.answer.split("\n")[0].count("(") >= 1 for c in described)
 
 
 def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
@@ -328,6 +332,10 @@ def test_a_finer_vision_patch_text_first_turns_and_shown_work_can_be_asked_for(t
     assert json.loads((saved / "config.json").read_text())["vision_config"]["patch_size"] == 4
     assert json.loads((saved / "preprocessor_config.json").read_text())["patch_size"] == 4
     config = json.loads((saved.parent / "omnibridge_config.json").read_text())
+    assert parse_args(["--out", "m", "--show-work", "relation,describe"]).show_work == ("relation", "describe")
+    assert parse_args(["--out", "m", "--show-work"]).show_work == ("relation",)
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "m", "--show-work", "count"])  # a count has no working to show
     assert config["prompts"]["text_before_images"] is True
     assert config["prompts"]["answer_after"] == "\n"  # so the pipeline splits the working from the answer
 

@@ -28,9 +28,13 @@ _RELATION_QUESTION_WORDS = {"left": "left of", "right": "right of", "above": "ab
 # line of its own. Asked to compare two positions in one step, the model answered relations 0.58-0.64 while
 # its image tokens hold each centre to an eighth (vision_probe: 0.94 at the trunk's output) and a reader of
 # those eighths could answer 0.94; written out, each position is one lookup and the comparison reads four
-# digits. The evaluation scores only the answer (OmniBridgePipeline.answer_batch splits it off).
+# digits. A description can show its work too: every object with its size and position, left to right (the
+# caption's order), "small red circle (1, 2), large blue square (5, 6)", then the caption, which groups alike
+# objects; its failures were objects named wrongly or twice as scenes fill up, and each written position
+# points at the next object. The evaluation scores only the answer (OmniBridgePipeline.answer_batch splits it off).
 ANSWER_AFTER = "\n"
 WORKING_STEPS = 8  # eighths: a centre known to 8 pixels
+WORKING_TYPES = ("relation", "describe")  # the question types whose answers can show their work
 
 
 @dataclass(frozen=True)
@@ -114,9 +118,10 @@ def _relation_question(rng: random.Random, scene: Scene) -> QuestionAnswer | Non
                           working)
 
 
-def position_working(obj: ShapeObject) -> str:
+def position_working(obj: ShapeObject, with_size: bool = False) -> str:
     """An object and where its centre is, in eighths across and down: `red circle (5, 2)`."""
-    return f"{obj.color} {obj.shape} ({grid_cell(obj.cx, WORKING_STEPS)}, {grid_cell(obj.cy, WORKING_STEPS)})"
+    name = f"{obj.size} {obj.color} {obj.shape}" if with_size else f"{obj.color} {obj.shape}"
+    return f"{name} ({grid_cell(obj.cx, WORKING_STEPS)}, {grid_cell(obj.cy, WORKING_STEPS)})"
 
 
 def location_words(obj: ShapeObject) -> str:
@@ -137,7 +142,9 @@ def _locate_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
 
 
 def _describe_question(rng: random.Random, scene: Scene) -> QuestionAnswer:
-    return QuestionAnswer("describe", rng.choice(DESCRIBE_QUESTIONS), format_caption(describe(scene)))
+    in_caption_order = sorted(scene.objects, key=lambda obj: (obj.cx, obj.shape))  # as captions.scene_groups
+    working = ", ".join(position_working(obj, with_size=True) for obj in in_caption_order)
+    return QuestionAnswer("describe", rng.choice(DESCRIBE_QUESTIONS), format_caption(describe(scene)), working)
 
 
 _BUILDERS = {

@@ -67,9 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--answer-weighting", choices=("token", "conversation"),
                         help="stage 1's loss: the mean over all answer tokens (preset) or over conversations, each "
                              "answer averaged first (a one-word answer then weighs as much as a caption)")
-    parser.add_argument("--show-work", action="store_true", default=None,
-                        help="train relation answers to show their work: each object's position in eighths, then "
-                             "the answer on its own line (shapes/qa.py); the model then answers that way")
+    parser.add_argument("--show-work", nargs="?", const="relation", metavar="TYPES",
+                        help="train these question types' answers (comma-separated, of relation,describe; alone: "
+                             "relation) to show their work: the objects' positions in eighths, then the answer on "
+                             "its own line (shapes/qa.py); the model then answers that way")
     parser.add_argument("--rope-theta", type=float,
                         help="the language model's rotary base (preset: 10); stage 1 sets it on a model "
                              "trained with another, and re-teaches positions")
@@ -102,7 +103,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
     args.question_weight = _question_weights(parser, args.question_weight) if args.question_weight else None
+    if args.show_work is not None:
+        args.show_work = _working_types(parser, args.show_work)
     return args
+
+
+def _working_types(parser: argparse.ArgumentParser, types: str) -> tuple[str, ...]:
+    from ..shapes.qa import WORKING_TYPES
+
+    chosen = tuple(t.strip() for t in types.split(",") if t.strip())
+    if not chosen or set(chosen) - set(WORKING_TYPES):
+        parser.error(f"--show-work {types}: comma-separated types of {','.join(WORKING_TYPES)}")
+    return chosen
 
 
 def _question_weights(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, float]:

@@ -75,11 +75,11 @@ def _edit_answer(caption: str) -> str:
     return f"<edit>{caption}</edit>"
 
 
-def _reply(qa, show_work: bool) -> str:
-    return qa.reply if show_work else qa.answer
+def _reply(qa, show_work: tuple[str, ...]) -> str:
+    return qa.reply if qa.qtype in show_work else qa.answer
 
 
-def _vqa(rng: random.Random, questions: dict[str, float] = QUESTION_MIX, show_work: bool = False) -> Conversation:
+def _vqa(rng: random.Random, questions: dict[str, float] = QUESTION_MIX, show_work: tuple[str, ...] = ()) -> Conversation:
     scene = sample_scene(rng)
     qa = None
     while qa is None:
@@ -135,7 +135,7 @@ def _draw_then_edit(rng: random.Random) -> Conversation:
                         answer)
 
 
-def _draw_then_ask(rng: random.Random, show_work: bool = False) -> Conversation:
+def _draw_then_ask(rng: random.Random, show_work: tuple[str, ...] = ()) -> Conversation:
     scene, history = _drawn(rng)
     qa = None
     while qa is None:
@@ -145,7 +145,7 @@ def _draw_then_ask(rng: random.Random, show_work: bool = False) -> Conversation:
                         "draw_then_ask", reply)
 
 
-def _ask_then_draw(rng: random.Random, show_work: bool = False) -> Conversation:
+def _ask_then_draw(rng: random.Random, show_work: tuple[str, ...] = ()) -> Conversation:
     """A question about an uploaded image, then a drawing request: without this turn order in its data
     the model wrote broken captions ("<img> and a blue square") once a chat had an image Q&A in it."""
     conversation = _vqa(rng, show_work=show_work)
@@ -156,7 +156,7 @@ def _ask_then_draw(rng: random.Random, show_work: bool = False) -> Conversation:
     return Conversation(messages, "ask_then_draw", answer)
 
 
-def _multi_qa(rng: random.Random, show_work: bool = False) -> Conversation:
+def _multi_qa(rng: random.Random, show_work: tuple[str, ...] = ()) -> Conversation:
     scene = sample_scene(rng)
     image = render(scene)
     messages: list[Message] = []
@@ -188,10 +188,11 @@ _ASKING_TASKS = ("draw_then_ask", "ask_then_draw", "multi_qa")  # besides vqa: t
 
 def sample_conversation(rng: random.Random, task: str | None = None,
                         questions: dict[str, float] = QUESTION_MIX, tasks: dict[str, float] = TASK_MIX,
-                        show_work: bool = False) -> Conversation:
+                        show_work: tuple[str, ...] = ()) -> Conversation:
     """One stage-1 conversation of `task` (drawn from `tasks` when None); `questions` weighs the question
     types of the single-question VQA task (the multi-turn tasks keep an even mix: they teach the turn
-    order, not the skill); with `show_work` relation answers write their working first (qa.QuestionAnswer.reply)."""
+    order, not the skill); answers to the question types in `show_work` write their working first
+    (qa.QuestionAnswer.reply)."""
     task = task or rng.choices(list(tasks), weights=list(tasks.values()))[0]
     if task == "vqa":
         return _vqa(rng, questions, show_work)

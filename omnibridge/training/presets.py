@@ -71,9 +71,10 @@ class LLMPreset:
     # them but forgets the rest: scripts/relations_alone.py).
     question_weights: dict[str, float] = field(default_factory=dict)
     vqa_share: float | None = None  # single-question VQA's share of the conversations (None: TASK_MIX's)
-    # Relation answers show their work first (qa.QuestionAnswer.reply): where each object is, then the answer.
-    # The trained model's config then gets PromptConfig.answer_after, so the pipeline splits the two.
-    show_work: bool = False
+    # Question types (of qa.WORKING_TYPES) whose answers show their work first (qa.QuestionAnswer.reply): where
+    # the objects are, then the answer. The trained model's config then gets PromptConfig.answer_after, so the
+    # pipeline splits the two.
+    show_work: tuple[str, ...] = ()
     # How stage 1 averages its loss (llm_stage.accumulate_gradients): "token" (every checkpoint up to the
     # ninth session's) or "conversation", which stops one-word answers drowning under captions.
     answer_weighting: str = "token"
