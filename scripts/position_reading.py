@@ -12,7 +12,8 @@ fails; if rows fail even alone, reading them is.
     PYTHONPATH=. python scripts/position_reading.py --steps 600 --lr 1e-3 [--position-free temporal|all]
 
 Twenty-second session, 600 steps, x / y right with 1, 2, 3 and 4 objects: 0.88/0.78, 0.68/0.48, 0.63/0.31,
-0.56/0.31; with the temporal dimensions unturned about the same, with all unturned worse (docs/evaluation-notes.md).
+0.56/0.31; with the temporal dimensions unturned about the same, with all unturned worse, with the attention
+supervised (--attend-weight 1) about the same (docs/evaluation-notes.md).
 """
 
 from __future__ import annotations
@@ -23,19 +24,21 @@ import re
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
 
 from omnibridge import OmniBridgePipeline
 from omnibridge.evaluation.generation import VALIDATION_SEED
 from omnibridge.modeling.chat_format import Message
 from omnibridge.shapes.qa import position_working
 from omnibridge.shapes.render import render
-from omnibridge.shapes.world import sample_scene
+from omnibridge.shapes.world import grid_cell, sample_scene
 from omnibridge.training.llm_data import Conversation
-from omnibridge.training.llm_stage import accumulate_gradients
+from omnibridge.training.llm_stage import accumulate_gradients, encode_conversations, labelled_batch
 
 
 def position_case(rng: random.Random, objects: int | None = None):
-    """A scene, a question naming one object of it with a unique colour and shape, and its position."""
+    """A scene, a question naming one object of it with a unique colour and shape, its position, and the token
+    whose cell holds the object's centre (row-major on the 4x4 grid)."""
     while True:
         scene = sample_scene(rng, objects)
         named = [o for o in scene.objects
@@ -43,7 +46,8 @@ def position_case(rng: random.Random, objects: int | None = None):
         if named:
             obj = rng.choice(named)
             position = position_working(obj).split(" ", 2)[2]  # "(5, 2)"
-            return scene, f"Where exactly is the {obj.color} {obj.shape}?", position
+            cell = grid_cell(obj.cy, 4) * 4 + grid_cell(obj.cx, 4)
+            return scene, f"Where exactly is the {obj.color} {obj.shape}?", position, cell
 
 
 def position_free_dims(layers, mrope_section: list[int], sections: str) -> None:
@@ -73,9 +77,9 @@ def accuracy_by_objects(pipe, cases) -> dict[int, tuple[float, float]]:
     answers = []
     for start in range(0, len(cases), 64):
         chunk = cases[start:start + 64]
-        answers += pipe.answer_batch([render(s) for s, _, _ in chunk], [q for _, q, _ in chunk], max_new_tokens=8)
+        answers += pipe.answer_batch([render(c[0]) for c in chunk], [c[1] for c in chunk], max_new_tokens=8)
     right = defaultdict(lambda: [0, 0, 0])
-    for (scene, _, truth), answer in zip(cases, answers):
+    for (scene, _, truth, _), answer in zip(cases, answers):
         got, want = re.findall(r"\d", answer), re.findall(r"\d", truth)
         tally = right[len(scene.objects)]
         tally[0] += 1
@@ -84,12 +88,34 @@ def accuracy_by_objects(pipe, cases) -> dict[int, tuple[float, float]]:
     return {n: (round(t[1] / t[0], 2), round(t[2] / t[0], 2)) for n, t in sorted(right.items())}
 
 
+def supervised_attention_step(llm, fmt, conversations, cells: list[int], layer: int, weight: float) -> torch.Tensor:
+    """The answer loss plus `weight` x the attention of `layer`'s first head, at every answer position, to the
+    named object's token (-log of the attention it gets): the binding taught directly rather than through the
+    answer alone. Backward; returns the answer loss."""
+    encoded = encode_conversations(fmt, conversations)
+    batch = labelled_batch(fmt, encoded, 256)
+    output = llm(**{k: v for k, v in batch.items() if k != "labels"}, output_attentions=True)
+    labels = batch["labels"][:, 1:]
+    answer_loss = F.cross_entropy(output.logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    head = output.attentions[layer][:, 0]  # [batch, query, key]
+    attention_loss = torch.zeros(())
+    for row, (prompt, cell) in enumerate(zip(encoded, cells)):
+        target = prompt.spans["image0"][0] + cell
+        queries = torch.arange(prompt.labels_from - 1, len(prompt.input_ids) - 1)
+        attention_loss = attention_loss - torch.log(head[row, queries, target] + 1e-6).mean()
+    (answer_loss + weight * attention_loss / len(encoded)).backward()
+    return answer_loss.detach()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="assets/omnibridge-shapes")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--attend-weight", type=float, default=0.0,
+                        help="supervise the first answer layer's first head to attend to the named object's token "
+                             "(supervised_attention_step) with this weight")
     parser.add_argument("--position-free", choices=("temporal", "all"),
                         help="the answer layers read these M-RoPE dimensions unturned (position_free_dims)")
     args = parser.parse_args()
@@ -101,6 +127,8 @@ def main() -> None:
     pipe.llm.requires_grad_(False)
     answer_layers = pipe.llm.model.language_model.layers[trunk:]
     trainable = list(answer_layers.parameters())
+    if args.attend_weight:
+        pipe.llm.set_attn_implementation("eager")  # attention weights are returned only by the eager kernel
     if args.position_free:
         position_free_dims(answer_layers, pipe.llm.config.text_config.rope_parameters["mrope_section"],
                            args.position_free)
@@ -113,12 +141,16 @@ def main() -> None:
     rng = random.Random(321)
     for step in range(1, args.steps + 1):
         pipe.llm.train()
-        batch = []
+        batch, cells = [], []
         for _ in range(args.batch):
-            scene, question, position = position_case(rng)
+            scene, question, position, cell = position_case(rng)
             messages = [Message("user", [render(scene), question]), Message("assistant", [position])]
             batch.append(Conversation(messages, "vqa/position", position))
-        loss = accumulate_gradients(pipe.llm, pipe.format, batch, 256)
+            cells.append(cell)
+        if args.attend_weight:
+            loss = supervised_attention_step(pipe.llm, pipe.format, batch, cells, trunk, args.attend_weight)
+        else:
+            loss = accumulate_gradients(pipe.llm, pipe.format, batch, 256)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad()
