@@ -6,7 +6,9 @@ states at the trunk's output (what the answer layers read) to name, per image to
 object centred in its cell, or nothing, over scenes of 1-4 objects. Then, per object in held-out scenes, the
 token that the probe rates highest for that object's colour and shape must be the object's own: a linear
 "find the red circle" over the 16 tokens, scored by how many objects the scene holds. If it stays high as scenes
-fill up, the tokens are clean and the answer layers' search is what fails; if it falls, the eye is.
+fill up, the tokens are clean and the answer layers' search is what fails; if it falls, the eye is. Two more
+probes read, from each object's own token, where in eighths its centre is across and down: what an answer
+that found the token could read there.
 
     PYTHONPATH=. python scripts/token_binding_probe.py
 """
@@ -54,6 +56,33 @@ def token_labels(scene) -> torch.Tensor:
     return labels
 
 
+def eighth_probe(states, scenes, train: int, axis: str) -> dict[int, float]:
+    """A linear probe of an object's centre in eighths (across for "x", down for "y") from its own token, trained
+    on the first `train` scenes; accuracy on the rest by how many objects the scene holds."""
+    rows, labels, counts = [], [], []
+    for index, (scene, tokens) in enumerate(zip(scenes, states)):
+        for obj in scene.objects:
+            rows.append(tokens[grid_cell(obj.cy, GRID) * GRID + grid_cell(obj.cx, GRID)])
+            labels.append(grid_cell(obj.cx if axis == "x" else obj.cy, 8))
+            counts.append((index < train, len(scene.objects)))
+    x, y = torch.stack(rows), torch.tensor(labels)
+    is_train = torch.tensor([t for t, _ in counts])
+    mean, std = x[is_train].mean(0), x[is_train].std(0) + 1e-5
+    probe = torch.nn.Linear(x.shape[1], 8)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(600):
+        optimizer.zero_grad()
+        F.cross_entropy(probe((x[is_train] - mean) / std), y[is_train]).backward()
+        optimizer.step()
+    with torch.no_grad():
+        right = probe((x - mean) / std).argmax(1) == y
+    by_count = defaultdict(list)
+    for ok, (in_train, n) in zip(right.tolist(), counts):
+        if not in_train:
+            by_count[n].append(ok)
+    return {n: sum(v) / len(v) for n, v in by_count.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="assets/omnibridge-shapes")
@@ -74,6 +103,7 @@ def main() -> None:
         optimizer.zero_grad()
         F.cross_entropy(probe((x - mean) / std), y).backward()
         optimizer.step()
+    eighths = {axis: eighth_probe(states, scenes, args.train, axis) for axis in ("x", "y")}
     found, token_right = defaultdict(list), defaultdict(list)
     with torch.no_grad():
         for scene, tokens, truth in zip(scenes[args.train:], states[args.train:], labels[args.train:]):
@@ -86,7 +116,8 @@ def main() -> None:
                 found[len(scene.objects)].append(int(logits[:, object_class(obj)].argmax()) == own)
     for n in sorted(found):
         print(f"{n} objects: tokens named right {sum(token_right[n]) / len(token_right[n]):.3f}, "
-              f"named object found by a linear match {sum(found[n]) / len(found[n]):.3f} ({len(found[n])} objects)")
+              f"named object found by a linear match {sum(found[n]) / len(found[n]):.3f} ({len(found[n])} objects), "
+              f"its eighth read from its token x {eighths['x'][n]:.3f} y {eighths['y'][n]:.3f}")
 
 
 if __name__ == "__main__":
