@@ -65,9 +65,10 @@ class PromptConfig:
     # colours 0.50 where the image-first run gets 0.97, and relations stayed at chance
     # (`--text-before-images` repeats it).
     text_before_images: bool = False
-    # A model that shows its work before some answers (the built-in one, for relations: "red circle (5, 2),
-    # blue square (1, 6)" then the answer) writes this between the two; the pipeline splits them, the chat
-    # shows both, and the evaluation scores the answer alone. "" for a model that writes only answers.
+    # A model that shows its work before some answers (one trained with `--show-work`, for relations: "red
+    # circle (5, 2), blue square (1, 6)" then the answer) writes this between the two; the pipeline splits them,
+    # the chat shows both, and the evaluation scores the answer alone. "" for a model that writes only answers
+    # (the shipped built-in model: its show-work candidate was not adopted, docs/checkpoint-history.md).
     answer_after: str = ""
 
 

@@ -32,6 +32,8 @@ _RELATION_QUESTION_WORDS = {"left": "left of", "right": "right of", "above": "ab
 # caption's order), "small red circle (1, 2), large blue square (5, 6)", then the caption, which groups alike
 # objects; its failures were objects named wrongly or twice as scenes fill up, and each written position
 # points at the next object. The evaluation scores only the answer (OmniBridgePipeline.answer_batch splits it off).
+# Tried for relations in the twenty-second session and not adopted: the answer layers did not learn to find the
+# named objects' positions (docs/evaluation-notes.md, "Showing the work"); descriptions were not trained.
 ANSWER_AFTER = "\n"
 WORKING_STEPS = 8  # eighths: a centre known to 8 pixels
 WORKING_TYPES = ("relation", "describe")  # the question types whose answers can show their work

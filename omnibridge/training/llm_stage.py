@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from ..modeling.chat_format import ChatFormat, EncodedPrompt
 from ..modeling.loading import LoadedModel
-from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
 from ..shapes.qa import ANSWER_AFTER
+from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
 from .grow import grow_language_model, stack_answer_layers
 from .llm_data import question_mix, sample_conversation, task_mix
 from .presets import LLMPreset

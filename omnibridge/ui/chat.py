@@ -24,8 +24,8 @@ EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 
 
 def to_display(answer, answer_after: str = "") -> str:
-    """The chat's text for an answer. Working the model wrote before its answer is shown as written (the
-    built-in model's relation answers: where each object is, then the answer on a line of its own), so that the
+    """The chat's text for an answer. Working the model wrote before its answer is shown as written (a model
+    trained with `--show-work`: where each object is, then the answer on a line of its own), so that the
     history handed back to the model is what it wrote."""
     if answer.kind == "draw":
         return DRAW_MARK + answer.text
