@@ -25,14 +25,14 @@ import re
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 
 from omnibridge import OmniBridgePipeline
 from omnibridge.evaluation.generation import VALIDATION_SEED
 from omnibridge.modeling.chat_format import Message
-from omnibridge.shapes.qa import position_working
+from omnibridge.evaluation.vision_probe import GRID
+from omnibridge.shapes.qa import position_in_eighths
 from omnibridge.shapes.render import render
-from omnibridge.shapes.world import grid_cell, sample_scene
+from omnibridge.shapes.world import centre_cell_index, sample_scene
 from omnibridge.training.llm_data import Conversation
 from omnibridge.training.llm_stage import accumulate_gradients, encode_conversations, labelled_batch
 
@@ -46,9 +46,8 @@ def position_case(rng: random.Random, objects: int | None = None):
                  if sum((p.color, p.shape) == (o.color, o.shape) for p in scene.objects) == 1]
         if named:
             obj = rng.choice(named)
-            position = position_working(obj).split(" ", 2)[2]  # "(5, 2)"
-            cell = grid_cell(obj.cy, 4) * 4 + grid_cell(obj.cx, 4)
-            return scene, f"Where exactly is the {obj.color} {obj.shape}?", position, cell
+            question = f"Where exactly is the {obj.color} {obj.shape}?"
+            return scene, question, position_in_eighths(obj), centre_cell_index(obj, GRID)
 
 
 def position_free_dims(layers, mrope_section: list[int], sections: str) -> None:
@@ -95,9 +94,8 @@ def supervised_attention_step(llm, fmt, conversations, cells: list[int], layer: 
     answer alone. Backward; returns the answer loss."""
     encoded = encode_conversations(fmt, conversations)
     batch = labelled_batch(fmt, encoded, 256)
-    output = llm(**{k: v for k, v in batch.items() if k != "labels"}, output_attentions=True)
-    labels = batch["labels"][:, 1:]
-    answer_loss = F.cross_entropy(output.logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    output = llm(**batch, output_attentions=True)
+    answer_loss = output.loss  # the mean over answer tokens, as accumulate_gradients' "token" weighting
     head = output.attentions[layer][:, 0]  # [batch, query, key]
     attention_loss = torch.zeros(())
     for row, (prompt, cell) in enumerate(zip(encoded, cells)):

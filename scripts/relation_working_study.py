@@ -25,6 +25,7 @@ from omnibridge.evaluation.generation import VALIDATION_SEED
 from omnibridge.modeling.chat_format import Message
 from omnibridge.modeling.devices import placement
 from omnibridge.modeling.loading import load_our_layout
+from omnibridge.pipeline import ANSWER_TOKENS
 from omnibridge.shapes.qa import ANSWER_AFTER, sample_question
 from omnibridge.shapes.render import render
 from omnibridge.shapes.world import sample_scene
@@ -77,7 +78,7 @@ def main() -> None:
     for start in range(0, len(cases), 50):
         chunk = cases[start:start + 50]
         prompts = [pipe.format.encode([Message("user", [render(scene), qa.question])]) for scene, qa in chunk]
-        written += pipe.run_job(lambda: pipe._generate_after(prompts, None, 96))
+        written += pipe.run_job(lambda: pipe._generate_after(prompts, None, ANSWER_TOKENS))
     print(score(written, cases))
     for (_, qa), text in list(zip(cases, written))[:4]:
         print(f"{qa.question!r}: {qa.reply!r} -> {text!r}")

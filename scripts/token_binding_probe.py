@@ -20,14 +20,14 @@ import random
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 
 from omnibridge import OmniBridgePipeline
-from omnibridge.evaluation.vision_probe import PROBE_SEED
+from omnibridge.evaluation.vision_probe import PROBE_SEED, fit_linear_probe
 from omnibridge.modeling.chat_format import Message, gather_spans
 from omnibridge.modeling.features import feature_states
+from omnibridge.shapes.qa import WORKING_STEPS
 from omnibridge.shapes.render import render
-from omnibridge.shapes.world import COLORS, SHAPES, grid_cell, sample_scene
+from omnibridge.shapes.world import COLORS, SHAPES, centre_cell_index, grid_cell, sample_scene
 
 GRID = 4
 
@@ -52,7 +52,7 @@ def token_states(pipe, scenes, batch_size: int = 64) -> torch.Tensor:
 def token_labels(scene) -> torch.Tensor:
     labels = torch.zeros(GRID * GRID, dtype=torch.long)
     for obj in scene.objects:
-        labels[grid_cell(obj.cy, GRID) * GRID + grid_cell(obj.cx, GRID)] = object_class(obj)
+        labels[centre_cell_index(obj, GRID)] = object_class(obj)
     return labels
 
 
@@ -62,20 +62,14 @@ def eighth_probe(states, scenes, train: int, axis: str) -> dict[int, float]:
     rows, labels, counts = [], [], []
     for index, (scene, tokens) in enumerate(zip(scenes, states)):
         for obj in scene.objects:
-            rows.append(tokens[grid_cell(obj.cy, GRID) * GRID + grid_cell(obj.cx, GRID)])
-            labels.append(grid_cell(obj.cx if axis == "x" else obj.cy, 8))
+            rows.append(tokens[centre_cell_index(obj, GRID)])
+            labels.append(grid_cell(obj.cx if axis == "x" else obj.cy, WORKING_STEPS))
             counts.append((index < train, len(scene.objects)))
     x, y = torch.stack(rows), torch.tensor(labels)
     is_train = torch.tensor([t for t, _ in counts])
-    mean, std = x[is_train].mean(0), x[is_train].std(0) + 1e-5
-    probe = torch.nn.Linear(x.shape[1], 8)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
-    for _ in range(600):
-        optimizer.zero_grad()
-        F.cross_entropy(probe((x[is_train] - mean) / std), y[is_train]).backward()
-        optimizer.step()
+    probe = fit_linear_probe(x[is_train], y[is_train], WORKING_STEPS, steps=600, weight_decay=1e-4)
     with torch.no_grad():
-        right = probe((x - mean) / std).argmax(1) == y
+        right = probe(x).argmax(1) == y
     by_count = defaultdict(list)
     for ok, (in_train, n) in zip(right.tolist(), counts):
         if not in_train:
@@ -96,23 +90,17 @@ def main() -> None:
     states = token_states(pipe, scenes)
     labels = torch.stack([token_labels(s) for s in scenes])
     x, y = states[:args.train].flatten(0, 1), labels[:args.train].flatten()
-    mean, std = x.mean(0), x.std(0) + 1e-5
-    probe = torch.nn.Linear(x.shape[1], 1 + len(COLORS) * len(SHAPES))
-    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
-    for _ in range(600):
-        optimizer.zero_grad()
-        F.cross_entropy(probe((x - mean) / std), y).backward()
-        optimizer.step()
+    probe = fit_linear_probe(x, y, 1 + len(COLORS) * len(SHAPES), steps=600, weight_decay=1e-4)
     eighths = {axis: eighth_probe(states, scenes, args.train, axis) for axis in ("x", "y")}
     found, token_right = defaultdict(list), defaultdict(list)
     with torch.no_grad():
         for scene, tokens, truth in zip(scenes[args.train:], states[args.train:], labels[args.train:]):
-            logits = probe((tokens - mean) / std)  # [16, classes]
+            logits = probe(tokens)  # [16, classes]
             token_right[len(scene.objects)].append((logits.argmax(1) == truth).float().mean().item())
             for obj in scene.objects:
                 if sum(object_class(o) == object_class(obj) for o in scene.objects) > 1:
                     continue  # not nameable by colour and shape alone
-                own = grid_cell(obj.cy, GRID) * GRID + grid_cell(obj.cx, GRID)
+                own = centre_cell_index(obj, GRID)
                 found[len(scene.objects)].append(int(logits[:, object_class(obj)].argmax()) == own)
     for n in sorted(found):
         print(f"{n} objects: tokens named right {sum(token_right[n]) / len(token_right[n]):.3f}, "

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..modeling.chat_format import Message, gather_spans
 from ..modeling.features import feature_states
 from ..shapes.render import render
-from ..shapes.world import COLORS, SHAPES, grid_cell, sample_scene
+from ..shapes.world import COLORS, SHAPES, centre_cell_index, grid_cell, sample_scene
 
 PROBE_SEED = 4242  # held apart from the training and evaluation seeds
 GRID = 4  # the language model's 4x4 image tokens (64 pixels, patch 8, 2x2 merge)
@@ -57,24 +57,30 @@ def image_features(pipe, scenes, batch_size: int = 64) -> dict[str, torch.Tensor
             states = feature_states(pipe.llm, pipe.config.feature_layers, inputs)  # what the BiLM and heads read
             image_states, _ = gather_spans(states, [p.spans["image0"] for p in prompts])  # one image size: no padding
         grid = math.isqrt(tower.shape[1])
-        own = torch.tensor([grid_cell(s.objects[0].cy, grid) * grid + grid_cell(s.objects[0].cx, grid) for s in chunk])
+        own = torch.tensor([centre_cell_index(s.objects[0], grid) for s in chunk])
         for name, tokens in (("vision_tower", tower), ("llm_last_layer", image_states)):
             features.setdefault(name, []).append(tokens.amax(1).float().cpu())
             features.setdefault(f"{name}_object_token", []).append(tokens[rows, own].float().cpu())
     return {name: torch.cat(parts) for name, parts in features.items()}
 
 
-def linear_probe_accuracy(train_x, train_y, test_x, test_y, classes: int, steps: int = 500) -> float:
+def fit_linear_probe(train_x, train_y, classes: int, steps: int = 500, weight_decay: float = 1e-3):
+    """A linear classifier on standardised features (full-batch Adam); returns features -> logits."""
     mean, std = train_x.mean(0), train_x.std(0) + 1e-5
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     probe = torch.nn.Linear(train_x.shape[1], classes)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-3)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=weight_decay)
+    standardised = (train_x - mean) / std
     for _ in range(steps):
         optimizer.zero_grad()
-        F.cross_entropy(probe(train_x), train_y).backward()
+        F.cross_entropy(probe(standardised), train_y).backward()
         optimizer.step()
+    return lambda x: probe((x - mean) / std)
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, classes: int, steps: int = 500) -> float:
+    logits = fit_linear_probe(train_x, train_y, classes, steps)
     with torch.no_grad():
-        return round((probe(test_x).argmax(1) == test_y).float().mean().item(), 3)
+        return round((logits(test_x).argmax(1) == test_y).float().mean().item(), 3)
 
 
 def probe_objects(pipe, train: int = 1500, test: int = 500, seed: int = PROBE_SEED) -> dict:

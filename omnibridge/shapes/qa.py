@@ -120,10 +120,15 @@ def _relation_question(rng: random.Random, scene: Scene) -> QuestionAnswer | Non
                           working)
 
 
+def position_in_eighths(obj: ShapeObject) -> str:
+    """Where an object's centre is, in eighths across and down: `(5, 2)`."""
+    return f"({grid_cell(obj.cx, WORKING_STEPS)}, {grid_cell(obj.cy, WORKING_STEPS)})"
+
+
 def position_working(obj: ShapeObject, with_size: bool = False) -> str:
     """An object and where its centre is, in eighths across and down: `red circle (5, 2)`."""
     name = f"{obj.size} {obj.color} {obj.shape}" if with_size else f"{obj.color} {obj.shape}"
-    return f"{name} ({grid_cell(obj.cx, WORKING_STEPS)}, {grid_cell(obj.cy, WORKING_STEPS)})"
+    return f"{name} {position_in_eighths(obj)}"
 
 
 def location_words(obj: ShapeObject) -> str:

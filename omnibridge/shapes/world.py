@@ -72,6 +72,11 @@ def grid_cell(centre: float, cells_per_side: int) -> int:
     return min(int(centre * cells_per_side / CANVAS), cells_per_side - 1)
 
 
+def centre_cell_index(obj: "ShapeObject", cells_per_side: int) -> int:
+    """The row-major index of the grid cell that holds an object's centre (on the eye's grid: its token)."""
+    return grid_cell(obj.cy, cells_per_side) * cells_per_side + grid_cell(obj.cx, cells_per_side)
+
+
 def relation_holds(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
     """The contract's rule between object centres: `a <relation> b`."""
     dx, dy = a.cx - b.cx, a.cy - b.cy

@@ -164,9 +164,10 @@ def _multi_qa(rng: random.Random, show_work: tuple[str, ...] = ()) -> Conversati
         qa = None
         while qa is None:
             qa = sample_question(rng, scene)
+        reply = _reply(qa, show_work)
         messages.append(Message("user", [image, qa.question] if turn == 0 else [qa.question]))
-        messages.append(Message("assistant", [_reply(qa, show_work)]))
-    return Conversation(messages, "multi_qa", _reply(qa, show_work))
+        messages.append(Message("assistant", [reply]))
+    return Conversation(messages, "multi_qa", reply)
 
 
 def _small_talk(rng: random.Random) -> Conversation:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..modeling.chat_format import ChatFormat, Message
 from ..modeling.loading import LoadedModel
 from ..shapes.render import render
-from ..shapes.world import COLORS, SHAPES, SIZE_NAMES, Scene, grid_cell, sample_scene
+from ..shapes.world import COLORS, SHAPES, SIZE_NAMES, Scene, centre_cell_index, sample_scene
 from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
 from .llm_stage import accumulate_gradients
 from .llm_data import sample_conversation
@@ -41,8 +41,7 @@ def cell_labels(scene: Scene, cells_per_side: int) -> torch.Tensor:
     """[cells_per_side**2] class per merged token, row-major: 0 empty, else 1 + OBJECT_CLASSES index."""
     labels = torch.zeros(cells_per_side * cells_per_side, dtype=torch.long)
     for obj in scene.objects:
-        row, col = grid_cell(obj.cy, cells_per_side), grid_cell(obj.cx, cells_per_side)
-        labels[row * cells_per_side + col] = 1 + OBJECT_CLASSES.index((obj.color, obj.shape, obj.size))
+        labels[centre_cell_index(obj, cells_per_side)] = 1 + OBJECT_CLASSES.index((obj.color, obj.shape, obj.size))
     return labels
 
 
