@@ -1,5 +1,6 @@
 """The Shapes world keeps its contract (shared/design/shapes-world.md)."""
 
+import collections
 import random
 import re
 
@@ -158,6 +159,44 @@ def test_relation_and_describe_answers_carry_their_working_in_eighths_of_the_can
             assert qa.reply == qa.working + ANSWER_AFTER + qa.answer and qa.answer in (
                 "yes", "no", "left", "right", "above", "below")
     assert relations > 40
+
+
+def test_questions_about_one_object_name_it_so_stage1_can_point_at_it():
+    rng = random.Random(5)
+    counted = collections.Counter()
+    for scene in SCENES[:150]:
+        for qtype in (*QUESTION_TYPES, "locate"):
+            qa = sample_question(rng, scene, qtype)
+            if qa is None:
+                continue
+            counted[qtype] += bool(qa.named)
+            if qtype in ("count", "exist", "describe"):  # about a kind or the whole scene, not one object
+                assert qa.named == ()
+                continue
+            assert all(obj in scene.objects for obj in qa.named)
+            if qtype == "colour":
+                assert qa.named[0].shape in qa.question and qa.answer == qa.named[0].color
+            elif qtype == "shape":
+                assert qa.named[0].color in qa.question and qa.answer == qa.named[0].shape
+            else:  # relation, locate: "the red circle ... the blue square", in that order
+                assert [f"{o.color} {o.shape}" for o in qa.named] == re.findall(r"the (\w+ \w+)", qa.question)
+    assert min(counted[t] for t in ("colour", "shape", "relation", "locate")) > 30
+
+
+def test_missing_questions_ask_a_relation_about_an_absent_object_and_answer_no():
+    from omnibridge.shapes.qa import EXTRA_QUESTION_TYPES
+
+    assert "missing" in EXTRA_QUESTION_TYPES and "missing" not in QUESTION_TYPES  # never evaluated
+    rng = random.Random(6)
+    asked = [(scene, sample_question(rng, scene, "missing")) for scene in SCENES[:100]]
+    asked = [(scene, qa) for scene, qa in asked if qa is not None]
+    assert len(asked) > 80
+    for scene, qa in asked:
+        there = {f"{o.color} {o.shape}" for o in scene.objects}
+        named = re.findall(r"the (\w+ \w+)", qa.question)
+        assert qa.answer == "no" and len(named) == 2 and sum(name in there for name in named) == 1, qa.question
+    assert {re.findall(r"the (\w+ \w+)", qa.question)[0] in {f"{o.color} {o.shape}" for o in scene.objects}
+            for scene, qa in asked} == {True, False}  # the absent object comes first or second
 
 
 def test_locate_answers_by_thirds_of_the_canvas():

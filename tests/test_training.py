@@ -242,12 +242,19 @@ def test_stage1_asks_every_question_type_and_relations_most():
 
     rng = random.Random(0)
     asked = collections.Counter(sample_conversation(rng, "vqa").task.split("/")[1] for _ in range(900))
-    assert set(asked) == set(QUESTION_MIX)  # the contract's types and the "locate" stepping stone
+    weighted = {t for t, weight in QUESTION_MIX.items() if weight}
+    assert set(asked) == weighted  # the contract's types and the "locate" stepping stone
     # a relation cannot be asked of every scene (two nameable objects), so its share comes out below 3:1
     assert asked["relation"] > 1.5 * max(n for t, n in asked.items() if t != "relation")
     heavy = collections.Counter(sample_conversation(rng, "vqa", question_mix({"relation": 12})).task.split("/")[1]
                                 for _ in range(900))
-    assert heavy["relation"] > 450 and set(heavy) == set(QUESTION_MIX)  # the relation-heavy phase keeps the rest
+    assert heavy["relation"] > 450 and set(heavy) == weighted  # the relation-heavy phase keeps the rest
+    # "missing" is 0 by default, so the data of the recipes before it is drawn as it was
+    without = {t: w for t, w in QUESTION_MIX.items() if t != "missing"}
+    assert [sample_conversation(random.Random(s), "vqa").answer for s in range(40)] == \
+        [sample_conversation(random.Random(s), "vqa", without).answer for s in range(40)]
+    missing = collections.Counter(sample_conversation(rng, "vqa", question_mix({"missing": 3})).task for _ in range(300))
+    assert missing["vqa/missing"] > 15
     drill = {sample_conversation(rng, questions=question_mix({"relation": 1e6}), tasks=task_mix(1.0)).task for _ in range(50)}
     assert drill == {"vqa/relation"}  # a phase that drills relations alone
     mixed = task_mix(0.7)
@@ -274,6 +281,42 @@ def test_stage1_answers_show_their_work_only_for_the_types_the_recipe_names():
     described = [sample_conversation(random.Random(seed), "vqa", question_mix({"describe": 1e6}),
                                      show_work=("relation", "describe")) for seed in range(10)]
     assert all(c.task == "vqa/describe" and c.answer.split("\n")[0].count("(") >= 1 for c in described)
+
+
+def test_stage1_can_teach_a_head_to_attend_to_the_named_objects(tiny_model):
+    from omnibridge.modeling.chat_format import ChatFormat
+    from omnibridge.training.llm_stage import (AttentionTargets, accumulate_gradients, encode_conversations,
+                                               image_cells_per_side, pointing_loss)
+    from omnibridge.shapes.world import centre_cell_index
+
+    fmt = ChatFormat(tiny_model.tokenizer, tiny_model.image_processor, tiny_model.config.prompts)
+    cells = image_cells_per_side(fmt)
+    rng = random.Random(4)
+    relation = sample_conversation(rng, "vqa", question_mix({"relation": 1e6}))
+    count = sample_conversation(rng, "vqa", question_mix({"count": 1e6}))
+    assert len(relation.named) == 2 and count.named == ()
+    targets = AttentionTargets(layer=0, weight=1.0, cells_per_side=cells)
+    encoded = encode_conversations(fmt, [relation, count])
+    # attention that sits wholly on each named token costs nothing; spread evenly, log(keys) per head
+    keys = max(len(e.input_ids) for e in encoded)
+    spread = torch.full((2, 4, keys, keys), 1.0 / keys)
+    pointed = torch.zeros_like(spread)
+    first = encoded[0].spans["image0"][0]
+    for head, obj in enumerate(relation.named):
+        pointed[0, head, :, first + centre_cell_index(obj, cells)] = 1.0
+    loss, counted = pointing_loss(pointed, encoded, [relation, count], targets)
+    assert counted == 1 and loss.item() == pytest.approx(0.0, abs=1e-4)
+    loss, _ = pointing_loss(spread, encoded, [relation, count], targets)
+    assert loss.item() == pytest.approx(2 * np.log(keys), rel=1e-3)
+    # through the model: the eager kernel returns its attention, the loss reaches the first layer's queries
+    llm = copy.deepcopy(tiny_model.llm).requires_grad_(True)
+    llm.set_attn_implementation("eager")
+    metrics = {}
+    answer = accumulate_gradients(llm, fmt, [relation, count], 256, attention=targets, metrics=metrics)
+    plain = accumulate_gradients(copy.deepcopy(llm), fmt, [relation, count], 256)
+    assert answer.item() == pytest.approx(plain.item(), rel=1e-4)  # the returned loss is the answers' alone
+    assert metrics["pointing"] > 0
+    assert llm.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
 
 
 def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
@@ -327,7 +370,7 @@ def test_the_model_card_tells_gpu_training_time_from_cpu_time():
 
 def test_a_finer_vision_patch_text_first_turns_and_shown_work_can_be_asked_for(tmp_path):
     train_main(["--preset", "quick", "--out", str(tmp_path / "model"), "--stages", "llm", "--vision-patch", "4",
-                "--text-before-images", "--show-work", "--llm-steps", "2", "--threads", "2"])
+                "--text-before-images", "--show-work", "--attend-weight", "1", "--llm-steps", "2", "--threads", "2"])
     saved = tmp_path / "model.train" / "model" / "llm"
     assert json.loads((saved / "config.json").read_text())["vision_config"]["patch_size"] == 4
     assert json.loads((saved / "preprocessor_config.json").read_text())["patch_size"] == 4
@@ -338,6 +381,8 @@ def test_a_finer_vision_patch_text_first_turns_and_shown_work_can_be_asked_for(t
         parse_args(["--out", "m", "--show-work", "count"])  # a count has no working to show
     assert config["prompts"]["text_before_images"] is True
     assert config["prompts"]["answer_after"] == "\n"  # so the pipeline splits the working from the answer
+    log = [json.loads(line) for line in (saved.parent.parent / "llm" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["attend_weight"] == 1.0 and "pointing" in log[1]  # the taught head's loss is logged
 
 
 def test_a_bigger_dit_can_be_asked_for(tmp_path):

@@ -12,7 +12,9 @@ QUESTION_TYPES = ("count", "colour", "shape", "exist", "relation", "describe")  
 # Beyond the contract (which leaves room: "where it is silent, choose and document"): where one object is,
 # by thirds of the canvas. Stage 1 asks it as a stepping stone to relations, which compare two such
 # positions; the chat answers it too. Not part of the evaluation.
-EXTRA_QUESTION_TYPES = ("locate",)
+# "missing" asks a yes/no relation about an object the scene lacks ("no"): the chat gets such questions, and a
+# model that never saw one answered as if both objects were there.
+EXTRA_QUESTION_TYPES = ("locate", "missing")
 _THIRDS_DOWN = ("top", "middle", "bottom")
 _THIRDS_ACROSS = ("left", "centre", "right")
 DESCRIBE_QUESTIONS = (
@@ -45,6 +47,9 @@ class QuestionAnswer:
     question: str
     answer: str
     working: str = ""  # the steps written before the answer when the model shows its work ("": none)
+    # The objects the question names, in the order it names them: stage 1 can point one attention head at
+    # each one's image token (LLMPreset.attend_weight). Empty for questions about a kind, not an object.
+    named: tuple[ShapeObject, ...] = ()
 
     @property
     def reply(self) -> str:
@@ -78,7 +83,7 @@ def _colour_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
     if not candidates:
         return None
     obj = rng.choice(candidates)
-    return QuestionAnswer("colour", f"What color is the {obj.shape}?", obj.color)
+    return QuestionAnswer("colour", f"What color is the {obj.shape}?", obj.color, named=(obj,))
 
 
 def _shape_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
@@ -86,7 +91,7 @@ def _shape_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
     if not candidates:
         return None
     obj = rng.choice(candidates)
-    return QuestionAnswer("shape", f"What shape is the {obj.color} object?", obj.shape)
+    return QuestionAnswer("shape", f"What shape is the {obj.color} object?", obj.shape, named=(obj,))
 
 
 def _exist_question(rng: random.Random, scene: Scene) -> QuestionAnswer:
@@ -112,12 +117,27 @@ def _relation_question(rng: random.Random, scene: Scene) -> QuestionAnswer | Non
             f"Where is the {a.color} {a.shape} relative to the {b.color} {b.shape}?",
             holding[0],
             working,
+            (a, b),
         )
     relation = rng.choice(holding) if holding and rng.random() < 0.5 else rng.choice(RELATIONS)
     answer = "yes" if relation_holds(a, b, relation) else "no"
     words = _RELATION_QUESTION_WORDS[relation]
     return QuestionAnswer("relation", f"Is the {a.color} {a.shape} {words} the {b.color} {b.shape}?", answer,
-                          working)
+                          working, (a, b))
+
+
+def _missing_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
+    present = [o for o in scene.objects if _unique(scene, shape=o.shape, color=o.color)]
+    absent = [(c, s) for c in COLOR_NAMES for s in SHAPES
+              if not any(o.color == c and o.shape == s for o in scene.objects)]
+    if not present:
+        return None
+    there, (color, shape) = rng.choice(present), rng.choice(absent)
+    names = [f"{color} {shape}", f"{there.color} {there.shape}"]
+    if rng.random() < 0.5:
+        names.reverse()
+    words = _RELATION_QUESTION_WORDS[rng.choice(RELATIONS)]
+    return QuestionAnswer("missing", f"Is the {names[0]} {words} the {names[1]}?", "no")
 
 
 def position_in_eighths(obj: ShapeObject) -> str:
@@ -145,7 +165,7 @@ def _locate_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
     if not nameable:
         return None
     obj = rng.choice(nameable)
-    return QuestionAnswer("locate", f"Where is the {obj.color} {obj.shape}?", location_words(obj))
+    return QuestionAnswer("locate", f"Where is the {obj.color} {obj.shape}?", location_words(obj), named=(obj,))
 
 
 def _describe_question(rng: random.Random, scene: Scene) -> QuestionAnswer:
@@ -162,6 +182,7 @@ _BUILDERS = {
     "relation": _relation_question,
     "describe": _describe_question,
     "locate": _locate_question,
+    "missing": _missing_question,
 }
 
 

@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train these question types' answers (comma-separated, of relation,describe; alone: "
                              "relation) to show their work: the objects' positions in eighths, then the answer on "
                              "its own line (shapes/qa.py); the model then answers that way")
+    parser.add_argument("--attend-weight", type=float,
+                        help="teach the first answer layer's heads to attend to the image tokens of the objects a "
+                             "question names, with this weight on that loss (stage 1; preset 0: not taught)")
     parser.add_argument("--rope-theta", type=float,
                         help="the language model's rotary base (preset: 10); stage 1 sets it on a model "
                              "trained with another, and re-teaches positions")
@@ -145,7 +148,7 @@ def preset_for(args: argparse.Namespace):
                  (args.llm_layers, preset.llm, "num_layers"), (args.answer_layers, preset.llm, "answer_layers"),
                  (args.question_weight, preset.llm, "question_weights"),
                  (args.answer_weighting, preset.llm, "answer_weighting"), (args.vqa_share, preset.llm, "vqa_share"),
-                 (args.show_work, preset.llm, "show_work"),
+                 (args.show_work, preset.llm, "show_work"), (args.attend_weight, preset.llm, "attend_weight"),
                  (args.rope_theta, preset.llm, "rope_theta"),
                  (args.text_before_images, preset.llm, "text_before_images"),
                  (args.vision_patch, preset.llm, "patch_size"),

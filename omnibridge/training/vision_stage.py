@@ -16,7 +16,6 @@ aligns to the decoder) is exactly unchanged; only what the image tokens carry mo
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from ..modeling.loading import LoadedModel
 from ..shapes.render import render
 from ..shapes.world import COLORS, SHAPES, SIZE_NAMES, Scene, centre_cell_index, sample_scene
 from .common import StageRun, optimizer_step, step_rng, warmup_cosine_lr
-from .llm_stage import accumulate_gradients
+from .llm_stage import accumulate_gradients, image_cells_per_side
 from .llm_data import sample_conversation
 from .presets import LLMPreset
 
@@ -92,7 +91,7 @@ def train_vision(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: in
     llm.eval()
     visual.train()
     fmt = ChatFormat(model.tokenizer, model.image_processor, model.config.prompts)
-    cells_per_side = math.isqrt(fmt.image_token_count(render(sample_scene(random.Random(0)))))
+    cells_per_side = image_cells_per_side(fmt)
     heads = eye_heads(llm.config.text_config.hidden_size, cells_per_side)
     parameters = list(visual.parameters()) + list(heads.parameters())
     run = StageRun(work_dir, "vision", preset.vision_steps, resume, seed)
