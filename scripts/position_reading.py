@@ -34,12 +34,11 @@ from omnibridge.shapes.qa import position_in_eighths
 from omnibridge.shapes.render import render
 from omnibridge.shapes.world import centre_cell_index, sample_scene
 from omnibridge.training.llm_data import Conversation
-from omnibridge.training.llm_stage import accumulate_gradients, encode_conversations, labelled_batch
+from omnibridge.training.llm_stage import AttentionTargets, accumulate_gradients, encode_conversations, labelled_batch
 
 
 def position_case(rng: random.Random, objects: int | None = None):
-    """A scene, a question naming one object of it with a unique colour and shape, its position, and the token
-    whose cell holds the object's centre (row-major on the 4x4 grid)."""
+    """A scene, a question naming one object of it with a unique colour and shape, its position, and the object."""
     while True:
         scene = sample_scene(rng, objects)
         named = [o for o in scene.objects
@@ -47,7 +46,7 @@ def position_case(rng: random.Random, objects: int | None = None):
         if named:
             obj = rng.choice(named)
             question = f"Where exactly is the {obj.color} {obj.shape}?"
-            return scene, question, position_in_eighths(obj), centre_cell_index(obj, GRID)
+            return scene, question, position_in_eighths(obj), obj
 
 
 def position_free_dims(layers, mrope_section: list[int], sections: str) -> None:
@@ -88,24 +87,6 @@ def accuracy_by_objects(pipe, cases) -> dict[int, tuple[float, float]]:
     return {n: (round(t[1] / t[0], 2), round(t[2] / t[0], 2)) for n, t in sorted(right.items())}
 
 
-def supervised_attention_step(llm, fmt, conversations, cells: list[int], layer: int, weight: float) -> torch.Tensor:
-    """The answer loss plus `weight` x the attention of `layer`'s first head, at every answer position, to the
-    named object's token (-log of the attention it gets): the binding taught directly rather than through the
-    answer alone. Backward; returns the answer loss."""
-    encoded = encode_conversations(fmt, conversations)
-    batch = labelled_batch(fmt, encoded, 256)
-    output = llm(**batch, output_attentions=True)
-    answer_loss = output.loss  # the mean over answer tokens, as accumulate_gradients' "token" weighting
-    head = output.attentions[layer][:, 0]  # [batch, query, key]
-    attention_loss = torch.zeros(())
-    for row, (prompt, cell) in enumerate(zip(encoded, cells)):
-        target = prompt.spans["image0"][0] + cell
-        queries = torch.arange(prompt.labels_from - 1, len(prompt.input_ids) - 1)
-        attention_loss = attention_loss - torch.log(head[row, queries, target] + 1e-6).mean()
-    (answer_loss + weight * attention_loss / len(encoded)).backward()
-    return answer_loss.detach()
-
-
 def pointing_accuracy(pipe, cases, layer: int) -> dict[int, float]:
     """How often `layer`'s first head, where the answer starts, attends most to the named object's token (of the
     image's tokens), by how many objects the scene holds (teacher-forced on the true answer)."""
@@ -119,9 +100,10 @@ def pointing_accuracy(pipe, cases, layer: int) -> dict[int, float]:
         batch = labelled_batch(pipe.format, encoded, 256)
         with torch.no_grad():
             head = pipe.llm(**{k: v for k, v in batch.items() if k != "labels"}, output_attentions=True).attentions[layer][:, 0]
-        for row, (prompt, (scene, _, _, cell)) in enumerate(zip(encoded, chunk)):
+        for row, (prompt, (scene, _, _, obj)) in enumerate(zip(encoded, chunk)):
             first, last = prompt.spans["image0"]
-            hits[len(scene.objects)].append(int(head[row, prompt.labels_from - 1, first:last].argmax()) == cell)
+            pointed = int(head[row, prompt.labels_from - 1, first:last].argmax())
+            hits[len(scene.objects)].append(pointed == centre_cell_index(obj, GRID))
     return {n: round(sum(v) / len(v), 2) for n, v in sorted(hits.items())}
 
 
@@ -133,7 +115,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--attend-weight", type=float, default=0.0,
                         help="supervise the first answer layer's first head to attend to the named object's token "
-                             "(supervised_attention_step) with this weight")
+                             "(llm_stage.AttentionTargets) with this weight")
     parser.add_argument("--position-free", choices=("temporal", "all"),
                         help="the answer layers read these M-RoPE dimensions unturned (position_free_dims)")
     args = parser.parse_args()
@@ -145,7 +127,9 @@ def main() -> None:
     pipe.llm.requires_grad_(False)
     answer_layers = pipe.llm.model.language_model.layers[trunk:]
     trainable = list(answer_layers.parameters())
-    if args.attend_weight:
+    attention = None
+    if args.attend_weight:  # the answer layers' first, as stage 1 teaches it (--attend-weight)
+        attention = AttentionTargets(trunk, args.attend_weight, GRID)
         pipe.llm.set_attn_implementation("eager")  # attention weights are returned only by the eager kernel
     if args.position_free:
         position_free_dims(answer_layers, pipe.llm.config.text_config.rope_parameters["mrope_section"],
@@ -159,16 +143,12 @@ def main() -> None:
     rng = random.Random(321)
     for step in range(1, args.steps + 1):
         pipe.llm.train()
-        batch, cells = [], []
+        batch = []
         for _ in range(args.batch):
-            scene, question, position, cell = position_case(rng)
+            scene, question, position, obj = position_case(rng)
             messages = [Message("user", [render(scene), question]), Message("assistant", [position])]
-            batch.append(Conversation(messages, "vqa/position", position))
-            cells.append(cell)
-        if args.attend_weight:
-            loss = supervised_attention_step(pipe.llm, pipe.format, batch, cells, trunk, args.attend_weight)
-        else:
-            loss = accumulate_gradients(pipe.llm, pipe.format, batch, 256)
+            batch.append(Conversation(messages, "vqa/position", position, named=(obj,)))
+        loss = accumulate_gradients(pipe.llm, pipe.format, batch, 256, attention=attention)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad()

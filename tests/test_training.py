@@ -319,6 +319,25 @@ def test_stage1_can_teach_a_head_to_attend_to_the_named_objects(tiny_model):
     assert llm.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
 
 
+def test_understanding_reports_relations_about_missing_objects_apart_from_the_overall():
+    from omnibridge.evaluation.evaluate import format_table
+    from omnibridge.evaluation.understanding import evaluate_understanding, missing_object_cases
+
+    cases = missing_object_cases(30)
+    assert len({question for _, question in cases}) > 20
+
+    class SaysNo:  # a model that answers every question "No."
+        def answer_batch(self, images, questions):
+            return ["No."] * len(questions)
+
+    report = evaluate_understanding(SaysNo(), per_type=40)
+    assert report["missing_object"] == {"answered_no": 1.0, "n_questions": 40}
+    assert report["n_questions"] == 6 * 40  # the contract's types alone make the overall
+    assert report["overall"] < 0.5 and report["count"] == 0.0
+    assert "answered \"no\" 1.00 (40 questions)" in format_table({"model": "m", "understanding": report})
+    assert "absent" not in format_table({"model": "m", "understanding": {"overall": 0.5, "count": 0.5}})  # older reports
+
+
 def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
     from omnibridge.evaluation.evaluate import main as evaluate_main
 
@@ -331,6 +350,8 @@ def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
     assert "NaN" not in out.read_text()  # strict JSON: a metric with nothing to count is null
     assert saved["generation"]["omnibridge"]["n_prompts"] == 12
     assert 0.0 <= report["understanding"]["overall"] <= 1.0
+    assert saved["understanding"]["missing_object"]["n_questions"] == 2  # as many as a type has, here
+    assert "a relation about an absent object answered" in (root / "model" / "README.md").read_text()
     assert "t2i_R@1" in report["retrieval"] and report["speed"]["image_s"] > 0
     assert "## Evaluation" in (root / "model" / "README.md").read_text()
     card = (root / "model" / "README.md").read_text()
