@@ -13,7 +13,6 @@ loaded into `--model` first (the work dir's model/), as the trainer saves it.
 from __future__ import annotations
 
 import argparse
-import random
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -22,24 +21,17 @@ import torch
 
 from omnibridge import OmniBridgePipeline
 from omnibridge.evaluation.generation import VALIDATION_SEED
+from omnibridge.evaluation.understanding import questions_of_type
 from omnibridge.modeling.chat_format import Message
 from omnibridge.modeling.devices import placement
 from omnibridge.modeling.loading import load_our_layout
 from omnibridge.pipeline import ANSWER_TOKENS
-from omnibridge.shapes.qa import ANSWER_AFTER, sample_question
+from omnibridge.shapes.qa import ANSWER_AFTER
 from omnibridge.shapes.render import render
-from omnibridge.shapes.world import sample_scene
 
 
 def relation_cases(count: int, seed: int = VALIDATION_SEED + 1):
-    rng = random.Random(seed)
-    cases = []
-    while len(cases) < count:
-        scene = sample_scene(rng)
-        qa = sample_question(rng, scene, "relation")
-        if qa is not None:
-            cases.append((scene, qa))
-    return cases
+    return questions_of_type("relation", count, seed)
 
 
 def score(written: list[str], cases) -> dict[str, float]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from ..shapes.qa import QUESTION_TYPES, sample_question
+from ..shapes.qa import QUESTION_TYPES, QuestionAnswer, sample_question
 from ..shapes.render import render
-from ..shapes.world import sample_scene
+from ..shapes.world import Scene, sample_scene
 
 EVAL_SEED = 7_200_000
 # 500 questions per type (3,000 in all, about 20 s on a CPU): at 100 a type's accuracy had a standard error of
@@ -31,16 +31,21 @@ def understanding_cases(per_type: int, seed: int = EVAL_SEED) -> list[tuple[str,
     return cases
 
 
-def missing_object_cases(count: int, seed: int = EVAL_SEED + 1) -> list[tuple[object, str]]:
-    """(image, question) pairs: relations naming an object that is not in the scene (expected answer "no")."""
+def questions_of_type(qtype: str, count: int, seed: int) -> list[tuple[Scene, QuestionAnswer]]:
+    """`count` (scene, question) pairs of one type, each on a new scene (redrawn where it cannot be asked)."""
     rng = random.Random(seed)
     cases = []
     while len(cases) < count:
         scene = sample_scene(rng)
-        qa = sample_question(rng, scene, "missing")
+        qa = sample_question(rng, scene, qtype)
         if qa is not None:
-            cases.append((render(scene), qa.question))
+            cases.append((scene, qa))
     return cases
+
+
+def missing_object_cases(count: int, seed: int = EVAL_SEED + 1) -> list[tuple[object, str]]:
+    """(image, question) pairs: relations naming an object that is not in the scene (expected answer "no")."""
+    return [(render(scene), qa.question) for scene, qa in questions_of_type("missing", count, seed)]
 
 
 def _answer_all(pipe, images: list, questions: list[str], batch: int) -> list[str]:
