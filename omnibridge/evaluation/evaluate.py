@@ -118,10 +118,10 @@ def format_table(report: dict) -> str:
         if part in report:
             values = {k: v for k, v in report[part].items() if isinstance(v, float)}
             lines.append(f"{part:<14}" + "  ".join(f"{k} {v:.2f}" for k, v in values.items()))
-    missing = report.get("understanding", {}).get("missing_object")
-    if missing and missing["n_questions"]:  # reports from before this row existed lack it
-        lines.append(f"  beyond the contract, not in the overall: a relation about an absent object answered "
-                     f"\"no\" {missing['answered_no']:.2f} ({missing['n_questions']} questions)")
+        missing = report.get(part, {}).get("missing_object")
+        if missing and missing["n_questions"]:  # understanding only; reports from before this row lack it
+            lines.append(f"  beyond the contract, not in the overall: a relation about an absent object answered "
+                         f"\"no\" {missing['answered_no']:.2f} ({missing['n_questions']} questions)")
     if "retrieval" in report:
         values = {k: v for k, v in report["retrieval"].items() if "@" in k}
         lines.append("retrieval     " + "  ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a"
