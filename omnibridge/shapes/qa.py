@@ -127,6 +127,7 @@ def _relation_question(rng: random.Random, scene: Scene) -> QuestionAnswer | Non
 
 
 def _missing_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
+    """A yes/no relation between an object of the scene and one it lacks, in either order: always "no"."""
     present = [o for o in scene.objects if _unique(scene, shape=o.shape, color=o.color)]
     absent = [(c, s) for c in COLOR_NAMES for s in SHAPES
               if not any(o.color == c and o.shape == s for o in scene.objects)]

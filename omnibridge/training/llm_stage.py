@@ -52,8 +52,10 @@ class AttentionTargets:
     that holds the i-th object the question names (`Conversation.named`), with loss -log(its attention).
 
     Why: the answer layers' inputs hold each object and its position (a linear probe finds a named object's
-    token 0.92-0.99 of the time), yet the answers find it 0.3-0.6 of the time; taught directly, a head points
-    at it 0.82-0.95 (scripts/position_reading.py --attend-weight)."""
+    token 0.92-0.99 of the time), yet the answers find it 0.3-0.6 of the time; taught directly, on position
+    questions alone, a head points at it 0.82-0.95 (scripts/position_reading.py --attend-weight). As a side loss
+    in a mixed stage-1 phase the heads point right only about a third of the time (twenty-third session, at lr
+    3e-4 and 1e-3: docs/evaluation-notes.md), so this is a tested option, not the shipped recipe."""
     layer: int
     weight: float
     cells_per_side: int  # the image's tokens form this square grid, row-major
