@@ -116,6 +116,9 @@ def main() -> None:
     parser.add_argument("--attend-weight", type=float, default=0.0,
                         help="supervise the first answer layer's first head to attend to the named object's token "
                              "(llm_stage.AttentionTargets) with this weight")
+    parser.add_argument("--report-every", type=int, default=100, help="score the held-out scenes every N steps")
+    parser.add_argument("--save", help="write the drilled language model's weights here at the end ({'llm': "
+                                       "state_dict}, as stage 1's state.pt), e.g. to warm a stage-1 phase from")
     parser.add_argument("--position-free", choices=("temporal", "all"),
                         help="the answer layers read these M-RoPE dimensions unturned (position_free_dims)")
     args = parser.parse_args()
@@ -152,10 +155,12 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        if step % 100 == 0:
+        if step % args.report_every == 0:
             pointing = f", head points at it {pointing_accuracy(pipe, cases, trunk)}" if args.attend_weight else ""
             print(f"step {step}: loss {loss.item():.3f}, (x, y) right by objects in the scene "
                   f"{accuracy_by_objects(pipe, cases)}{pointing}", flush=True)
+    if args.save:
+        torch.save({"llm": pipe.llm.state_dict()}, args.save)
 
 
 if __name__ == "__main__":
