@@ -62,6 +62,11 @@ def _unique(scene: Scene, **attributes) -> ShapeObject | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def _nameable(scene: Scene) -> list[ShapeObject]:
+    """The objects a question can name by colour and shape: no other object of the scene has both."""
+    return [o for o in scene.objects if _unique(scene, shape=o.shape, color=o.color)]
+
+
 def _count_question(rng: random.Random, scene: Scene) -> QuestionAnswer:
     kind = rng.choice(("shape", "color", "both"))
     shape, color = rng.choice(SHAPES), rng.choice(COLOR_NAMES)
@@ -105,7 +110,7 @@ def _exist_question(rng: random.Random, scene: Scene) -> QuestionAnswer:
 
 
 def _relation_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
-    nameable = [o for o in scene.objects if _unique(scene, shape=o.shape, color=o.color)]
+    nameable = _nameable(scene)
     if len(nameable) < 2:
         return None
     a, b = rng.sample(nameable, 2)
@@ -128,11 +133,11 @@ def _relation_question(rng: random.Random, scene: Scene) -> QuestionAnswer | Non
 
 def _missing_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
     """A yes/no relation between an object of the scene and one it lacks, in either order: always "no"."""
-    present = [o for o in scene.objects if _unique(scene, shape=o.shape, color=o.color)]
-    absent = [(c, s) for c in COLOR_NAMES for s in SHAPES
-              if not any(o.color == c and o.shape == s for o in scene.objects)]
+    present = _nameable(scene)
     if not present:
         return None
+    absent = [(c, s) for c in COLOR_NAMES for s in SHAPES
+              if not any(o.color == c and o.shape == s for o in scene.objects)]
     there, (color, shape) = rng.choice(present), rng.choice(absent)
     names = [f"{color} {shape}", f"{there.color} {there.shape}"]
     if rng.random() < 0.5:
@@ -162,7 +167,7 @@ def location_words(obj: ShapeObject) -> str:
 
 
 def _locate_question(rng: random.Random, scene: Scene) -> QuestionAnswer | None:
-    nameable = [o for o in scene.objects if _unique(scene, shape=o.shape, color=o.color)]
+    nameable = _nameable(scene)
     if not nameable:
         return None
     obj = rng.choice(nameable)
