@@ -286,7 +286,7 @@ def test_stage1_answers_show_their_work_only_for_the_types_the_recipe_names():
 def test_stage1_can_teach_a_head_to_attend_to_the_named_objects(tiny_model):
     from omnibridge.modeling.chat_format import ChatFormat
     from omnibridge.training.llm_stage import (AttentionTargets, accumulate_gradients, encode_conversations,
-                                               image_cells_per_side, pointing_loss)
+                                               image_cells_per_side, name_token_positions, pointing_loss)
     from omnibridge.shapes.world import centre_cell_index
 
     fmt = ChatFormat(tiny_model.tokenizer, tiny_model.image_processor, tiny_model.config.prompts)
@@ -304,10 +304,27 @@ def test_stage1_can_teach_a_head_to_attend_to_the_named_objects(tiny_model):
     first = encoded[0].spans["image0"][0]
     for head, obj in enumerate(relation.named):
         pointed[0, head, :, first + centre_cell_index(obj, cells)] = 1.0
-    loss, counted = pointing_loss(pointed, encoded, [relation, count], targets)
+    loss, counted = pointing_loss(pointed, encoded, [relation, count], targets, fmt)
     assert counted == 1 and loss.item() == pytest.approx(0.0, abs=1e-4)
-    loss, _ = pointing_loss(spread, encoded, [relation, count], targets)
+    loss, _ = pointing_loss(spread, encoded, [relation, count], targets, fmt)
     assert loss.item() == pytest.approx(2 * np.log(keys), rel=1e-3)
+    # at the names instead: head 0 at the last token of each object's name looks for that object
+    for qtype in ("relation", "locate", "colour", "shape"):
+        for seed in range(5):
+            asked = sample_conversation(random.Random(seed), "vqa", question_mix({qtype: 1e6}))
+            prompt = encode_conversations(fmt, [asked])[0]
+            for position, obj in zip(name_token_positions(fmt, prompt, asked), asked.named, strict=True):
+                named_so_far = fmt.tokenizer.decode(prompt.input_ids[:position + 1])
+                assert named_so_far.endswith(obj.shape if qtype == "colour" else
+                                             f"{obj.color} object" if qtype == "shape" else f"{obj.color} {obj.shape}")
+    at_names = replace(targets, at="name")
+    names = name_token_positions(fmt, encoded[0], relation)
+    pointed_from_names = torch.zeros_like(spread)
+    for position, obj in zip(names, relation.named):
+        pointed_from_names[0, 0, position, first + centre_cell_index(obj, cells)] = 1.0
+    loss, counted = pointing_loss(pointed_from_names, encoded, [relation, count], at_names, fmt)
+    assert counted == 1 and loss.item() == pytest.approx(0.0, abs=1e-4)
+    assert pointing_loss(pointed, encoded, [relation, count], at_names, fmt)[0].item() > 10  # answers' pattern
     # through the model: the eager kernel returns its attention, the loss reaches the first layer's queries
     llm = copy.deepcopy(tiny_model.llm).requires_grad_(True)
     llm.set_attn_implementation("eager")
@@ -317,6 +334,10 @@ def test_stage1_can_teach_a_head_to_attend_to_the_named_objects(tiny_model):
     assert answer.item() == pytest.approx(plain.item(), rel=1e-4)  # the returned loss is the answers' alone
     assert metrics["pointing"] > 0
     assert llm.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    from_names = copy.deepcopy(tiny_model.llm).requires_grad_(True)
+    from_names.set_attn_implementation("eager")
+    accumulate_gradients(from_names, fmt, [relation, count], 256, attention=at_names, metrics=metrics)
+    assert from_names.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
 
 
 def test_understanding_reports_relations_about_missing_objects_apart_from_the_overall():
@@ -404,6 +425,10 @@ def test_a_finer_vision_patch_text_first_turns_and_shown_work_can_be_asked_for(t
     assert config["prompts"]["answer_after"] == "\n"  # so the pipeline splits the working from the answer
     log = [json.loads(line) for line in (saved.parent.parent / "llm" / "log.jsonl").read_text().splitlines()]
     assert log[0]["attend_weight"] == 1.0 and "pointing" in log[1]  # the taught head's loss is logged
+    assert log[0]["attend_at"] == "answer"
+    with pytest.raises(ValueError, match="cannot attend"):  # causal: a name before the image never sees it
+        train_main(["--preset", "quick", "--out", str(tmp_path / "names"), "--stages", "llm", "--text-before-images",
+                    "--attend-weight", "1", "--attend-at", "name", "--llm-steps", "2", "--threads", "2"])
 
 
 def test_a_bigger_dit_can_be_asked_for(tmp_path):

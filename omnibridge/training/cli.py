@@ -74,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attend-weight", type=float,
                         help="teach the first answer layer's heads to attend to the image tokens of the objects a "
                              "question names, with this weight on that loss (stage 1; preset 0: not taught)")
+    parser.add_argument("--attend-at", choices=("answer", "name"),
+                        help="with --attend-weight: teach the heads at the answer positions (head i finds the i-th "
+                             "named object; the preset's) or at the last token of each object's name in the "
+                             "question (head 0)")
     parser.add_argument("--rope-theta", type=float,
                         help="the language model's rotary base (preset: 10); stage 1 sets it on a model "
                              "trained with another, and re-teaches positions")
@@ -149,6 +153,7 @@ def preset_for(args: argparse.Namespace):
                  (args.question_weight, preset.llm, "question_weights"),
                  (args.answer_weighting, preset.llm, "answer_weighting"), (args.vqa_share, preset.llm, "vqa_share"),
                  (args.show_work, preset.llm, "show_work"), (args.attend_weight, preset.llm, "attend_weight"),
+                 (args.attend_at, preset.llm, "attend_at"),
                  (args.rope_theta, preset.llm, "rope_theta"),
                  (args.text_before_images, preset.llm, "text_before_images"),
                  (args.vision_patch, preset.llm, "patch_size"),

@@ -46,32 +46,75 @@ def labelled_batch(fmt: ChatFormat, encoded: list[EncodedPrompt], max_length: in
     return {**inputs, "labels": labels}
 
 
+ATTEND_AT = ("answer", "name")
+
+
 @dataclass(frozen=True)
 class AttentionTargets:
-    """Teach one attention layer where to look: head i, at every answer position, attends to the image token
-    that holds the i-th object the question names (`Conversation.named`), with loss -log(its attention).
+    """Teach one attention layer where to look, with loss -log(attention to the named object's image token).
 
-    Why: the answer layers' inputs hold each object and its position (a linear probe finds a named object's
-    token 0.92-0.99 of the time), yet the answers find it 0.3-0.6 of the time; taught directly, on position
-    questions alone, a head points at it 0.82-0.95 (scripts/position_reading.py --attend-weight). As a side loss
-    in a mixed stage-1 phase the heads point right only about a third of the time (twenty-third session, at lr
-    3e-4 and 1e-3: docs/evaluation-notes.md), so this is a tested option, not the shipped recipe."""
+    `at` "answer": head i, at every answer position, attends to the token holding the i-th object the question
+    names (`Conversation.named`). `at` "name": head 0, at the last token of each object's name in the question
+    ("circle" of "the red circle"), attends to that object's token. Why the second: the frozen layers have
+    already bound "red" to "circle" there, so each search looks for one object from a query that holds only it,
+    where an answer position must hold both objects of a relation, and in order.
+
+    Why at all: the answer layers' inputs hold each object and its position (a linear probe finds a named
+    object's token 0.92-0.99 of the time), yet the answers find it 0.3-0.6 of the time; taught directly, on
+    position questions alone, a head points at it 0.82-0.95 (scripts/position_reading.py --attend-weight). As a
+    side loss at the answer positions of a mixed stage-1 phase the heads point right only about a third of the
+    time (twenty-third session, at lr 3e-4 and 1e-3: docs/evaluation-notes.md), so this is a tested option,
+    not the shipped recipe."""
     layer: int
     weight: float
     cells_per_side: int  # the image's tokens form this square grid, row-major
+    at: str = "answer"  # one of ATTEND_AT
+
+
+def _name_end(question: str, obj) -> int:
+    """Where the words that name `obj` end in `question`: "red circle" (relations, locate), "red object" (a
+    shape question) or "circle" (a colour question)."""
+    for phrase in (f"{obj.color} {obj.shape}", f"{obj.color} object", f" {obj.shape}"):
+        at = question.rfind(phrase)
+        if at >= 0:
+            return at + len(phrase)
+    raise ValueError(f"the question {question!r} does not name the {obj.color} {obj.shape}")
+
+
+def name_token_positions(fmt: ChatFormat, prompt: EncodedPrompt, conversation) -> list[int]:
+    """The position of the last token of each named object's name in the conversation's last question."""
+    question = next(part for message in reversed(conversation.messages[:-1]) if message.role == "user"
+                    for part in reversed(message.parts) if isinstance(part, str))
+    question = fmt.sanitize(question)
+    question_ids = fmt.text_ids(question)
+    starts = [s for s in range(prompt.labels_from - len(question_ids), -1, -1)
+              if prompt.input_ids[s:s + len(question_ids)] == question_ids]
+    if not starts:
+        raise ValueError(f"the question {question!r} is not in its encoded conversation")
+    positions = []
+    for obj in conversation.named:
+        name_ids = fmt.text_ids(question[:_name_end(question, obj)])
+        if name_ids != question_ids[:len(name_ids)]:  # byte-level BPE splits at word ends, so this holds
+            raise ValueError(f"the question {question!r} tokenises differently cut after its name")
+        positions.append(starts[0] + len(name_ids) - 1)
+    return positions
 
 
 def pointing_loss(attentions: torch.Tensor, encoded: list[EncodedPrompt], conversations,
-                  targets: AttentionTargets) -> tuple[torch.Tensor, int]:
+                  targets: AttentionTargets, fmt: ChatFormat) -> tuple[torch.Tensor, int]:
     """The summed -log attention of `attentions` ([batch, heads, query, key], one layer) to the named objects'
-    tokens, averaged over answer positions; and how many conversations named any."""
+    tokens, each search averaged over its query positions; and how many conversations named any."""
     total, counted = torch.zeros(()), 0
     for row, (prompt, conversation) in enumerate(zip(encoded, conversations)):
         if not conversation.named:
             continue
         first_image_token = prompt.spans["image0"][0]
-        queries = torch.arange(prompt.labels_from - 1, len(prompt.input_ids) - 1)
-        for head, obj in enumerate(conversation.named):
+        if targets.at == "answer":
+            answer_positions = torch.arange(prompt.labels_from - 1, len(prompt.input_ids) - 1)
+            searches = [(head, answer_positions) for head in range(len(conversation.named))]
+        else:
+            searches = [(0, torch.tensor([position])) for position in name_token_positions(fmt, prompt, conversation)]
+        for (head, queries), obj in zip(searches, conversation.named):
             key = first_image_token + centre_cell_index(obj, targets.cells_per_side)
             total = total - torch.log(attentions[row, head, queries, key] + 1e-6).mean()
         counted += 1
@@ -117,7 +160,8 @@ def accumulate_gradients(llm, fmt: ChatFormat, conversations, max_length: int, c
             loss = answer_losses(output.logits, batch["labels"]).sum() / len(pairs)
         total += loss.detach()
         if attention is not None:
-            chunk_pointing, counted = pointing_loss(output.attentions[attention.layer], *zip(*chunk), attention)
+            chunk_pointing, counted = pointing_loss(output.attentions[attention.layer], *zip(*chunk),
+                                                   attention, fmt)
             loss = loss + attention.weight * chunk_pointing / len(pairs)
             pointing, pointed = pointing + chunk_pointing.detach(), pointed + counted
         loss.backward()
@@ -194,12 +238,15 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
         layer = trunk if trunk is not None else llm.config.text_config.num_hidden_layers // 2
         if llm.config.text_config.num_attention_heads < 2:
             raise ValueError("--attend-weight teaches one head per named object, and a relation names two")
-        attention = AttentionTargets(layer, preset.attend_weight, image_cells_per_side(fmt))
+        if preset.attend_at == "name" and preset.text_before_images:
+            raise ValueError("--attend-at name: a name written before the image cannot attend to it")
+        attention = AttentionTargets(layer, preset.attend_weight, image_cells_per_side(fmt), preset.attend_at)
         attention_kernel = llm.config._attn_implementation
         llm.set_attn_implementation("eager")
     run.log(event="recipe", lr=preset.lr, batch=preset.batch, questions=questions, vqa_share=preset.vqa_share,
             answer_weighting=preset.answer_weighting, show_work=preset.show_work,
-            attend_layer=attention and attention.layer, attend_weight=preset.attend_weight)
+            attend_layer=attention and attention.layer, attend_weight=preset.attend_weight,
+            attend_at=attention and attention.at)
     if grows:
         run.log(event="grown", old_layers=old_layers, new_layers=preset.num_layers)
     if stacks:

@@ -78,6 +78,7 @@ class LLMPreset:
     # > 0: also teach the first answer layer's heads to attend to the objects a question names, with this weight
     # on the pointing loss (llm_stage.AttentionTargets). 0: the answers alone teach where to look.
     attend_weight: float = 0.0
+    attend_at: str = "answer"  # where the taught heads look from: llm_stage.ATTEND_AT
     # How stage 1 averages its loss (llm_stage.accumulate_gradients): "token" (every checkpoint up to the
     # ninth session's) or "conversation", which stops one-word answers drowning under captions.
     answer_weighting: str = "token"
