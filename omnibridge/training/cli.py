@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "trained with another, and re-teaches positions")
     parser.add_argument("--text-before-images", action="store_true", default=None,
                         help="train stage 1 with each turn's text before its images (PromptConfig."
-                             "text_before_images; tried in the ninth session: colour answers fell, relations did not rise)")
+                             "text_before_images; tried in the ninth session, and on the answer layers in the "
+                             "twenty-fourth: colour answers fell, relations did not rise)")
     parser.add_argument("--vision-steps", type=int, help="override stage 1b's step count")
     parser.add_argument("--align-steps", type=int, help="override stage 2's step count")
     parser.add_argument("--align-all-queries-share", type=float,

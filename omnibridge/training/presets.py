@@ -60,7 +60,8 @@ class LLMPreset:
     # the width dimensions by at most 0.003 rad: the language model cannot tell left from right, and
     # relation answers sat at chance. At base 10 one column turns them by 0.11-0.24 rad.
     rope_theta: float = 10.0
-    text_before_images: bool = False  # PromptConfig.text_before_images; True tried in the ninth session (worse)
+    # PromptConfig.text_before_images; True tried in the ninth and twenty-fourth sessions (worse)
+    text_before_images: bool = False
     vocab_size: int = 700
     max_length: int = 256
     steps: int = 4000
