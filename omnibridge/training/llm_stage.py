@@ -63,8 +63,9 @@ class AttentionTargets:
     object's token 0.92-0.99 of the time), yet the answers find it 0.3-0.6 of the time; taught directly, on
     position questions alone, a head points at it 0.82-0.95 (scripts/position_reading.py --attend-weight). As a
     side loss at the answer positions of a mixed stage-1 phase the heads point right only about a third of the
-    time (twenty-third session, at lr 3e-4 and 1e-3: docs/evaluation-notes.md), so this is a tested option,
-    not the shipped recipe."""
+    time (twenty-third session, at lr 3e-4 and 1e-3: docs/evaluation-notes.md); taught from the names, about
+    half the time, with relations lower than the same lr gives without it (twenty-fourth session). So both are
+    tested options, not the shipped recipe."""
     layer: int
     weight: float
     cells_per_side: int  # the image's tokens form this square grid, row-major
@@ -238,6 +239,8 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
         layer = trunk if trunk is not None else llm.config.text_config.num_hidden_layers // 2
         if llm.config.text_config.num_attention_heads < 2:
             raise ValueError("--attend-weight teaches one head per named object, and a relation names two")
+        if preset.attend_at not in ATTEND_AT:
+            raise ValueError(f"attend_at {preset.attend_at!r}: choose from {ATTEND_AT}")
         if preset.attend_at == "name" and preset.text_before_images:
             raise ValueError("--attend-at name: a name written before the image cannot attend to it")
         attention = AttentionTargets(layer, preset.attend_weight, image_cells_per_side(fmt), preset.attend_at)
