@@ -163,8 +163,8 @@ def build_generate_tab(ctx: AppContext) -> dict:
                                  object_fit="contain", buttons=["download", "fullscreen"], elem_id="gen-gallery")
             caption = gr.Textbox(label="Caption the decoder saw", interactive=False, elem_id="gen-caption")
             with gr.Row():
-                like = gr.Button("👍 Like", elem_id="gen-like", scale=0, min_width=90)
-                dislike = gr.Button("👎 Dislike", elem_id="gen-dislike", scale=0, min_width=90)
+                like = gr.Button("👍 Like", elem_id="gen-like", scale=0, min_width=120)
+                dislike = gr.Button("👎 Dislike", elem_id="gen-dislike", scale=0, min_width=120)  # 90 wrapped "Dislike"
                 save = gr.Button("Save to gallery", elem_id="gen-save")
                 to_edit = gr.Button("Send to edit", elem_id="gen-to-edit")
             details = gr.JSON(label="Details", open=False)
