@@ -34,6 +34,24 @@ def encode_conversations(fmt: ChatFormat, conversations) -> list[EncodedPrompt]:
     return [fmt.encode(c.messages[:-1], add_generation_prompt=True, answer=c.answer) for c in conversations]
 
 
+def fitting_conversations(rng: random.Random, fmt: ChatFormat, count: int, max_length: int,
+                          **draw) -> tuple[list, int]:
+    """`count` stage-1 conversations (`sample_conversation(rng, **draw)`) of at most `max_length` tokens, and
+    how many longer ones were drawn again.
+
+    Why: answers that show their work (a four-object description lists every object and its position first)
+    can take a multi-turn conversation past the training length, which stopped a twenty-fourth-session run at
+    step 586. Recipes whose conversations always fit draw exactly the data they drew before."""
+    kept, redrawn = [], 0
+    while len(kept) < count:
+        conversation = sample_conversation(rng, **draw)
+        if len(encode_conversations(fmt, [conversation])[0].input_ids) > max_length:
+            redrawn += 1
+            continue
+        kept.append(conversation)
+    return kept, redrawn
+
+
 def labelled_batch(fmt: ChatFormat, encoded: list[EncodedPrompt], max_length: int) -> dict:
     """Right-padded inputs with labels only on each final answer (and its end-of-turn token)."""
     inputs = fmt.collate(encoded, "right")["inputs"]
@@ -270,9 +288,9 @@ def train_llm(model: LoadedModel, preset: LLMPreset, work_dir: Path, seed: int, 
             llm.model.visual.load_state_dict(eye)
     while run.progress.step < preset.steps:
         rng = step_rng(seed, "llm", run.progress.step)
-        conversations = [sample_conversation(rng, questions=questions, tasks=tasks, show_work=preset.show_work)
-                         for _ in range(preset.batch)]
-        metrics = {}
+        conversations, redrawn = fitting_conversations(rng, fmt, preset.batch, preset.max_length, questions=questions,
+                                                       tasks=tasks, show_work=preset.show_work)
+        metrics = {"redrawn": redrawn} if redrawn else {}
         loss = accumulate_gradients(llm, fmt, conversations, preset.max_length, weighting=preset.answer_weighting,
                                     attention=attention, metrics=metrics)
         optimizer_step(optimizer, None, trained,
