@@ -289,16 +289,16 @@ def test_stage1_draws_again_any_conversation_longer_than_its_training_length(tin
 
     fmt = ChatFormat(tiny_model.tokenizer, tiny_model.image_processor, tiny_model.config.prompts)
     draw = {"show_work": ("describe",), "questions": question_mix({"describe": 1e6})}
-    plain = [sample_conversation(random.Random(5), **draw) for _ in range(1)]
-    lengths = [len(e.input_ids) for e in encode_conversations(
-        fmt, [sample_conversation(rng, **draw) for rng in [random.Random(5)] for _ in range(40)])]
+    plain = sample_conversation(random.Random(5), **draw)
+    rng = random.Random(5)
+    lengths = [len(e.input_ids) for e in encode_conversations(fmt, [sample_conversation(rng, **draw) for _ in range(40)])]
     limit = sorted(lengths)[len(lengths) // 2]  # about half of these draws are too long
     fitting, redrawn = fitting_conversations(random.Random(5), fmt, 40, limit, **draw)
     assert redrawn > 0 and len(fitting) == 40
     assert all(len(e.input_ids) <= limit for e in encode_conversations(fmt, fitting))
     # where everything fits, the draws are sample_conversation's own, one for one
     roomy, none = fitting_conversations(random.Random(5), fmt, 1, 10_000, **draw)
-    assert none == 0 and roomy[0].messages[-1].parts == plain[0].messages[-1].parts
+    assert none == 0 and roomy[0].messages[-1].parts == plain.messages[-1].parts
 
 
 def test_stage1_can_teach_a_head_to_attend_to_the_named_objects(tiny_model):
