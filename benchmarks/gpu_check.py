@@ -5,7 +5,10 @@ materialised directly on the GPU with random values: a Qwen2-VL-7B-shaped LLM (b
 BiLM with its retrieval heads, and a HunyuanDiT-v1.2-shaped decoder (DiT-g/2, SDXL VAE, BERT and
 mT5-XL encoders; fp16). It times chat tokens/s, one 1024x1024 image at 25 DPM-Solver++ steps
 against 100 DDPM steps (the official setting), embeddings/s and peak GPU memory, and prints one
-JSON line. `--tiny` runs the same script at toy sizes on any device (the tests use it).
+JSON line. With `--max-gpu-memory GB` it then times a 24 GB card's use of the model on this one: an
+image and an answer about a picture, with the whole model on the card and with model offload at that
+budget (offload.py), their peak memory and what moved. `--tiny` runs the same script at toy sizes on any
+device (the tests use it).
 """
 
 from __future__ import annotations
@@ -162,6 +165,30 @@ def timed(fn, repeats: int = 2, warmup: int = 1, device: torch.device | None = N
     return (time.perf_counter() - start) / repeats
 
 
+def offload_check(pipe, budget_gb: float, device: torch.device, size: int, image) -> dict:
+    """One image then one answer about a picture, timed with the whole model on the GPU (the baseline, in
+    the same run) and then with model offload at `budget_gb`: the cycle in which offload moves most."""
+    if device.type != "cuda":
+        return {"skipped": "model offload needs a GPU"}
+
+    def cycle():
+        pipe.generate("a red circle", rewrite=False, seed=0, num_inference_steps=25, guidance_scale=6.0,
+                      height=size, width=size)
+        pipe.chat([{"role": "user", "content": "Describe the image."}], images=[image], max_new_tokens=16)
+
+    whole_s = timed(cycle, 1, 1, device)
+    pipe.enable_model_offload(budget_gb)
+    torch.cuda.reset_peak_memory_stats(device)
+    cycle()  # from nothing on the card to the steady state
+    moved_before = pipe.offload.stats().moved_bytes
+    offload_s = timed(cycle, 1, 0, device)
+    return {"max_gpu_memory_gb": budget_gb, "cycle_whole_model_s": round(whole_s, 2),
+            "cycle_offload_s": round(offload_s, 2), "offload_vs_whole": round(offload_s / whole_s, 2),
+            "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+            "moved_gb_per_cycle": round((pipe.offload.stats().moved_bytes - moved_before) / 2**30, 1),
+            "on_gpu_after": pipe.offload.stats().resident}
+
+
 def main(argv: list[str] | None = None) -> dict:
     from PIL import Image
 
@@ -171,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="toy sizes, any device (a dry run)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--max-gpu-memory", type=float, default=None, metavar="GB",
+                        help="then time model offload at this budget (e.g. 20 for a 24 GB card)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     sizes = full_sizes(args.tiny)
@@ -204,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     report["embed_texts_per_s"] = round(len(texts) / timed(lambda: pipe.embed_texts(texts), 1, 1, device), 1)
     if device.type == "cuda":
         report["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    if args.max_gpu_memory is not None:
+        report["offload"] = offload_check(pipe, args.max_gpu_memory, device, size, image)
     report["total_s"] = round(time.perf_counter() - started, 1)
     line = json.dumps(report)
     print(line, flush=True)

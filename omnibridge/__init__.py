@@ -13,9 +13,10 @@ from .inputs import InvalidInputError
 from .modeling.config import OmniBridgeConfig
 from .modeling.decoder import DecoderNumericalError, GenerationCancelled
 from .modeling.loading import ModelFolderError
+from .offload import OffloadError
 from .pipeline import ChatAnswer, GenerationResult, OmniBridgePipeline
 
 __all__ = [
     "DEFAULT_MODEL", "ChatAnswer", "DecoderNumericalError", "GenerationCancelled", "GenerationResult",
-    "InvalidInputError", "ModelFolderError", "OmniBridgeConfig", "OmniBridgePipeline",
+    "InvalidInputError", "ModelFolderError", "OffloadError", "OmniBridgeConfig", "OmniBridgePipeline",
 ]

@@ -15,6 +15,11 @@ def _env_bool(name: str, default: bool = False) -> bool:
     return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
+
+
 @dataclass
 class AppSettings:
     model: str = DEFAULT_MODEL  # our folder, the official release folder or a hub id
@@ -34,6 +39,7 @@ class AppSettings:
     seed_gallery: int = 300  # built-in scenes indexed on first start
     compare_model: str | None = None  # a second checkpoint for the Compare tab
     compile: bool = False  # torch.compile the decoder (off by default; not on ZeroGPU)
+    max_gpu_memory: float | None = None  # GiB of weights kept on the GPU (model offload); None: the whole model
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -55,6 +61,7 @@ class AppSettings:
             seed_gallery=int(os.environ.get("OMNIBRIDGE_SEED_GALLERY", 300)),
             compare_model=os.environ.get("OMNIBRIDGE_COMPARE_MODEL") or None,
             compile=_env_bool("OMNIBRIDGE_COMPILE"),
+            max_gpu_memory=_env_float("OMNIBRIDGE_MAX_GPU_MEMORY"),
         )
 
     @classmethod
@@ -73,9 +80,13 @@ class AppSettings:
         parser.add_argument("--compare-model", default=settings.compare_model)
         parser.add_argument("--compile", action="store_true", default=settings.compile,
                             help="torch.compile the decoder (slower start, faster steps on GPU)")
+        parser.add_argument("--max-gpu-memory", type=float, default=settings.max_gpu_memory, metavar="GB",
+                            help="for a GPU smaller than the model: keep at most GB GiB of weights on it, moving "
+                                 "each part there as it runs (OMNIBRIDGE_MAX_GPU_MEMORY)")
         args = parser.parse_args(argv)
         settings.model, settings.decoder, settings.device, settings.dtype = args.model, args.decoder, args.device, args.dtype
         settings.host, settings.port, settings.share = args.host, args.port, args.share
         settings.data_dir, settings.seed_gallery = Path(args.data_dir), args.seed_gallery
         settings.compare_model, settings.compile = args.compare_model, args.compile
+        settings.max_gpu_memory = args.max_gpu_memory
         return settings

@@ -26,7 +26,7 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -39,6 +39,7 @@ from transformers.generation.streamers import BaseStreamer
 from .caption_choice import least_change
 from .inputs import InvalidInputError, clean_text, load_image, normalize_messages
 from .model_thread import ModelThread
+from .offload import GIB, ComponentOffload, OffloadError
 from .modeling.chat_format import ChatFormat, EncodedPrompt, Message, SpanText, gather_spans
 from .modeling.decoder import SAMPLERS, CaptionEncoding, GenerationCancelled, StepCallback
 from .modeling.devices import Placement, placement as choose_placement
@@ -177,6 +178,7 @@ class OmniBridgePipeline:
         # Every model job runs on this one thread, whichever thread asked (model_thread.py says why).
         self.model_thread = model_thread or ModelThread.for_device(placement.device)
         self._prefix_caches: dict[tuple[int, ...], object] = {}  # shared prompt openings -> their KV cache
+        self.offload: ComponentOffload | None = None  # enable_model_offload
         self.jobs_requested = 0  # running or waiting for the model
         self.max_jobs_requested = 0
 
@@ -184,21 +186,30 @@ class OmniBridgePipeline:
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, decoder: str | Path | None = None,
-                        model_thread: ModelThread | None = None) -> "OmniBridgePipeline":
+                        model_thread: ModelThread | None = None,
+                        max_gpu_memory_gb: float | None = None) -> "OmniBridgePipeline":
         """Our folder layout, or the official release (with `decoder`: HunyuanDiT-v1.2 diffusers folder/id).
 
         `model_thread`: another pipeline's, so that two models in one process share one thread team.
+        `max_gpu_memory_gb`: load onto the CPU and offload (`enable_model_offload`), for a GPU smaller than
+        the model; the model is never whole on the GPU, not even while it loads.
         """
         where = choose_placement(device, dtype)
+        if max_gpu_memory_gb is not None and where.device.type == "cpu":
+            raise OffloadError("model offload (max_gpu_memory_gb) needs a GPU; this model would run on the CPU")
+        load_to = where if max_gpu_memory_gb is None else replace(where, device=torch.device("cpu"))
         folder = resolve_folder(path_or_id)
         model_thread = model_thread or ModelThread.for_device(where.device)
 
         def build() -> "OmniBridgePipeline":  # on the model thread: even setting up runs torch ops
             if detect_layout(folder) == "omnibridge":
-                return cls(load_our_layout(folder, where), where, model_thread)
-            return cls(load_official_layout(folder, decoder, where), where, model_thread)
+                return cls(load_our_layout(folder, load_to), where, model_thread)
+            return cls(load_official_layout(folder, decoder, load_to), where, model_thread)
 
-        return model_thread.run(build)
+        pipeline = model_thread.run(build)
+        if max_gpu_memory_gb is not None:
+            pipeline.enable_model_offload(max_gpu_memory_gb)
+        return pipeline
 
     def save_pretrained(self, path: str | Path) -> None:
         save_our_layout(self.model, path)
@@ -206,11 +217,32 @@ class OmniBridgePipeline:
     def warm_up(self, cache_dir: str | Path | None = None) -> None:
         """Start-up work done once: the negative-prompt encoding (cached on disk when given a folder)."""
         negative = self.config.generation.negative_prompt
-        if cache_dir is None:
-            self.run_job(lambda: self.decoder.negative_encoding(negative))
-        else:
-            self.run_job(lambda: self.decoder.load_negative_cache(cache_dir, f"{self.model_id}|{self.model.source}",
-                                                               negative))
+
+        def encode() -> None:
+            self._use("text_encoder", "text_encoder_2")
+            if cache_dir is None:
+                self.decoder.negative_encoding(negative)
+            else:
+                self.decoder.load_negative_cache(cache_dir, f"{self.model_id}|{self.model.source}", negative)
+
+        self.run_job(encode)
+
+    def enable_model_offload(self, max_gpu_memory_gb: float) -> None:
+        """Keep at most about `max_gpu_memory_gb` GiB of weights on the GPU: each part (the LLM, the BiLM
+        with the retrieval heads, and the decoder's transformer, VAE and two text encoders) moves there just
+        before it runs, and parts that no longer fit go back to the CPU, least recently used first
+        (offload.py). Leave room for activations: a 1024x1024 image took about 3.6 GB above the weights."""
+        def enable() -> None:
+            components = {"llm": self.llm, "alignment": self.alignment, **self.decoder.modules()}
+            self.offload = ComponentOffload(components, self.device, int(max_gpu_memory_gb * GIB))
+            self.decoder.execution_device = self.device
+
+        self.run_job(enable)
+
+    def _use(self, *components: str) -> None:
+        """Bring these parts to the device before they run (a no-op without model offload)."""
+        if self.offload is not None:
+            self.offload.use(*components)
 
     def compile(self) -> None:
         """Optional `torch.compile` of the decoder transformer (a flag: slow to start, and not on ZeroGPU)."""
@@ -350,6 +382,7 @@ class OmniBridgePipeline:
                 if seed is not None:
                     torch.manual_seed(int(seed))
                 with torch.inference_mode():
+                    self._use("llm")
                     self.llm.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sampling,
                                       temperature=temperature if sampling else None,
                                       top_p=top_p if sampling else None, top_k=None, eos_token_id=self._stop_ids(),
@@ -446,6 +479,7 @@ class OmniBridgePipeline:
         prefix = self.format.tag_ids(forced_prefix) if forced_prefix else []
         prompts = [EncodedPrompt(p.input_ids + prefix, p.images, p.spans) for p in prompts]
         batch = self._to_device(self.format.collate(prompts, "left")["inputs"])
+        self._use("llm")
         with torch.inference_mode():
             output = self.llm.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                        top_p=None, top_k=None, eos_token_id=self._stop_ids(),
@@ -468,6 +502,7 @@ class OmniBridgePipeline:
         caption tokens, and those of the first image in the prompt (editing conditions on them)."""
         forced = [self.format.with_caption(p, c, opener, self._closer(opener)) for p, c in zip(prompts, captions)]
         collated = self.format.collate(forced, "right")
+        self._use("llm")
         with torch.inference_mode():
             states = feature_states(self.llm, self.config.feature_layers, self._to_device(collated["inputs"]))
         spans = collated["spans"]
@@ -494,18 +529,21 @@ class OmniBridgePipeline:
         return steps, guidance, height, width, [(seed + i) % (MAX_SEED + 1) for i in range(count)]
 
     def _condition(self, captions: list[str], states=None, t5_inputs=False) -> CaptionEncoding:
-        """Decoder conditioning: BERT slot from the caption, T5 slot from the BiLM (or the decoder's T5)."""
+        """Decoder conditioning: BERT slot from the caption, T5 slot from the BiLM (or the decoder's T5).
+
+        With the BiLM, the T5 encoder does not run: of the T5 side only its tokenizer's mask is used, as in the
+        official code."""
         with torch.inference_mode():
-            encoding = self.decoder.encode_captions(captions)
             if states is None:  # the decoder's own text conditioning (the reference path)
-                return encoding
+                self._use("text_encoder", "text_encoder_2")
+                return self.decoder.encode_captions(captions)
+            self._use("text_encoder", "alignment")
+            embeds, mask = self.decoder.encode_bert_slot(captions)
+            ids, mask_2 = self.decoder.tokenize_t5(captions)
             llm_states, llm_mask = states
-            inputs = None
-            if t5_inputs:
-                ids, _ = self.decoder.tokenize_t5(captions)
-                inputs = self.decoder.t5_input_embeddings(ids).to(self.placement.llm_dtype)
+            inputs = self.decoder.t5_input_embeddings(ids).to(self.placement.llm_dtype) if t5_inputs else None
             condition = self.alignment.condition(llm_states, llm_mask, inputs_embeds=inputs)
-        return CaptionEncoding(encoding.embeds, encoding.mask, condition.to(self.decoder.dtype), encoding.mask_2)
+        return CaptionEncoding(embeds, mask, condition.to(self.decoder.dtype), mask_2)
 
     def _resolve_candidates(self, candidates: int | None, default: int) -> int:
         return int(np.clip(int(default if candidates is None else candidates), 1, MAX_CANDIDATES))
@@ -525,21 +563,28 @@ class OmniBridgePipeline:
         whose embedding is closest to its caption (`captions`: one, or one per seed) is kept
         (self_check.py); `scores` are the kept ones' cosines, else None.
         """
-        negative = self.decoder.negative_encoding(negative_prompt or self.config.generation.negative_prompt)
+        negative = self._negative_encoding(negative_prompt or self.config.generation.negative_prompt)
         init_latents = None
         if init_image is not None and strength < 1.0:
             init_latents = self._encode_image_latents(init_image, height, width)
         draws = candidate_seeds(seeds, candidates, MAX_SEED)
         per_draw = cond.repeat(len(draws)) if len(cond) == 1 else cond.repeat(candidates)
+        self._use("transformer")
         latents = self.decoder.denoise(per_draw, draws, height, width, steps, guidance, negative, callback,
                                        init_latents=init_latents, strength=strength, sampler=sampler,
                                        guidance_cutoff=self.config.generation.guidance_cutoff)
+        self._use("vae")
         images = self.decoder.decode_latents(latents)
         if candidates == 1:
             return images, seeds, None
         scores = self._caption_similarity(images, captions * len(seeds) if len(captions) == 1 else captions)
         kept = best_candidates(scores, candidates)
         return [images[i] for i in kept], [draws[i] for i in kept], [round(float(scores[i]), 4) for i in kept]
+
+    def _negative_encoding(self, negative_prompt: str) -> CaptionEncoding:
+        if not self.decoder.has_negative_encoding(negative_prompt):
+            self._use("text_encoder", "text_encoder_2")
+        return self.decoder.negative_encoding(negative_prompt)
 
     def _caption_similarity(self, images: list[Image.Image], captions: list[str]) -> np.ndarray:
         """Cosine of each image's embedding with its caption's (inside a job); the images come in equal
@@ -553,6 +598,7 @@ class OmniBridgePipeline:
     def _encode_image_latents(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
         pixels = np.asarray(image.resize((width, height), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
         tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device, self.decoder.dtype)
+        self._use("vae")
         with torch.inference_mode():
             return self.decoder.encode_images(tensor)
 
@@ -758,6 +804,7 @@ class OmniBridgePipeline:
     def _embed_vectors(self, parts: list, span: str, embed_states, batch_size: int = 64) -> np.ndarray:
         """One user turn per item; the LLM states over the item's own tokens -> retrieval heads (inside a job)."""
         vectors = [np.zeros((0, self.embedding_dim), np.float32)]
+        self._use("llm", "alignment")
         for start in range(0, len(parts), batch_size):
             prompts = [self.format.encode([Message("user", [part])]) for part in parts[start:start + batch_size]]
             collated = self.format.collate(prompts, "right")
@@ -814,6 +861,10 @@ class OmniBridgePipeline:
         if self.device.type == "cuda":
             memory["cuda_allocated_mb"] = round(torch.cuda.memory_allocated(self.device) / 2**20, 1)
             memory["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        if self.offload is not None:
+            stats = self.offload.stats()
+            memory["offload"] = {"max_gpu_memory_gb": round(stats.max_bytes / GIB, 2), "on_gpu": stats.resident,
+                                 "moves_to_gpu": stats.fetches, "moved_gb": round(stats.moved_bytes / GIB, 2)}
         return {
             "model_id": self.model_id,
             "source": self.model.source,

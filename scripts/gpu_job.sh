@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared, unattended lease of a GPU machine (device time is scarce: one call does everything).
-#   1. benchmarks.gpu_check: the full-size OmniBridge path, timed alone on the card;
+#   1. benchmarks.gpu_check: the full-size OmniBridge path, timed alone on the card, then with model offload
+#      at a 24 GB card's budget (20 GiB of weights);
 #   2. new DiTs of several sizes trained at once on the built-in decoder's frozen VAE and text
 #      encoders (--decoder-from), so that the shipped alignment stays valid; tiny models leave a big
 #      GPU mostly idle, so they share it, each with worker processes rendering its batches;
@@ -26,7 +27,8 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
 
 echo "== gpu_check $(date -u +%T)"
-timeout 200 python3 -m benchmarks.gpu_check --device "$DEVICE" --out "$OUT/gpu_check.json" $CHECK_ARGS 2>&1 | tail -4
+timeout 300 python3 -m benchmarks.gpu_check --device "$DEVICE" --out "$OUT/gpu_check.json" --max-gpu-memory 20 \
+  $CHECK_ARGS 2>&1 | tail -4
 
 echo "== training $SIZES for $MINUTES min each, at once $(date -u +%T)"
 for size in $SIZES; do

@@ -24,8 +24,9 @@ def test_chat_generate_and_embed_benchmarks_report_ratios(tiny_pipeline):
 
 
 def test_the_full_size_gpu_check_runs_at_toy_size():
-    report = gpu_check(["--tiny", "--device", "cpu"])
+    report = gpu_check(["--tiny", "--device", "cpu", "--max-gpu-memory", "20"])
     assert report["tiny"] and report["chat_tokens_per_s"] > 0
+    assert report["offload"] == {"skipped": "model offload needs a GPU"}
     assert {"image_128px_dpm++_25_steps_s", "image_128px_ddpm_100_steps_s", "embed_images_per_s"} <= set(report)
 
 

@@ -166,6 +166,31 @@ def test_official_outputs_equal_the_same_weights_set_directly(official_folder, t
     assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_the_official_release_offloaded_answers_as_it_does_whole(official_folder, scene_image, monkeypatch):
+    """The full-size path's layout under model offload, its parts parked on the meta device (test_offload.py)."""
+    import omnibridge.pipeline
+    from tests.test_offload import MetaParking, is_parked
+
+    root, _, _, _ = official_folder
+
+    def run(pipe) -> tuple:
+        size = pipe.decoder.sample_size
+        pipe.config.generation.allowed_sizes = (size,)
+        image = pipe.generate("a red circle", seed=3, num_inference_steps=2, guidance_scale=2.0, height=size,
+                              width=size).images[0]
+        answer = pipe.chat([{"role": "user", "content": "What is this?"}], images=[scene_image], max_new_tokens=6)
+        return np.asarray(image, dtype=int), answer, pipe.embed_texts(["a red circle"])
+
+    whole = run(OmniBridgePipeline.from_pretrained(root / "release", decoder=root / "hunyuandit", device="cpu"))
+    monkeypatch.setattr(omnibridge.pipeline, "ComponentOffload", MetaParking)
+    offloaded = OmniBridgePipeline.from_pretrained(root / "release", decoder=root / "hunyuandit", device="cpu")
+    offloaded.enable_model_offload(0)
+    assert is_parked(offloaded.llm) and is_parked(offloaded.decoder.transformer)
+    image, answer, vectors = run(offloaded)
+    assert np.abs(image - whole[0]).max() <= 1 and answer == whole[1]
+    np.testing.assert_allclose(vectors, whole[2], atol=1e-5)
+
+
 def test_a_plain_qwen2vl_folder_is_refused(official_folder, tmp_path):
     root, llm, _, _ = official_folder
     plain = tmp_path / "plain"

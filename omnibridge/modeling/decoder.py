@@ -86,6 +86,8 @@ class HunyuanDecoder:
         # the tiny decoder uses its own full grid instead.
         self.rope_base_size = rope_base_size or 512 // self.vae_scale_factor // transformer.config.patch_size
         self._negative_cache: dict[str, CaptionEncoding] = {}
+        # Where the decoder computes: set by `to`, and kept by model offload while the parts move (offload.py)
+        self.execution_device: torch.device | None = None
         # what the negative-prompt encoding depends on; from_pretrained fills it from the folder's files
         self.text_side_fingerprint = ""
 
@@ -144,6 +146,7 @@ class HunyuanDecoder:
     def to(self, device: torch.device | str) -> "HunyuanDecoder":
         for module in self.modules().values():
             module.to(device)
+        self.execution_device = torch.device(device)
         self._negative_cache.clear()
         return self
 
@@ -153,7 +156,7 @@ class HunyuanDecoder:
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.device
+        return self.execution_device or self.transformer.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -179,20 +182,30 @@ class HunyuanDecoder:
         return tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
 
     def t5_input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The T5 token-embedding table (the BiLM's non-query input when editing)."""
-        return self.text_encoder_2.get_input_embeddings()(input_ids)
+        """The T5 token-embedding table (the BiLM's non-query input when editing). Looked up where the table
+        is, so that model offload never brings the whole T5 encoder to the GPU for a few rows of it."""
+        table = self.text_encoder_2.get_input_embeddings()
+        return table(input_ids.to(table.weight.device)).to(self.device)
+
+    def encode_bert_slot(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The BERT ("CLIP") slot and its mask: all that OmniBridge's own conditioning needs of the text
+        encoders, since the BiLM fills the T5 slot (and `tokenize_t5` gives that slot's mask)."""
+        tokens = self.tokenizer(captions, padding="max_length", max_length=self.transformer.config.text_len,
+                                truncation=True, return_tensors="pt").to(self.device)
+        return self.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0], tokens.attention_mask
 
     def encode_captions(self, captions: list[str]) -> CaptionEncoding:
         """Both text slots for captions, exactly as HunyuanDiT's own pipeline computes them.
 
         Gradients flow when called outside inference mode (stage 0 trains the text encoders).
         """
-        tokens = self.tokenizer(captions, padding="max_length", max_length=self.transformer.config.text_len,
-                                truncation=True, return_tensors="pt").to(self.device)
-        embeds = self.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+        embeds, mask = self.encode_bert_slot(captions)
         ids_2, mask_2 = self.tokenize_t5(captions)
         embeds_2 = self.text_encoder_2(ids_2, attention_mask=mask_2)[0]
-        return CaptionEncoding(embeds, tokens.attention_mask, embeds_2, mask_2)
+        return CaptionEncoding(embeds, mask, embeds_2, mask_2)
+
+    def has_negative_encoding(self, negative_prompt: str) -> bool:
+        return negative_prompt in self._negative_cache
 
     def negative_encoding(self, negative_prompt: str = "") -> CaptionEncoding:
         """Computed once per negative prompt and cached: every guided generation needs it."""

@@ -74,5 +74,6 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
     compare = None
     if settings.compare_model:  # a second checkpoint for the Compare tab's "two checkpoints" pair
         compare = type(pipeline).from_pretrained(settings.compare_model, device=settings.device, dtype=settings.dtype,
-                                                 model_thread=pipeline.model_thread)
+                                                 model_thread=pipeline.model_thread,
+                                                 max_gpu_memory_gb=settings.max_gpu_memory)  # a budget of its own
     return AppContext(pipeline, settings, gallery, feedback, outputs, compare_pipeline=compare, seeding=seeding)
