@@ -597,6 +597,24 @@ def test_decoder_from_trains_its_dit_on_when_the_shape_matches(trained):
     assert not kept
 
 
+def test_only_a_dit_that_starts_from_nothing_draws_the_early_curriculum(trained, tmp_path, monkeypatch):
+    """The early mix counts this work dir's steps: a DiT trained on from a shipped one would see only it."""
+    from omnibridge.training import decoder_stage
+
+    early_flags = []
+    draw = decoder_stage.sample_decoder_pair
+    monkeypatch.setattr(decoder_stage, "sample_decoder_pair",
+                        lambda rng, early=False: early_flags.append(early) or draw(rng, early))
+    root, _ = trained
+    common = ["--preset", "quick", "--out", str(tmp_path / "unused"), "--stages", "decoder", "--decoder-from",
+              str(root / "model" / "decoder"), "--dit-batch", "4", "--decoder-steps", "2", "--threads", "2"]
+    trained_on = train_main([*common, "--work-dir", str(tmp_path / "on")])
+    assert trained_on["decoder"]["vae"]["dit_trained_on"] and early_flags == [False] * 8
+    early_flags.clear()
+    new = train_main([*common, "--work-dir", str(tmp_path / "new"), "--dit-width", "64"])
+    assert not new["decoder"]["vae"]["dit_trained_on"] and early_flags == [True] * 8
+
+
 def test_dit_batches_from_worker_processes_arrive_in_step_order_and_match_inline_ones():
     from omnibridge.training.decoder_stage import _batches
     from omnibridge.training.presets import quick_preset

@@ -143,10 +143,12 @@ class DitBatch(NamedTuple):
     timesteps: torch.Tensor  # [B]
 
 
-def dit_batch(preset: DecoderPreset, seed: int, step: int, latent_shape: tuple[int, int, int]) -> DitBatch:
-    """Step `step`'s training batch, drawn from that step's own seed (on the CPU: the same data on any device)."""
+def dit_batch(preset: DecoderPreset, seed: int, step: int, latent_shape: tuple[int, int, int],
+              early_steps: int = EARLY_CURRICULUM_STEPS) -> DitBatch:
+    """Step `step`'s training batch, drawn from that step's own seed (on the CPU: the same data on any device).
+    The first `early_steps` draw the early mix (decoder_data.py): 0 for a DiT that is trained already."""
     rng = step_rng(seed, "dit", step)
-    pairs = [sample_decoder_pair(rng, early=step < EARLY_CURRICULUM_STEPS) for _ in range(preset.dit_batch)]
+    pairs = [sample_decoder_pair(rng, early=step < early_steps) for _ in range(preset.dit_batch)]
     captions = ["" if rng.random() < preset.caption_dropout else caption for _, caption in pairs]
     pixels = images_to_tensor([render_array(scene) for scene, _ in pairs])
     generator = torch.Generator().manual_seed(rng.randrange(2**31))
@@ -159,20 +161,23 @@ class DitBatches(torch.utils.data.IterableDataset):
     DataLoader hands workers' batches back in turn, so they arrive in step order: on a GPU, worker
     processes render ahead while the main process keeps the GPU busy."""
 
-    def __init__(self, preset: DecoderPreset, seed: int, first_step: int, latent_shape: tuple[int, int, int]):
+    def __init__(self, preset: DecoderPreset, seed: int, first_step: int, latent_shape: tuple[int, int, int],
+                 early_steps: int = EARLY_CURRICULUM_STEPS):
         self.preset, self.seed, self.first_step, self.latent_shape = preset, seed, first_step, latent_shape
+        self.early_steps = early_steps
 
     def __iter__(self):
         worker = torch.utils.data.get_worker_info()
         offset, stride = (worker.id, worker.num_workers) if worker else (0, 1)
         step = self.first_step + offset
         while True:
-            yield dit_batch(self.preset, self.seed, step, self.latent_shape)
+            yield dit_batch(self.preset, self.seed, step, self.latent_shape, self.early_steps)
             step += stride
 
 
-def _batches(preset: DecoderPreset, seed: int, first_step: int, latent_shape, workers: int):
-    dataset = DitBatches(preset, seed, first_step, latent_shape)
+def _batches(preset: DecoderPreset, seed: int, first_step: int, latent_shape, workers: int,
+             early_steps: int = EARLY_CURRICULUM_STEPS):
+    dataset = DitBatches(preset, seed, first_step, latent_shape, early_steps)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
                                          prefetch_factor=4 if workers else None)
     return iter(loader)
@@ -180,12 +185,15 @@ def _batches(preset: DecoderPreset, seed: int, first_step: int, latent_shape, wo
 
 def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, seed: int, resume: bool,
               minutes: float | None = None, freeze_text_encoders: bool = False,
-              data_workers: int = 0) -> tuple[HunyuanDecoder, dict]:
+              data_workers: int = 0, trained_before: bool = False) -> tuple[HunyuanDecoder, dict]:
     """Train until this run's time budget (or the total step budget) is spent; returns the best EMA decoder.
 
     The time budget counts from this run's start, so every `--resume` trains that much longer.
     `freeze_text_encoders` trains the DiT alone on the decoder's text encoders as they are (a new
     DiT for an already aligned model); `data_workers` processes render the batches ahead (GPU runs).
+    `trained_before`: the DiT comes trained (a run that goes on from a shipped one), so the early
+    curriculum, meant for a DiT that starts from nothing, is skipped: its steps count from this run's
+    work dir, and a short run on from a trained DiT would otherwise see only the early mix.
     """
     budget_seconds = (minutes if minutes is not None else preset.dit_minutes) * 60
     run = StageRun(work_dir, "dit", preset.dit_steps or None, resume, seed)
@@ -233,7 +241,8 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
 
     rotary = None
     latent_shape = decoder.latent_shape(preset.image_size, preset.image_size)
-    batches = _batches(preset, seed, run.progress.step, latent_shape, data_workers)
+    batches = _batches(preset, seed, run.progress.step, latent_shape, data_workers,
+                       early_steps=0 if trained_before else EARLY_CURRICULUM_STEPS)
     while not out_of_budget():
         batch = next(batches)
         assert batch.step == run.progress.step, "batches arrived out of step order"

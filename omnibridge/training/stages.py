@@ -83,7 +83,8 @@ def run_decoder_stage(preset: TrainPreset, work_dir: Path, resume: bool, seed: i
     decoder.to(device)
     decoder, dit_report = train_dit(decoder, preset.decoder, work_dir, seed, resume, options.minutes,
                                     freeze_text_encoders=options.start_from is not None,
-                                    data_workers=options.data_workers)
+                                    data_workers=options.data_workers,
+                                    trained_before=bool(options.start_from and kept_dit))
     decoder.to("cpu").save_pretrained(decoder_dir(work_dir))
     return {"vae": vae_report, "dit": dit_report}
 
