@@ -47,7 +47,7 @@ class ComponentOffload:
         self.device, self.park_device = torch.device(device), torch.device(park_device)
         if self.device == self.park_device:
             raise OffloadError(f"model offload moves parts between an accelerator and {self.park_device}; "
-                             f"this model runs on {self.device} already")
+                               f"this model runs on {self.device} already")
         if max_bytes < 0:
             raise OffloadError("the offload budget must be at least 0 bytes")
         _check_no_shared_tensors(components)
