@@ -1,0 +1,80 @@
+"""scripts/swap_dit.py puts a newly trained DiT into a copy of a model folder; these tests pin that the copy
+differs from the original in its DiT alone, and that any other change is caught (a candidate that changed
+more than its DiT could move understanding or retrieval, which its evaluation does not re-measure)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "swap_dit.py"
+
+
+@pytest.fixture(scope="module")
+def swap_dit():
+    spec = importlib.util.spec_from_file_location("swap_dit", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def perturb_first_tensor(folder: Path) -> None:
+    weights = next(folder.glob("*.safetensors"))
+    tensors = load_file(weights)
+    key = sorted(key for key, tensor in tensors.items() if tensor.is_floating_point())[0]
+    tensors[key] = tensors[key].float() + 0.5
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+
+@pytest.fixture
+def work_dir_with_new_dit(tiny_model_dir, tmp_path):
+    work_dir = tmp_path / "W"
+    shutil.copytree(tiny_model_dir / "decoder" / "transformer", work_dir / "decoder" / "transformer")
+    perturb_first_tensor(work_dir / "decoder" / "transformer")
+    (work_dir / "dit").mkdir()
+    rows = [{"step": 1, "seconds": 2.0, "images_seen": 8, "loss": 0.5},
+            {"step": 2, "seconds": 4.0, "images_seen": 16, "loss": 0.4}]
+    (work_dir / "dit" / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return work_dir
+
+
+def test_the_candidate_differs_from_the_model_in_its_dit_alone(swap_dit, tiny_model_dir, work_dir_with_new_dit,
+                                                                tmp_path):
+    candidate = tmp_path / "cand"
+    swap_dit.build_candidate(tiny_model_dir, work_dir_with_new_dit, candidate)
+
+    assert swap_dit.changed_files(tiny_model_dir, candidate) == []
+    new_dit = load_file(next((candidate / "decoder" / "transformer").glob("*.safetensors")))
+    old_dit = load_file(next((tiny_model_dir / "decoder" / "transformer").glob("*.safetensors")))
+    assert any(not new_dit[key].float().equal(old_dit[key].float()) for key in old_dit)
+    assert {tensor.dtype for tensor in new_dit.values() if tensor.is_floating_point()} == {torch.float16}
+
+
+def test_a_change_outside_the_dit_is_refused(swap_dit, tiny_model_dir, work_dir_with_new_dit, tmp_path):
+    candidate = tmp_path / "cand"
+    swap_dit.build_candidate(tiny_model_dir, work_dir_with_new_dit, candidate)
+    outside = [path for path in candidate.rglob("*.safetensors") if "transformer" not in path.parts]
+    perturb_first_tensor(outside[0].parent)
+
+    assert swap_dit.changed_files(tiny_model_dir, candidate) == [str(outside[0].relative_to(candidate))]
+
+
+def test_the_dit_training_is_recorded(swap_dit, tiny_model_dir, work_dir_with_new_dit, tmp_path):
+    candidate = tmp_path / "cand"
+    swap_dit.build_candidate(tiny_model_dir, work_dir_with_new_dit, candidate)
+    swap_dit.record_training(candidate, work_dir_with_new_dit, "dit_cooldown", "a note", "python -m ...")
+
+    report = json.loads((candidate / "training_report.json").read_text())
+    assert report["dit_cooldown"]["steps"] == 2 and report["dit_cooldown"]["note"] == "a note"
+    assert report["commands"][-1] == {"command": "python -m ...", "note": "a note"}
+
+
+def test_a_work_dir_without_a_trained_dit_is_refused(swap_dit, tiny_model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no trained transformer"):
+        swap_dit.build_candidate(tiny_model_dir, tmp_path / "empty", tmp_path / "cand")
