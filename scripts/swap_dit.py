@@ -6,7 +6,10 @@ This script copies the model folder, puts the new transformer in (float16, as th
 checks that every other file is byte-identical to the shipped one (so understanding and retrieval cannot have
 moved), records the DiT's training in training_report.json, evaluates generation and editing on the held-out
 sets, and writes evaluation.json and the model card with the shipped understanding, retrieval and speed rows
-kept.
+kept. `--blend a` puts in (1 - a) * shipped + a * new instead, tensor by tensor: two DiTs trained from the same
+weights can be averaged (WiSE-FT, Wortsman et al. 2022), which often keeps what the first did well and most of
+what the training added. `--screen` only prints the decoder-alone check that the decoder stage runs after its
+last step (the 150 validation prompts), for choosing `a` without touching the held-out sets.
 
     PYTHONPATH=. python scripts/swap_dit.py --model assets/omnibridge-shapes --work-dir runs/ditcool/W \
         --out runs/ditcool/cand --stage dit_cooldown --note "..." --command "python -m omnibridge.train ..."
@@ -20,9 +23,16 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
+
 from omnibridge.evaluation.evaluate import format_table, run_evaluation
+from omnibridge.evaluation.generation import VALIDATION_SEED, evaluate_generation, generation_cases
 from omnibridge.evaluation.model_card import write_model_card
+from omnibridge.modeling.decoder import HunyuanDecoder
 from omnibridge.pipeline import OmniBridgePipeline
+from omnibridge.training.decoder_stage import decoder_alone_generator
+from omnibridge.training.presets import DecoderPreset
 from omnibridge.training.stages import decoder_dir, store_half, training_summary
 
 TRANSFORMER = Path("decoder") / "transformer"
@@ -30,7 +40,10 @@ TRANSFORMER = Path("decoder") / "transformer"
 REWRITTEN = {"README.md", "evaluation.json", "training_report.json"}
 
 
-def build_candidate(model: Path, work_dir: Path, out: Path) -> None:
+def build_candidate(model: Path, work_dir: Path, out: Path, blend: float = 1.0) -> None:
+    """`out` = `model` with the work dir's DiT in, or (1 - blend) * the model's DiT + blend * the new one."""
+    if not 0.0 <= blend <= 1.0:
+        raise ValueError(f"--blend is the new DiT's share, from 0 to 1, not {blend}")
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(model, out)
@@ -40,7 +53,26 @@ def build_candidate(model: Path, work_dir: Path, out: Path) -> None:
     shutil.rmtree(out / TRANSFORMER)
     shutil.copytree(new_transformer, out / TRANSFORMER)
     for weights in (out / TRANSFORMER).glob("*.safetensors"):
+        if blend < 1.0:
+            blend_weights(model / TRANSFORMER / weights.name, weights, blend)
         store_half(weights)
+
+
+def blend_weights(shipped_path: Path, new_path: Path, blend: float) -> None:
+    """Rewrite `new_path` as (1 - blend) * shipped + blend * new, computed in float32."""
+    shipped, new = load_file(shipped_path), load_file(new_path)
+    if shipped.keys() != new.keys() or any(shipped[k].shape != new[k].shape for k in new):
+        raise ValueError(f"{new_path} and {shipped_path} hold different tensors: not the same DiT to average")
+    blended = {key: torch.lerp(shipped[key].float(), tensor.float(), blend) if tensor.is_floating_point() else tensor
+               for key, tensor in new.items()}
+    save_file(blended, new_path, metadata={"format": "pt"})
+
+
+def screen(candidate: Path) -> dict:
+    """The decoder stage's own check on a candidate folder: decoder alone, the validation prompts."""
+    decoder = HunyuanDecoder.from_pretrained(candidate / "decoder")
+    cases = generation_cases(DecoderPreset().eval_prompts_per_category, seed=VALIDATION_SEED)
+    return evaluate_generation(decoder_alone_generator(decoder), cases)
 
 
 def changed_files(model: Path, candidate: Path) -> list[str]:
@@ -69,15 +101,22 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("assets/omnibridge-shapes"))
     parser.add_argument("--work-dir", type=Path, required=True, help="the decoder stage's work dir")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--stage", required=True, help="the name of the DiT's row in training_report.json")
-    parser.add_argument("--note", required=True)
-    parser.add_argument("--command", required=True, help="the training command, as the card lists it")
+    parser.add_argument("--blend", type=float, default=1.0, help="the new DiT's share of an average with the shipped one")
+    parser.add_argument("--screen", action="store_true", help="print the validation check alone, then stop")
+    parser.add_argument("--stage", help="the name of the DiT's row in training_report.json")
+    parser.add_argument("--note")
+    parser.add_argument("--command", help="the training command, as the card lists it")
     args = parser.parse_args()
+    if not args.screen and not (args.stage and args.note and args.command):
+        parser.error("--stage, --note and --command are needed unless --screen")
 
-    build_candidate(args.model, args.work_dir, args.out)
+    build_candidate(args.model, args.work_dir, args.out, args.blend)
     changed = changed_files(args.model, args.out)
     if changed:
         raise SystemExit(f"the candidate differs from {args.model} beyond its DiT: {changed}")
+    if args.screen:
+        print(json.dumps({"blend": args.blend, "validation_decoder_alone": screen(args.out)}))
+        return
     record_training(args.out, args.work_dir, args.stage, args.note, args.command)
 
     pipe = OmniBridgePipeline.from_pretrained(args.out)

@@ -78,3 +78,31 @@ def test_the_dit_training_is_recorded(swap_dit, tiny_model_dir, work_dir_with_ne
 def test_a_work_dir_without_a_trained_dit_is_refused(swap_dit, tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no trained transformer"):
         swap_dit.build_candidate(tiny_model_dir, tmp_path / "empty", tmp_path / "cand")
+
+
+def test_a_blend_averages_the_two_dits_tensor_by_tensor(swap_dit, tiny_model_dir, work_dir_with_new_dit, tmp_path):
+    transformer = Path("decoder") / "transformer"
+    weights = next((tiny_model_dir / transformer).glob("*.safetensors")).name
+    old = load_file(tiny_model_dir / transformer / weights)
+    new = load_file(work_dir_with_new_dit / transformer / weights)
+    swap_dit.build_candidate(tiny_model_dir, work_dir_with_new_dit, tmp_path / "cand", blend=0.25)
+
+    blended = load_file(tmp_path / "cand" / transformer / weights)
+    moved = [key for key in old if not old[key].equal(new[key])]
+    assert moved  # the fixture changed one tensor: the blend puts it a quarter of the way to the new one
+    for key in moved:
+        expected = (0.75 * old[key].float() + 0.25 * new[key].float()).half()
+        assert torch.allclose(blended[key].float(), expected.float(), atol=1e-3)
+    assert swap_dit.changed_files(tiny_model_dir, tmp_path / "cand") == []
+
+
+def test_a_blend_outside_zero_to_one_is_refused(swap_dit, tiny_model_dir, work_dir_with_new_dit, tmp_path):
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        swap_dit.build_candidate(tiny_model_dir, work_dir_with_new_dit, tmp_path / "cand", blend=1.5)
+
+
+def test_the_screen_runs_the_decoder_stage_check(swap_dit, tiny_model_dir, monkeypatch):
+    all_cases = swap_dit.generation_cases
+    monkeypatch.setattr(swap_dit, "generation_cases", lambda per_category, seed: all_cases(1, seed))  # 6, not 150
+    scores = swap_dit.screen(tiny_model_dir)
+    assert scores["n_prompts"] == 6 and 0.0 <= scores["overall"] <= 1.0
