@@ -32,7 +32,7 @@ from omnibridge.evaluation.model_card import write_model_card
 from omnibridge.modeling.decoder import HunyuanDecoder
 from omnibridge.pipeline import OmniBridgePipeline
 from omnibridge.training.decoder_stage import decoder_alone_generator
-from omnibridge.training.presets import DecoderPreset
+from omnibridge.training.presets import get_preset
 from omnibridge.training.stages import decoder_dir, store_half, training_summary
 
 TRANSFORMER = Path("decoder") / "transformer"
@@ -71,7 +71,8 @@ def blend_weights(shipped_path: Path, new_path: Path, blend: float) -> None:
 def screen(candidate: Path) -> dict:
     """The decoder stage's own check on a candidate folder: decoder alone, the validation prompts."""
     decoder = HunyuanDecoder.from_pretrained(candidate / "decoder")
-    cases = generation_cases(DecoderPreset().eval_prompts_per_category, seed=VALIDATION_SEED)
+    per_category = get_preset("shapes").decoder.eval_prompts_per_category  # as the shapes stage checks
+    cases = generation_cases(per_category, seed=VALIDATION_SEED)
     return evaluate_generation(decoder_alone_generator(decoder), cases)
 
 
