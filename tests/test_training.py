@@ -613,6 +613,9 @@ def test_only_a_dit_that_starts_from_nothing_draws_the_early_curriculum(trained,
     early_flags.clear()
     new = train_main([*common, "--work-dir", str(tmp_path / "new"), "--dit-width", "64"])
     assert not new["decoder"]["vae"]["dit_trained_on"] and early_flags == [True] * 8
+    early_flags.clear()  # asked for: the early mix on a trained DiT, for its first step only
+    train_main([*common, "--work-dir", str(tmp_path / "asked"), "--dit-early-mix-steps", "1"])
+    assert early_flags == [True] * 4 + [False] * 4
 
 
 def test_dit_batches_from_worker_processes_arrive_in_step_order_and_match_inline_ones():

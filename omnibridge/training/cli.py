@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "--work-dir; worth a GPU)")
     parser.add_argument("--dit-layers", type=int, help="the DiT's depth, even (as --dit-width)")
     parser.add_argument("--dit-batch", type=int, help="the DiT's batch (a GPU affords more than the preset's 32)")
+    parser.add_argument("--dit-early-mix-steps", type=int, metavar="N",
+                        help="the DiT's first N steps (of its work dir) draw the early mix, lone objects and relations "
+                             "over-sampled (default: 800 for a new DiT, none for one trained on with --decoder-from)")
     parser.add_argument("--dit-lr", type=float,
                         help="the DiT's peak learning rate (preset: 5e-4), e.g. lower to go on at a smaller batch "
                              "than a run was trained with")
@@ -149,6 +152,7 @@ def preset_for(args: argparse.Namespace):
                  (args.decoder_cooldown_steps, preset.decoder, "dit_cooldown_steps"),
                  (args.dit_width, preset.decoder, "hidden_size"), (args.dit_layers, preset.decoder, "num_layers"),
                  (args.dit_batch, preset.decoder, "dit_batch"), (args.dit_lr, preset.decoder, "dit_lr"),
+                 (args.dit_early_mix_steps, preset.decoder, "dit_early_mix_steps"),
                  (args.llm_steps, preset.llm, "steps"), (args.llm_lr, preset.llm, "lr"),
                  (args.llm_layers, preset.llm, "num_layers"), (args.answer_layers, preset.llm, "answer_layers"),
                  (args.question_weight, preset.llm, "question_weights"),

@@ -194,6 +194,7 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
     `trained_before`: the DiT comes trained (a run that goes on from a shipped one), so the early
     curriculum, meant for a DiT that starts from nothing, is skipped: its steps count from this run's
     work dir, and a short run on from a trained DiT would otherwise see only the early mix.
+    `preset.dit_early_mix_steps`, when set, overrides both (a cool-down that over-samples lone objects).
     """
     budget_seconds = (minutes if minutes is not None else preset.dit_minutes) * 60
     run = StageRun(work_dir, "dit", preset.dit_steps or None, resume, seed)
@@ -241,8 +242,10 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
 
     rotary = None
     latent_shape = decoder.latent_shape(preset.image_size, preset.image_size)
-    batches = _batches(preset, seed, run.progress.step, latent_shape, data_workers,
-                       early_steps=0 if trained_before else EARLY_CURRICULUM_STEPS)
+    early_steps = preset.dit_early_mix_steps
+    if early_steps is None:
+        early_steps = 0 if trained_before else EARLY_CURRICULUM_STEPS
+    batches = _batches(preset, seed, run.progress.step, latent_shape, data_workers, early_steps)
     while not out_of_budget():
         batch = next(batches)
         assert batch.step == run.progress.step, "batches arrived out of step order"

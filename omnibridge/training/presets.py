@@ -32,6 +32,9 @@ class DecoderPreset:
     dit_steps: int = 0  # 0: train for dit_minutes instead
     dit_cooldown_steps: int = 0  # the last N of dit_steps decay the learning rate linearly to zero
     dit_batch: int = 32
+    # Steps (of the work dir) that draw the early mix, single objects and relations over-sampled
+    # (decoder_data.py). None: the curriculum, 800 for a new DiT and 0 for one trained on.
+    dit_early_mix_steps: int | None = None
     dit_lr: float = 5e-4
     caption_dropout: float = 0.1
     eval_every: int = 500
