@@ -35,8 +35,9 @@ def run(pipe, per_category: int = 10, settings: tuple[tuple[str, int], ...] = SE
 
             start = time.perf_counter()
             key = f"{sampler}@{steps}"
-            passed[key], right_count = judge_images(cases, draw_cases(generate, cases))
-            rows[key] = {"overall": score_judged(cases, passed[key], right_count)["overall"],
+            verdicts = judge_images(cases, draw_cases(generate, cases))
+            passed[key] = [verdict is None for verdict in verdicts]
+            rows[key] = {"overall": score_judged(cases, verdicts)["overall"],
                          "seconds_per_image": round((time.perf_counter() - start) / len(cases), 4)}
     finally:
         pipe.decoder.set_sampler(original)

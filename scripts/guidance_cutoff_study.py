@@ -49,8 +49,9 @@ def main() -> None:
         pipe.config.generation.guidance_cutoff = cutoff
         start = time.perf_counter()
         images = draw_cases(lambda prompts, seeds: pipe.generate_batch(prompts, seeds)[0], cases)
-        passed, right_count = judge_images(cases, images)
-        row = {"guidance_cutoff": cutoff, "generation_overall": score_judged(cases, passed, right_count)["overall"],
+        verdicts = judge_images(cases, images)
+        passed = [verdict is None for verdict in verdicts]
+        row = {"guidance_cutoff": cutoff, "generation_overall": score_judged(cases, verdicts)["overall"],
                "generation_seconds": round(time.perf_counter() - start),
                "seconds_per_image": seconds_per_image(pipe, args.repeats)}
         if reference is None:

@@ -26,7 +26,9 @@ from omnibridge.shapes import (
     sample_scene,
 )
 from omnibridge.shapes.captions import relation_spec
-from omnibridge.shapes.world import BACKGROUND, MIN_GAP, SIZES, relation_between, relation_holds
+from omnibridge.shapes.detect import mismatch
+from omnibridge.shapes.world import (BACKGROUND, MIN_GAP, SIZES, ObjectSpec, place_objects, relation_between,
+                                     relation_holds)
 
 SCENES = [sample_scene(random.Random(seed)) for seed in range(300)]
 
@@ -68,6 +70,25 @@ def test_detector_rejects_wrong_scenes():
     blank = np.full((64, 64, 3), BACKGROUND, dtype=np.uint8)
     assert detect(blank) == []
     assert not matches_spec([], parse_caption("a circle"))
+
+
+def test_a_mismatch_names_the_first_thing_an_image_gets_wrong():
+    """The evaluation's failure breakdown: count, then shape, colour, size, relation, each on top of the last."""
+    rng = random.Random(3)
+    scene = place_objects(rng, [ObjectSpec("circle", "red", "large"), ObjectSpec("square", "blue", "small")],
+                          relation=(0, "left", 1))
+    found = detect(render(scene))
+    asked = {
+        None: "a large red circle to the left of a small blue square",
+        "count": "a red circle",
+        "shape": "a red triangle and a blue square",
+        "colour": "a green circle and a blue square",
+        "size": "a small red circle and a small blue square",
+        "relation": "a red circle to the right of a blue square",
+    }
+    for expected, caption in asked.items():
+        assert mismatch(found, parse_caption(caption)) == expected, caption
+        assert image_matches(render(scene), parse_caption(caption)) == (expected is None)
 
 
 def test_relation_rule():

@@ -377,6 +377,24 @@ def test_understanding_reports_relations_about_missing_objects_apart_from_the_ov
     assert "absent" not in format_table({"model": "m", "understanding": {"overall": 0.5, "count": 0.5}})  # older reports
 
 
+def test_generation_scores_count_failures_by_the_first_thing_wrong():
+    from omnibridge.evaluation.evaluate import format_table
+    from omnibridge.evaluation.generation import generation_cases, score_judged
+
+    cases = generation_cases(2)  # two prompts per category, in CATEGORIES order
+    verdicts = [None, "shape", "count", None, None, None, "colour", "shape", "relation", None, None, None]
+    scores = score_judged(cases, verdicts)
+    assert scores["single_object"] == 0.5 and scores["colors"] == 0.0 and scores["color_attr"] == 1.0
+    assert scores["right_object_count"] == round(11 / 12, 4)
+    assert scores["failures"] == {"single_object": {"shape": 1}, "two_object": {"count": 1},
+                                  "colors": {"shape": 1, "colour": 1}, "position": {"relation": 1}}
+    paths = {"omnibridge": scores, "decoder_alone": scores}
+    assert "by the first thing wrong: count 1, shape 2, colour 1, relation 1" in format_table(
+        {"model": "m", "generation": paths})
+    older = {path: {k: v for k, v in scores.items() if k != "failures"} for path in paths}
+    assert "first thing wrong" not in format_table({"model": "m", "generation": older})
+
+
 def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
     from omnibridge.evaluation.evaluate import main as evaluate_main
 

@@ -18,6 +18,7 @@ import torch
 
 from ..modeling.decoder import SAMPLERS
 from .editing import evaluate_editing
+from ..shapes.detect import MISMATCHES
 from .generation import evaluate_generation, generation_cases
 from .retrieval import evaluate_retrieval
 from .understanding import QUESTIONS_PER_TYPE, evaluate_understanding
@@ -109,6 +110,11 @@ def format_table(report: dict) -> str:
         lines.append("generation    " + " | ".join(header))
         for path in ("omnibridge", "decoder_alone"):
             lines.append(f"  {path:<12} " + " | ".join(f"{generation[path][k]:.2f}" for k in keys))
+        failures = generation["omnibridge"].get("failures")
+        if failures is not None:  # reports from before the breakdown lack it
+            totals = {reason: sum(f.get(reason, 0) for f in failures.values()) for reason in MISMATCHES}
+            lines.append("  full path's failed images, by the first thing wrong: "
+                         + (", ".join(f"{reason} {n}" for reason, n in totals.items() if n) or "none"))
         settings = generation.get("settings")
         if settings:  # accuracy depends on them: say which were measured
             lines.append(f"  sampler {report.get('sampler', '?')}, {settings['num_inference_steps']} steps, "

@@ -13,7 +13,7 @@ from typing import Callable
 from PIL import Image
 
 from ..shapes.captions import CaptionSpec, Group, format_caption
-from ..shapes.detect import detect, matches_spec
+from ..shapes.detect import MISMATCHES, detect, mismatch
 from ..shapes.world import COLOR_NAMES, RELATIONS, SHAPES
 
 CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -61,33 +61,32 @@ def generation_cases(per_category: int, seed: int = EVAL_SEED) -> list[Generatio
     return cases
 
 
-def judge_images(cases: list[GenerationCase], images: list[Image.Image]) -> tuple[list[bool], list[bool]]:
-    """Per case, from one detection of its image: does it show what the prompt asks, and does it hold the
-    right number of objects (studies pair the first list across settings)."""
-    passed, right_count = [], []
-    for case, image in zip(cases, images, strict=True):
-        found = detect(image)
-        passed.append(matches_spec(found, case.spec))
-        right_count.append(len(found) == case.spec.n_objects)
-    return passed, right_count
+def judge_images(cases: list[GenerationCase], images: list[Image.Image]) -> list[str | None]:
+    """Per case, from one detection of its image: None when it shows what the prompt asks, else the first
+    thing that is wrong (detect.MISMATCHES: "count", "shape", "colour", "size" or "relation"). Studies pair
+    these verdicts across settings."""
+    return [mismatch(detect(image), case.spec) for case, image in zip(cases, images, strict=True)]
 
 
-def score_judged(cases: list[GenerationCase], passed: list[bool], right_count: list[bool]) -> dict:
-    """Per-category accuracy, overall (mean of categories, as GenEval reports) and object-count accuracy."""
+def score_judged(cases: list[GenerationCase], verdicts: list[str | None]) -> dict:
+    """Per-category accuracy, overall (mean of categories, as GenEval reports), object-count accuracy, and
+    per category how many images failed for each reason (what a better decoder has to fix)."""
     by_category = {c: [] for c in CATEGORIES}
-    for case, ok in zip(cases, passed, strict=True):
-        by_category[case.category].append(ok)
-    per_category = {c: sum(v) / len(v) for c, v in by_category.items() if v}
+    for case, verdict in zip(cases, verdicts, strict=True):
+        by_category[case.category].append(verdict)
+    per_category = {c: v.count(None) / len(v) for c, v in by_category.items() if v}
+    failures = {c: {reason: v.count(reason) for reason in MISMATCHES if reason in v} for c, v in by_category.items()}
     return {
         **{c: round(a, 4) for c, a in per_category.items()},
         "overall": round(sum(per_category.values()) / len(per_category), 4),
-        "right_object_count": round(sum(right_count) / len(right_count), 4),
+        "right_object_count": round(1 - verdicts.count("count") / len(verdicts), 4),
         "n_prompts": len(cases),
+        "failures": {c: reasons for c, reasons in failures.items() if reasons},
     }
 
 
 def score_images(cases: list[GenerationCase], images: list[Image.Image]) -> dict:
-    return score_judged(cases, *judge_images(cases, images))
+    return score_judged(cases, judge_images(cases, images))
 
 
 def draw_cases(

@@ -7,7 +7,7 @@ every error it reports on a generated image is the generator's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations, permutations
 
 import numpy as np
@@ -138,6 +138,21 @@ def matches_spec(objects: list[DetectedObject], spec: CaptionSpec) -> bool:
         if assignment is not None and check(assignment):
             return True
     return False
+
+
+MISMATCHES = ("count", "shape", "colour", "size", "relation")
+
+
+def mismatch(objects: list[DetectedObject], spec: CaptionSpec) -> str | None:
+    """What is wrong with the detections against the caption, the first of MISMATCHES that fails (None: they
+    match). Each check adds one attribute to the last, so "colour" means the shapes were right."""
+    if len(objects) != spec.n_objects:
+        return "count"
+    for reason, keep in (("shape", dict(color=None, size=None)), ("colour", dict(size=None)), ("size", {})):
+        loosened = CaptionSpec(tuple(replace(group, **keep) for group in spec.groups))
+        if _assign(loosened, objects) is None:
+            return reason
+    return None if matches_spec(objects, spec) else "relation"
 
 
 def image_matches(image: Image.Image | np.ndarray, spec: CaptionSpec) -> bool:
