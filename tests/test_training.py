@@ -395,6 +395,25 @@ def test_generation_scores_count_failures_by_the_first_thing_wrong():
     assert "first thing wrong" not in format_table({"model": "m", "generation": older})
 
 
+def test_a_fresh_seed_draws_new_prompts_and_edits_and_none_keeps_each_parts_own(monkeypatch):
+    from types import SimpleNamespace
+
+    from omnibridge.evaluation import evaluate
+    from omnibridge.evaluation.editing import EVAL_SEED as EDITING_SEED
+    from omnibridge.evaluation.generation import EVAL_SEED as GENERATION_SEED
+
+    seeds = []
+    monkeypatch.setattr(evaluate, "evaluate_generation_paths", lambda *args: seeds.append(("generation", args[-1])) or {})
+    monkeypatch.setattr(evaluate, "evaluate_editing", lambda *args: seeds.append(("editing", args[-1])) or {})
+    generation = SimpleNamespace(candidates=1, edit_candidates=1, guidance_cutoff=0.3)
+    pipe = SimpleNamespace(model_id="m", model=SimpleNamespace(source="local"),
+                           decoder=SimpleNamespace(sampler_kind="unipc"), config=SimpleNamespace(generation=generation))
+    standard = evaluate.run_evaluation(pipe, parts=("generation", "editing"))
+    fresh = evaluate.run_evaluation(pipe, parts=("generation", "editing"), seed=9)
+    assert seeds == [("generation", GENERATION_SEED), ("editing", EDITING_SEED), ("generation", 9), ("editing", 9)]
+    assert "cases_seed" not in standard and fresh["cases_seed"] == 9
+
+
 def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
     from omnibridge.evaluation.evaluate import main as evaluate_main
 

@@ -19,6 +19,8 @@ import torch
 from ..modeling.decoder import SAMPLERS
 from .editing import evaluate_editing
 from ..shapes.detect import MISMATCHES
+from .editing import EVAL_SEED as EDITING_SEED
+from .generation import EVAL_SEED as GENERATION_SEED
 from .generation import evaluate_generation, generation_cases
 from .retrieval import evaluate_retrieval
 from .understanding import QUESTIONS_PER_TYPE, evaluate_understanding
@@ -26,8 +28,9 @@ from .understanding import QUESTIONS_PER_TYPE, evaluate_understanding
 PARTS = ("generation", "understanding", "editing", "retrieval", "speed")
 
 
-def evaluate_generation_paths(pipe, per_category: int, steps: int | None, guidance: float | None) -> dict:
-    cases = generation_cases(per_category)
+def evaluate_generation_paths(pipe, per_category: int, steps: int | None, guidance: float | None,
+                              seed: int = GENERATION_SEED) -> dict:
+    cases = generation_cases(per_category, seed)
 
     def through(rewrite: bool, learned_queries: bool):
         # The reference is the decoder alone: no self-check by the LLM's embeddings
@@ -80,17 +83,22 @@ def measure_speed(pipe, repeats: int = 5) -> dict:
 
 def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = QUESTIONS_PER_TYPE,
                    edits_per_type: int = 15, retrieval_scenes: int = 1000, steps: int | None = None,
-                   guidance: float | None = None) -> dict:
+                   guidance: float | None = None, seed: int | None = None) -> dict:
+    """`seed`, when given, draws generation's prompts and the edits (a fresh set confirms a candidate that the
+    standard cases helped choose); None keeps each part's own held-out seed."""
     report: dict = {"model": pipe.model_id, "source": pipe.model.source,
                     "sampler": pipe.decoder.sampler_kind,
                     "candidates": pipe.config.generation.candidates,
                     "edit_candidates": pipe.config.generation.edit_candidates,
                     "guidance_cutoff": pipe.config.generation.guidance_cutoff,
                     "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if seed is not None:
+        report["cases_seed"] = seed
     runners = {
-        "generation": lambda: evaluate_generation_paths(pipe, per_category, steps, guidance),
+        "generation": lambda: evaluate_generation_paths(pipe, per_category, steps, guidance,
+                                                            GENERATION_SEED if seed is None else seed),
         "understanding": lambda: evaluate_understanding(pipe, per_type),
-        "editing": lambda: evaluate_editing(pipe, edits_per_type, steps),
+        "editing": lambda: evaluate_editing(pipe, edits_per_type, steps, EDITING_SEED if seed is None else seed),
         "retrieval": lambda: evaluate_retrieval(pipe, retrieval_scenes),
         "speed": lambda: measure_speed(pipe),
     }
@@ -159,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--candidates", type=int,
                         help="self-check: images drawn per image kept, generation's full path (default: the model's)")
     parser.add_argument("--edit-candidates", type=int, help="the same for editing (default: the model's)")
+    parser.add_argument("--seed", type=int,
+                        help="draw generation's prompts and the edits from this seed (a fresh set, to confirm a "
+                             "candidate the standard one helped choose; understanding and retrieval keep theirs)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--write-card", action="store_true", help="also write README.md into the model folder")
     args = parser.parse_args(argv)
@@ -172,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.edit_candidates:
         pipe.config.generation.edit_candidates = args.edit_candidates
     report = run_evaluation(pipe, args.parts.split(","), args.prompts_per_category, args.questions_per_type,
-                            args.edits_per_type, args.retrieval_scenes, args.steps, args.guidance)
+                            args.edits_per_type, args.retrieval_scenes, args.steps, args.guidance, args.seed)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(format_table(report))
     if args.write_card:
