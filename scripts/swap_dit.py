@@ -50,12 +50,24 @@ def build_candidate(model: Path, work_dir: Path, out: Path, blend: float = 1.0) 
     new_transformer = decoder_dir(work_dir) / "transformer"
     if not (new_transformer / "config.json").exists():
         raise FileNotFoundError(f"no trained transformer in {new_transformer}")
-    shutil.rmtree(out / TRANSFORMER)
-    shutil.copytree(new_transformer, out / TRANSFORMER)
+    if _architecture(new_transformer) == _architecture(model / TRANSFORMER):
+        # the same DiT retrained: its weights alone, so the shipped config (free of the work dir's
+        # "_name_or_path") stays as it was
+        for weights in new_transformer.glob("*.safetensors"):
+            shutil.copyfile(weights, out / TRANSFORMER / weights.name)
+    else:
+        shutil.rmtree(out / TRANSFORMER)
+        shutil.copytree(new_transformer, out / TRANSFORMER)
     for weights in (out / TRANSFORMER).glob("*.safetensors"):
         if blend < 1.0:
             blend_weights(model / TRANSFORMER / weights.name, weights, blend)
         store_half(weights)
+
+
+def _architecture(transformer: Path) -> dict:
+    """The config's settings, without the bookkeeping keys (`_name_or_path`, `_diffusers_version`)."""
+    config = json.loads((transformer / "config.json").read_text())
+    return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
 def blend_weights(shipped_path: Path, new_path: Path, blend: float) -> None:

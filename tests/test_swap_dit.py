@@ -37,6 +37,8 @@ def work_dir_with_new_dit(tiny_model_dir, tmp_path):
     work_dir = tmp_path / "W"
     shutil.copytree(tiny_model_dir / "decoder" / "transformer", work_dir / "decoder" / "transformer")
     perturb_first_tensor(work_dir / "decoder" / "transformer")
+    config = work_dir / "decoder" / "transformer" / "config.json"  # as save_pretrained writes it in a work dir
+    config.write_text(json.dumps({"_name_or_path": "some/work/dir", **json.loads(config.read_text())}))
     (work_dir / "dit").mkdir()
     rows = [{"step": 1, "seconds": 2.0, "images_seen": 8, "loss": 0.5},
             {"step": 2, "seconds": 4.0, "images_seen": 16, "loss": 0.4}]
@@ -50,6 +52,8 @@ def test_the_candidate_differs_from_the_model_in_its_dit_alone(swap_dit, tiny_mo
     swap_dit.build_candidate(tiny_model_dir, work_dir_with_new_dit, candidate)
 
     assert swap_dit.changed_files(tiny_model_dir, candidate) == []
+    config = Path("decoder") / "transformer" / "config.json"  # the same DiT retrained keeps the shipped config
+    assert (candidate / config).read_bytes() == (tiny_model_dir / config).read_bytes()
     new_dit = load_file(next((candidate / "decoder" / "transformer").glob("*.safetensors")))
     old_dit = load_file(next((tiny_model_dir / "decoder" / "transformer").glob("*.safetensors")))
     assert any(not new_dit[key].float().equal(old_dit[key].float()) for key in old_dit)
