@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from ..modeling.decoder import SAMPLERS
-from .editing import evaluate_editing
 from ..shapes.detect import MISMATCHES
 from .editing import EVAL_SEED as EDITING_SEED
+from .editing import evaluate_editing
 from .generation import EVAL_SEED as GENERATION_SEED
 from .generation import evaluate_generation, generation_cases
 from .retrieval import evaluate_retrieval
@@ -92,13 +92,13 @@ def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = QU
                     "edit_candidates": pipe.config.generation.edit_candidates,
                     "guidance_cutoff": pipe.config.generation.guidance_cutoff,
                     "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    generation_seed, editing_seed = (GENERATION_SEED, EDITING_SEED) if seed is None else (seed, seed)
     if seed is not None:
         report["cases_seed"] = seed
     runners = {
-        "generation": lambda: evaluate_generation_paths(pipe, per_category, steps, guidance,
-                                                            GENERATION_SEED if seed is None else seed),
+        "generation": lambda: evaluate_generation_paths(pipe, per_category, steps, guidance, generation_seed),
         "understanding": lambda: evaluate_understanding(pipe, per_type),
-        "editing": lambda: evaluate_editing(pipe, edits_per_type, steps, EDITING_SEED if seed is None else seed),
+        "editing": lambda: evaluate_editing(pipe, edits_per_type, steps, editing_seed),
         "retrieval": lambda: evaluate_retrieval(pipe, retrieval_scenes),
         "speed": lambda: measure_speed(pipe),
     }
