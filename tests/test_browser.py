@@ -133,6 +133,10 @@ def test_chat_draws_then_edits_the_drawing(app_page, tmp_path):
     assert page.locator("#chatbot img").count() == 1  # the drawing is inline in the conversation
     send_chat(page, "now make the circles blue")  # a follow-up: the drawn image is an input of this turn
     assert page.locator("#chatbot img").count() == 2
+    # a 64x64 drawing is drawn across its 192-pixel box, not at its native size in the middle of it
+    drawing = page.locator("#chatbot img").first
+    assert drawing.bounding_box()["width"] >= 192
+    assert drawing.evaluate("img => getComputedStyle(img).objectFit") in ("contain", "fill")
     page.screenshot(path=str(tmp_path / "chat-draw-edit.png"), full_page=True)
 
 

@@ -15,7 +15,9 @@ from .generate import build_generate_tab
 
 CSS = """
 #gen-gallery img, #gallery-results img, #gallery-browse img, #chatbot img { image-rendering: pixelated; }
-#chatbot .message img { width: 192px; height: auto; }
+/* Gradio's chat images scale down only (object-fit: scale-down): a 64x64 drawing sat at its native size in
+   a 192-pixel box, so let it fill the box */
+#chatbot .message img { width: 192px; height: auto; object-fit: contain; }
 /* 64x64 images at their native size are too small to judge: fill the component's frame, crisp */
 .fill-frame .image-frame { width: 100%; height: 100%; }
 .fill-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
