@@ -12,7 +12,9 @@ cost some picks (README, evaluation; `scripts/edit_caption_choice_study.py`).
 
 Captions in the Shapes grammar are compared as scenes, so "two red circles" and "a red circle and a red
 circle" are the same objects, and a caption that only adds a relation ("... to the left of ...") is a
-move. Any other text is compared as a bag of words.
+move. Any other text is compared as a bag of words. When the source is in the grammar, a beam that is not
+(a garbled "a small white trianglea triangle and ...") ranks after every beam that is: as words it differs
+from the source by one, so it used to win over a right beam that changes two objects.
 """
 
 from __future__ import annotations
@@ -55,7 +57,14 @@ def caption_change(source: str, candidate: str) -> int:
 
 
 def least_change(source: str, candidates: list[str]) -> int:
-    """Index of the candidate that changes `source` least; the earlier (better) beam on a tie."""
+    """Index of the candidate that changes `source` least; the earlier (better) beam on a tie. A candidate
+    outside the grammar that `source` is written in comes after those inside it."""
     if not candidates:
         raise ValueError("no candidate captions to choose from")
-    return min(range(len(candidates)), key=lambda i: (caption_change(source, candidates[i]), i))
+    in_grammar = caption_scene(source) is not None
+
+    def rank(i: int) -> tuple:
+        malformed = in_grammar and caption_scene(candidates[i]) is None
+        return malformed, caption_change(source, candidates[i]), i
+
+    return min(range(len(candidates)), key=rank)

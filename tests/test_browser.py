@@ -84,6 +84,22 @@ def test_generate_shows_progress_and_an_image(app_page, tmp_path):
     page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
 
 
+def test_an_edit_example_switches_to_edit_mode_and_edits(app_page, tmp_path):
+    page = app_page
+    open_tab(page, "Generate & Edit")
+    assert page.locator("#gen-prompt textarea").get_attribute("placeholder") == "two red circles above a blue square"
+    page.locator("#gen-examples").get_by_text("remove the triangle").click()
+    page.locator("#edit-image img").wait_for()  # the example's scene is loaded, its input shown
+    assert page.locator("#gen-prompt textarea").input_value() == "remove the triangle"
+    assert page.locator("#gen-prompt textarea").get_attribute("placeholder") == "make the circle blue"
+    run = page.get_by_role("button", name="Edit", exact=True)
+    run.wait_for()  # the run button follows the mode
+    run.click()
+    page.locator("#gen-gallery img").first.wait_for()
+    assert page.locator("#gen-caption textarea").input_value() != ""
+    page.screenshot(path=str(tmp_path / "edit-example.png"), full_page=True)
+
+
 def test_gallery_search_by_text(app_page, tmp_path):
     page = app_page
     open_tab(page, "Gallery")

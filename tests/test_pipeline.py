@@ -267,8 +267,24 @@ def test_caption_change_counts_objects_not_words():
              "a large green circle and two small blue squares",  # the same edit, a worse beam
              "a large red circle"]  # drops both squares: 2
     assert least_change(source, beams) == 2
+    # a garbled beam is one word away from the source, but a caption outside the grammar is no scene to draw
+    source = "a small white triangle and a large blue square"
+    beams = ["a small white trianglea triangle and a large blue square", "a large red square and a large white square"]
+    assert caption_change(source, beams[0]) == 1 and caption_change(source, beams[1]) == 2
+    assert least_change(source, beams) == 1
+    assert least_change("a fish", ["a fish on a bicycle", "two fish"]) == 1  # free text: words, as before
     with pytest.raises(ValueError):
         least_change(source, [])
+
+
+def test_an_edit_whose_caption_left_the_grammar_warns_the_user():
+    from omnibridge.ui.generate import OFF_GRAMMAR_EDIT, edit_warning
+
+    source = "a small white triangle and a large blue square"
+    assert edit_warning(source, "a small white trianglea triangle and a large blue square") == OFF_GRAMMAR_EDIT
+    assert edit_warning(source, "a small white triangle below a large blue square") is None
+    assert edit_warning("a cat on a sofa", "a dog on a sofa") is None  # a free-text model: nothing to check
+    assert edit_warning(None, "anything") is None  # no description (the model's own choice was not asked)
 
 
 def test_an_edit_can_choose_its_caption_among_beams(tiny_pipeline, scene_image):

@@ -15,12 +15,11 @@ import gradio as gr
 from ..feedback.store import FeedbackRecord
 from ..inputs import InvalidInputError, load_image
 from ..modeling.decoder import GenerationCancelled
-from .common import MODEL_QUEUE, clamp_float, clamp_int, generation_seconds, on_gpu, session_of, user_errors
+from .common import EXAMPLE_DIR, MODEL_QUEUE, clamp_float, clamp_int, generation_seconds, on_gpu, session_of, user_errors
 from .context import AppContext
 
 DRAW_MARK, EDIT_MARK = "🎨 ", "✏️ "
 MODES = {"Auto (the model decides)": "auto", "Always answer in text": "answer", "Always draw": "draw"}
-EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 
 
 def to_display(answer, answer_after: str = "") -> str:

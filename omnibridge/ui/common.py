@@ -6,6 +6,7 @@ import functools
 import inspect
 import logging
 import math
+from pathlib import Path
 
 import gradio as gr
 
@@ -16,6 +17,7 @@ from ..modeling.loading import ModelFolderError
 
 log = logging.getLogger("omnibridge.ui")
 
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"  # Shapes scenes to ask about or edit
 # Every event that runs the model joins this queue group: one model job at a time, whichever tab.
 MODEL_QUEUE = dict(concurrency_id="model", concurrency_limit=1)
 USER_ERRORS = (InvalidInputError, GalleryError, ModelFolderError, DecoderNumericalError, ValueError)

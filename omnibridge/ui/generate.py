@@ -9,13 +9,14 @@ import time
 import gradio as gr
 from PIL import Image
 
+from ..caption_choice import caption_scene
 from ..feedback.store import FeedbackRecord
 from ..gallery.store import content_id
 from ..inputs import MAX_PROMPT_CHARS, clean_text, load_image
 from ..modeling.decoder import SAMPLERS, GenerationCancelled
 from ..pipeline import MAX_SEED
 from ..self_check import MAX_CANDIDATES
-from .common import MODEL_QUEUE, clamp_float, clamp_int, generation_seconds, on_gpu, session_of, user_errors
+from .common import EXAMPLE_DIR, MODEL_QUEUE, clamp_float, clamp_int, generation_seconds, on_gpu, session_of, user_errors
 from .components import ImageInput
 from .context import AppContext
 
@@ -31,6 +32,23 @@ SAMPLER_LABELS = {
 }
 SAMPLER_STEPS = {"ddpm": 100}  # the others: the model's default
 assert set(SAMPLER_LABELS) == set(SAMPLERS)
+PLACEHOLDERS = {"Generate": "two red circles above a blue square", "Edit": "make the circle blue"}
+OFF_GRAMMAR_EDIT = ("The model described the image in its own words but could not write the edited scene in them, "
+                    "so this instruction is likely one it was not trained on. Instructions it knows: 'make the "
+                    "circle blue', 'remove the square', 'add a small red circle', 'move the triangle to the left' "
+                    "(or right, up, down; with two objects).")
+
+
+def example_rows() -> list[list]:
+    """The tab's examples as [mode, image to edit, prompt]: a visitor with no Shapes image at hand can still try
+    an edit, on the example scenes, with instructions of the kinds the model was trained on."""
+    scene = {path.stem: str(path) for path in EXAMPLE_DIR.glob("scene_*.png")}
+    return [["Generate", None, "two red circles above a blue square"],
+            ["Generate", None, "three green triangles"],
+            ["Edit", scene["scene_4"], "make the circle blue"],
+            ["Edit", scene["scene_2"], "remove the triangle"],
+            ["Edit", scene["scene_2"], "add a small red circle"],
+            ["Edit", scene["scene_4"], "move the circle to the right"]]
 
 
 def _guidance_info(cutoff: float) -> str:
@@ -39,6 +57,14 @@ def _guidance_info(cutoff: float) -> str:
         info += (f". This model guides the first {cutoff:.0%} of the steps; the rest run unguided, "
                  "at about half the cost")
     return info
+
+
+def edit_warning(source_description: str | None, caption: str) -> str | None:
+    """OFF_GRAMMAR_EDIT when the model described the source in the Shapes grammar but wrote a target caption
+    outside it (every beam garbled); None otherwise, and always for models that write free text."""
+    if source_description and caption_scene(source_description) is not None and caption_scene(caption) is None:
+        return OFF_GRAMMAR_EDIT
+    return None
 
 
 def file_sha(path: str) -> str:
@@ -111,7 +137,12 @@ class Generator:
                                         num_images=count, height=size, width=size,
                                         callback=self._callback(session, steps, progress), sampler=sampler,
                                         candidates=self._candidates(candidates))
-        return self._outputs(result, started, {"source_sha": content_id(source)})
+        outputs = self._outputs(result, started, {"source_sha": content_id(source)})
+        warning = edit_warning(result.parameters.get("source_description"), result.caption)
+        if warning:
+            gr.Warning(warning)  # the image is drawn anyway: the user sees what came of it
+            outputs[3]["warning"] = warning  # details: what an API caller reads
+        return outputs
 
 
 def _seconds(mode_name, image, text, do_rewrite, seed_value, random_seed, n_steps, scale, edit_strength, n,
@@ -129,7 +160,7 @@ def build_generate_tab(ctx: AppContext) -> dict:
             mode = gr.Radio(["Generate", "Edit"], value="Generate", label="Mode", elem_id="gen-mode")
             source = ImageInput(label="Image to edit", sources=["upload", "clipboard"], visible=False,
                               elem_id="edit-image", format="png", height=220, elem_classes="fill-frame")
-            prompt = gr.Textbox(label="Prompt", placeholder="two red circles above a blue square", max_lines=4,
+            prompt = gr.Textbox(label="Prompt", placeholder=PLACEHOLDERS["Generate"], max_lines=4,
                                 elem_id="gen-prompt", info="Press Enter to run. In Edit mode: the instruction, "
                                                             "e.g. 'make the circle blue'.")
             rewrite = gr.Checkbox(value=True, label="Rewrite the prompt with the LLM (OmniBridge's rewrite step)")
@@ -158,6 +189,8 @@ def build_generate_tab(ctx: AppContext) -> dict:
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="gen-run")
                 stop = gr.Button("Stop", elem_id="gen-stop")
+            gr.Examples(examples=example_rows(), inputs=[mode, source, prompt], label="Examples",
+                        elem_id="gen-examples")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Results", columns=2, height=420, format="png", type="filepath",
                                  object_fit="contain", buttons=["download", "fullscreen"], elem_id="gen-gallery")
@@ -176,7 +209,8 @@ def build_generate_tab(ctx: AppContext) -> dict:
         editing = mode_name == "Edit"
         return (gr.Image(visible=editing), gr.Slider(visible=editing), gr.Checkbox(visible=not editing),
                 gr.Button(value="Edit" if editing else "Generate"),
-                defaults.edit_candidates if editing else defaults.candidates)
+                defaults.edit_candidates if editing else defaults.candidates,
+                gr.Textbox(placeholder=PLACEHOLDERS[mode_name]))
 
     @on_gpu(_seconds)
     @user_errors
@@ -233,7 +267,7 @@ def build_generate_tab(ctx: AppContext) -> dict:
     ui_inputs = [mode, source, prompt, rewrite, seed, randomize, steps, guidance, strength, count, size, sampler,
                  candidates]
     ui_outputs = [gallery, caption, seed, details, results, selected, rated]
-    mode.change(switch, [mode], [source, strength, rewrite, run, candidates], queue=False,
+    mode.change(switch, [mode], [source, strength, rewrite, run, candidates, prompt], queue=False,
                 api_visibility="private")
     sampler.change(lambda kind: SAMPLER_STEPS.get(kind, defaults.num_inference_steps), [sampler], [steps],
                    queue=False, api_visibility="private")
