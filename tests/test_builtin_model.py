@@ -89,3 +89,34 @@ def test_an_edit_in_chat_keeps_the_caption_that_changes_its_own_description_leas
     assert len(written) == builtin.config.generation.edit_caption_beams == 4
     assert final.answer.caption == final.result.caption == written[least_change(description, written)]
     assert caption_change(description, final.result.caption) < NO_CHANGE  # the edit changes something
+
+
+def test_the_apps_example_questions_are_answered_as_their_images_show(builtin):
+    """A visitor's first clicks. The truth is read off each image by the evaluator's detector; an example
+    scene the model gets wrong (the first scene_3, two small touching objects, answered "red" for a purple
+    square) shows the model at its weakest rather than at work, and is replaced."""
+    from PIL import Image
+
+    from omnibridge.shapes.captions import NUMBER_WORDS, parse_caption
+    from omnibridge.shapes.detect import detect, image_matches
+    from omnibridge.ui.chat import example_inputs
+
+    asked = 0
+    for example in example_inputs():
+        if not example["files"] or not example["text"].endswith(("?", ".")):  # drawings and edits: elsewhere
+            continue
+        image, question = Image.open(example["files"][0]).convert("RGB"), example["text"]
+        answer = builtin.answer_batch([image], [question])[0]
+        seen = detect(image)
+        if question == "Describe the image.":
+            assert image_matches(image, parse_caption(answer)), answer
+        elif question.startswith("How many "):
+            shape = question.split()[2].rstrip("s")
+            assert answer == NUMBER_WORDS[sum(o.shape == shape for o in seen)], answer
+        elif question.startswith("What color is the "):
+            shape = question.rstrip("?").split()[-1]
+            assert answer == next(o.color for o in seen if o.shape == shape), answer
+        else:
+            raise AssertionError(f"no truth for the example question {question!r}: add it here")
+        asked += 1
+    assert asked == 3
