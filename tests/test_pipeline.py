@@ -278,7 +278,7 @@ def test_caption_change_counts_objects_not_words():
 
 
 def test_an_edit_whose_caption_left_the_grammar_warns_the_user():
-    from omnibridge.ui.generate import OFF_GRAMMAR_EDIT, edit_warning
+    from omnibridge.ui.common import OFF_GRAMMAR_EDIT, edit_warning
 
     source = "a small white triangle and a large blue square"
     assert edit_warning(source, "a small white trianglea triangle and a large blue square") == OFF_GRAMMAR_EDIT

@@ -15,7 +15,8 @@ import gradio as gr
 from ..feedback.store import FeedbackRecord
 from ..inputs import InvalidInputError, load_image
 from ..modeling.decoder import GenerationCancelled
-from .common import EXAMPLE_DIR, MODEL_QUEUE, clamp_float, clamp_int, generation_seconds, on_gpu, session_of, user_errors
+from .common import (EXAMPLE_DIR, MODEL_QUEUE, clamp_float, clamp_int, edit_warning, generation_seconds, on_gpu,
+                     session_of, user_errors)
 from .context import AppContext
 
 DRAW_MARK, EDIT_MARK = "🎨 ", "✏️ "
@@ -150,6 +151,9 @@ def build_chat_tab(ctx: AppContext) -> dict:
                 shown = to_display(event.answer, pipeline.config.prompts.answer_after)
                 history[-1] = {"role": "assistant", "content": shown or "…"}
                 if event.result is not None:
+                    warning = edit_warning(event.result.parameters.get("source_description"), event.result.caption)
+                    if warning:
+                        gr.Warning(warning)
                     for image in event.result.images:
                         path = ctx.save_output(image, {**event.result.parameters, "chat": True})
                         history.append({"role": "assistant", "content": {"path": path}})

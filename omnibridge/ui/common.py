@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..caption_choice import caption_scene
 from ..gallery.store import GalleryError
 from ..inputs import InvalidInputError
 from ..modeling.decoder import DecoderNumericalError, GenerationCancelled
@@ -90,3 +91,17 @@ def clamp_float(value, low: float, high: float, default: float) -> float:
     if math.isnan(number) or math.isinf(number):
         return default if math.isnan(number) else (high if number > 0 else low)
     return float(min(high, max(low, number)))
+
+
+OFF_GRAMMAR_EDIT = ("The model described the image in its own words but could not write the edited scene in them, "
+                    "so this instruction is likely one it was not trained on. Instructions it knows: 'make the "
+                    "circle blue', 'remove the square', 'add a small red circle', 'move the triangle to the left' "
+                    "(or right, up, down; with two objects).")
+
+
+def edit_warning(source_description: str | None, caption: str) -> str | None:
+    """OFF_GRAMMAR_EDIT when the model described the source in the Shapes grammar but wrote a target caption
+    outside it (every beam garbled); None otherwise, and always for models that write free text."""
+    if source_description and caption_scene(source_description) is not None and caption_scene(caption) is None:
+        return OFF_GRAMMAR_EDIT
+    return None

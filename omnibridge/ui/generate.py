@@ -9,14 +9,14 @@ import time
 import gradio as gr
 from PIL import Image
 
-from ..caption_choice import caption_scene
 from ..feedback.store import FeedbackRecord
 from ..gallery.store import content_id
 from ..inputs import MAX_PROMPT_CHARS, clean_text, load_image
 from ..modeling.decoder import SAMPLERS, GenerationCancelled
 from ..pipeline import MAX_SEED
 from ..self_check import MAX_CANDIDATES
-from .common import EXAMPLE_DIR, MODEL_QUEUE, clamp_float, clamp_int, generation_seconds, on_gpu, session_of, user_errors
+from .common import (EXAMPLE_DIR, MODEL_QUEUE, clamp_float, clamp_int, edit_warning, generation_seconds, on_gpu,
+                     session_of, user_errors)
 from .components import ImageInput
 from .context import AppContext
 
@@ -33,10 +33,6 @@ SAMPLER_LABELS = {
 SAMPLER_STEPS = {"ddpm": 100}  # the others: the model's default
 assert set(SAMPLER_LABELS) == set(SAMPLERS)
 PLACEHOLDERS = {"Generate": "two red circles above a blue square", "Edit": "make the circle blue"}
-OFF_GRAMMAR_EDIT = ("The model described the image in its own words but could not write the edited scene in them, "
-                    "so this instruction is likely one it was not trained on. Instructions it knows: 'make the "
-                    "circle blue', 'remove the square', 'add a small red circle', 'move the triangle to the left' "
-                    "(or right, up, down; with two objects).")
 
 
 def example_rows() -> list[list]:
@@ -57,14 +53,6 @@ def _guidance_info(cutoff: float) -> str:
         info += (f". This model guides the first {cutoff:.0%} of the steps; the rest run unguided, "
                  "at about half the cost")
     return info
-
-
-def edit_warning(source_description: str | None, caption: str) -> str | None:
-    """OFF_GRAMMAR_EDIT when the model described the source in the Shapes grammar but wrote a target caption
-    outside it (every beam garbled); None otherwise, and always for models that write free text."""
-    if source_description and caption_scene(source_description) is not None and caption_scene(caption) is None:
-        return OFF_GRAMMAR_EDIT
-    return None
 
 
 def file_sha(path: str) -> str:
