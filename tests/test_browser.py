@@ -130,6 +130,11 @@ def test_a_liked_answer_appears_in_the_feedback_tab(app_page, tmp_path):
     open_tab(page, "Feedback")
     page.locator("#feedback-refresh").click()
     page.locator("#feedback-table").get_by_text("browser test comment").first.wait_for(state="attached")
+    # the columns keep their set widths: left to the browser, an empty one wrapped its header a letter a line
+    from omnibridge.ui.feedback import COLUMN_WIDTHS
+
+    widths = page.locator("#feedback-table th").evaluate_all("cells => cells.map(c => c.getBoundingClientRect().width)")
+    assert [round(w) for w in widths] == [int(w.removesuffix("px")) for w in COLUMN_WIDTHS], widths
     page.screenshot(path=str(tmp_path / "feedback.png"), full_page=True)
 
 

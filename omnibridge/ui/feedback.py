@@ -15,6 +15,10 @@ from .context import AppContext
 
 TABS = ["all", "chat", "generate", "gallery", "compare", "api"]
 COLUMNS = ["id", "time", "tab", "kind", "value", "comment", "model", "latency_s", "inputs", "outputs"]
+# Left to themselves, the wrapped columns shrink an empty "comment" to one letter a line; the JSON columns
+# take the rest and scroll sideways.
+COLUMN_WIDTHS = ["50px", "170px", "90px", "80px", "80px", "220px", "160px", "110px", "360px", "360px"]
+assert len(COLUMN_WIDTHS) == len(COLUMNS)
 RATE_COLUMNS = ["pair", "variant A", "variant B", "A wins", "B wins", "ties", "both bad", "votes", "A win rate"]
 
 
@@ -54,7 +58,8 @@ def build_feedback_tab(ctx: AppContext) -> dict:
         kind = gr.Dropdown(["all", *KINDS], value="all", label="Kind", elem_id="feedback-kind")
         refresh = gr.Button("Refresh", elem_id="feedback-refresh")
     summary = gr.Markdown(elem_id="feedback-summary")
-    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, max_height=420, elem_id="feedback-table")
+    table = gr.Dataframe(headers=COLUMNS, column_widths=COLUMN_WIDTHS, interactive=False, wrap=True, max_height=420,
+                         elem_id="feedback-table")
     with gr.Row():
         export_csv = gr.DownloadButton("Export CSV", elem_id="feedback-csv")
         export_jsonl = gr.DownloadButton("Export JSONL", elem_id="feedback-jsonl")
