@@ -56,15 +56,16 @@ def caption_change(source: str, candidate: str) -> int:
     return NO_CHANGE if changed == 0 and relation is None else changed
 
 
+def leaves_grammar(source: str, candidate: str) -> bool:
+    """Whether `candidate` is outside the Shapes grammar that `source` is written in (a garbled beam); never
+    for a free-text source, whose candidates are compared as words."""
+    return caption_scene(source) is not None and caption_scene(candidate) is None
+
+
 def least_change(source: str, candidates: list[str]) -> int:
     """Index of the candidate that changes `source` least; the earlier (better) beam on a tie. A candidate
     outside the grammar that `source` is written in comes after those inside it."""
     if not candidates:
         raise ValueError("no candidate captions to choose from")
-    in_grammar = caption_scene(source) is not None
-
-    def rank(i: int) -> tuple:
-        malformed = in_grammar and caption_scene(candidates[i]) is None
-        return malformed, caption_change(source, candidates[i]), i
-
-    return min(range(len(candidates)), key=rank)
+    return min(range(len(candidates)), key=lambda i: (leaves_grammar(source, candidates[i]),
+                                                      caption_change(source, candidates[i]), i))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..caption_choice import caption_scene
+from ..caption_choice import leaves_grammar
 from ..gallery.store import GalleryError
 from ..inputs import InvalidInputError
 from ..modeling.decoder import DecoderNumericalError, GenerationCancelled
@@ -102,6 +102,6 @@ OFF_GRAMMAR_EDIT = ("The model described the image in its own words but could no
 def edit_warning(source_description: str | None, caption: str) -> str | None:
     """OFF_GRAMMAR_EDIT when the model described the source in the Shapes grammar but wrote a target caption
     outside it (every beam garbled); None otherwise, and always for models that write free text."""
-    if source_description and caption_scene(source_description) is not None and caption_scene(caption) is None:
+    if source_description and leaves_grammar(source_description, caption):
         return OFF_GRAMMAR_EDIT
     return None
