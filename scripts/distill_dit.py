@@ -8,12 +8,16 @@ scripts/swap_dit.py looks for a new DiT (`<work-dir>/decoder/transformer`).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from dataclasses import fields
 from pathlib import Path
 
+from diffusers import HunyuanDiT2DModel
+
+from omnibridge.evaluation.generation import VALIDATION_SEED, evaluate_generation, generation_cases
 from omnibridge.modeling.decoder import HunyuanDecoder
-from omnibridge.training.distill_stage import DistillConfig, distill_dit
+from omnibridge.training.distill_stage import DistillConfig, distill_dit, student_timesteps
 from omnibridge.training.stages import decoder_dir
 
 
@@ -25,15 +29,57 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     for field in fields(DistillConfig):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    parser.add_argument("--report", action="store_true",
+                        help="instead of training: the validation check of the teacher at the sampling its targets "
+                             "stand for and at the model's default, and of the trained student at its own steps")
     args = parser.parse_args()
     config = DistillConfig(**{field.name: getattr(args, field.name) for field in fields(DistillConfig)})
 
     teacher = HunyuanDecoder.from_pretrained(args.model / "decoder")
+    if args.report:
+        print(json.dumps(report(teacher, args.model, args.work_dir, config), indent=2))
+        return
     student, summary = distill_dit(teacher, config, args.work_dir, args.seed, args.resume)
     out = decoder_dir(args.work_dir) / "transformer"
     student.save_pretrained(out)
     (args.work_dir / "distill" / "config.json").write_text(json.dumps(vars(config), indent=2))
     print(json.dumps({**summary, "student": str(out)}))
+
+
+def report(teacher: HunyuanDecoder, model: Path, work_dir: Path, config: DistillConfig) -> dict:
+    """Decoder alone, the 150 validation prompts the stage checks on: where the student stands between what its
+    targets stand for (the teacher at DDIM with k*N steps, guided where the targets were) and where it began."""
+    defaults = json.loads((model / "omnibridge_config.json").read_text())["generation"]
+    cases = generation_cases(config.eval_prompts_per_category, seed=VALIDATION_SEED)
+    teacher_steps = config.student_steps * config.teacher_substeps
+    grid = student_timesteps(teacher_steps)  # the sub-steps: the k*N-step DDIM grid, to a timestep or so
+    guided_share = sum(t >= config.guided_from for t in grid[:-1]) / teacher_steps
+
+    def scores(decoder, sampler, steps, guidance, cutoff=1.0):
+        def generate(prompts, seeds):
+            size = decoder.sample_size
+            latents = decoder.denoise(decoder.encode_captions(prompts), seeds, size, size, steps, guidance,
+                                      sampler=sampler, guidance_cutoff=cutoff)
+            return decoder.decode_latents(latents)
+        result = evaluate_generation(generate, cases)
+        return {k: result[k] for k in ("overall", "single_object", "two_object", "counting", "colors", "position",
+                                       "color_attr")}
+
+    student = copy.copy(teacher)
+    student.transformer = HunyuanDiT2DModel.from_pretrained(decoder_dir(work_dir), subfolder="transformer").eval()
+    student._negative_cache = {}
+    return {
+        "teacher_at_the_targets_sampling": {"sampler": f"ddim @{teacher_steps}", "guided_share": guided_share,
+                                            **scores(teacher, "ddim", teacher_steps, config.guidance_scale,
+                                                     guided_share)},
+        "teacher_at_the_default": {"sampler": f"{defaults['sampler']} @{defaults['num_inference_steps']}",
+                                   **scores(teacher, defaults["sampler"], defaults["num_inference_steps"],
+                                            defaults["guidance_scale"], defaults["guidance_cutoff"])},
+        "teacher_at_the_students_steps": {"sampler": f"ddim @{config.student_steps}, unguided",
+                                          **scores(teacher, "ddim", config.student_steps, 1.0)},
+        "student": {"sampler": f"ddim @{config.student_steps}, unguided",
+                    **scores(student, "ddim", config.student_steps, 1.0)},
+    }
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ kept. `--blend a` puts in (1 - a) * shipped + a * new instead, tensor by tensor:
 weights can be averaged (WiSE-FT, Wortsman et al. 2022), which often keeps what the first did well and most of
 what the training added. `--screen` only prints the decoder-alone check that the decoder stage runs after its
 last step (the 150 validation prompts), for choosing `a` without touching the held-out sets.
+A DiT that samples differently (a distilled one: scripts/distill_dit.py) brings its own defaults: `--generation
+sampler=ddim --generation num_inference_steps=8 --generation guidance_scale=1` writes them into the candidate's
+`omnibridge_config.json`, and that file may then differ from the shipped one in those keys alone.
 
     PYTHONPATH=. python scripts/swap_dit.py --model assets/omnibridge-shapes --work-dir runs/ditcool/W \
         --out runs/ditcool/cand --stage dit_cooldown --note "..." --command "python -m omnibridge.train ..."
@@ -38,6 +41,7 @@ from omnibridge.training.stages import decoder_dir, store_half, training_summary
 TRANSFORMER = Path("decoder") / "transformer"
 # Written by this script, so they may differ from the shipped folder's.
 REWRITTEN = {"README.md", "evaluation.json", "training_report.json"}
+CONFIG = "omnibridge_config.json"
 
 
 def build_candidate(model: Path, work_dir: Path, out: Path, blend: float = 1.0) -> None:
@@ -88,22 +92,50 @@ def screen(candidate: Path) -> dict:
     return evaluate_generation(decoder_alone_generator(decoder), cases)
 
 
-def changed_files(model: Path, candidate: Path) -> list[str]:
-    """Files outside the transformer and the rewritten reports that differ between the two folders."""
+def set_generation_defaults(candidate: Path, settings: dict[str, str]) -> None:
+    """Write `settings` (from `--generation key=value`) into the candidate config's generation defaults."""
+    path = candidate / CONFIG
+    config = json.loads(path.read_text())
+    for key, text in settings.items():
+        if key not in config["generation"]:
+            raise ValueError(f"{key} is not a generation setting ({', '.join(config['generation'])})")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:  # a bare word: sampler=ddim
+            value = text
+        config["generation"][key] = type(config["generation"][key])(value)
+    path.write_text(json.dumps(config, indent=2))
+
+
+def _config_without(path: Path, generation_keys) -> dict:
+    config = json.loads(path.read_text())
+    for key in generation_keys:
+        config["generation"].pop(key, None)
+    return config
+
+
+def changed_files(model: Path, candidate: Path, generation_keys=()) -> list[str]:
+    """Files outside the transformer and the rewritten reports that differ between the two folders; the
+    config may differ in `generation_keys` (the DiT's own sampling defaults) alone."""
     changed = []
     for path in sorted(model.rglob("*")):
         relative = path.relative_to(model)
         if not path.is_file() or relative.parts[:2] == TRANSFORMER.parts or str(relative) in REWRITTEN:
             continue
-        if not filecmp.cmp(path, candidate / relative, shallow=False):
+        if str(relative) == CONFIG and generation_keys:
+            same = _config_without(path, generation_keys) == _config_without(candidate / relative, generation_keys)
+        else:
+            same = filecmp.cmp(path, candidate / relative, shallow=False)
+        if not same:
             changed.append(str(relative))
     return changed
 
 
-def record_training(candidate: Path, work_dir: Path, stage: str, note: str, command: str) -> None:
+def record_training(candidate: Path, work_dir: Path, stage: str, note: str, command: str,
+                    log_stage: str = "dit") -> None:
     path = candidate / "training_report.json"
     report = json.loads(path.read_text()) if path.exists() else {}
-    entry = training_summary(work_dir)["dit"]
+    entry = training_summary(work_dir)[log_stage]
     report[stage] = {**entry, "note": note}
     report.setdefault("commands", []).append({"command": command, "note": note})
     path.write_text(json.dumps(report, indent=2))
@@ -119,18 +151,24 @@ def main() -> None:
     parser.add_argument("--stage", help="the name of the DiT's row in training_report.json")
     parser.add_argument("--note")
     parser.add_argument("--command", help="the training command, as the card lists it")
+    parser.add_argument("--log-stage", default="dit", help="the work dir's stage log that trained it (distill: a "
+                                                          "distilled DiT)")
+    parser.add_argument("--generation", action="append", default=[], metavar="KEY=VALUE",
+                        help="a generation default the new DiT samples with (repeatable)")
     args = parser.parse_args()
     if not args.screen and not (args.stage and args.note and args.command):
         parser.error("--stage, --note and --command are needed unless --screen")
 
+    settings = dict(item.split("=", 1) for item in args.generation)
     build_candidate(args.model, args.work_dir, args.out, args.blend)
-    changed = changed_files(args.model, args.out)
+    set_generation_defaults(args.out, settings)
+    changed = changed_files(args.model, args.out, settings)
     if changed:
         raise SystemExit(f"the candidate differs from {args.model} beyond its DiT: {changed}")
     if args.screen:
         print(json.dumps({"blend": args.blend, "validation_decoder_alone": screen(args.out)}))
         return
-    record_training(args.out, args.work_dir, args.stage, args.note, args.command)
+    record_training(args.out, args.work_dir, args.stage, args.note, args.command, args.log_stage)
 
     pipe = OmniBridgePipeline.from_pretrained(args.out)
     measured = run_evaluation(pipe, parts=("generation", "editing"))
@@ -139,7 +177,8 @@ def main() -> None:
     write_model_card(args.out, report)
     print(format_table(report))
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
-    print(f"candidate: {args.out} ({size / 2**20:.1f} MiB), every file but the DiT identical to {args.model}")
+    beyond = f" and the generation defaults {settings}" if settings else ""
+    print(f"candidate: {args.out} ({size / 2**20:.1f} MiB), every file but the DiT{beyond} identical to {args.model}")
 
 
 if __name__ == "__main__":

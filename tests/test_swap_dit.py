@@ -110,3 +110,27 @@ def test_the_screen_runs_the_decoder_stage_check(swap_dit, tiny_model_dir, monke
     monkeypatch.setattr(swap_dit, "generation_cases", lambda per_category, seed: all_cases(1, seed))  # 6, not 150
     scores = swap_dit.screen(tiny_model_dir)
     assert scores["n_prompts"] == 6 and 0.0 <= scores["overall"] <= 1.0
+
+
+def test_a_distilled_dit_brings_its_generation_defaults_and_nothing_else(swap_dit, tiny_model_dir,
+                                                                         work_dir_with_new_dit, tmp_path):
+    candidate = tmp_path / "cand"
+    settings = {"sampler": "ddim", "num_inference_steps": "8", "guidance_scale": "1"}
+    swap_dit.build_candidate(tiny_model_dir, work_dir_with_new_dit, candidate)
+    swap_dit.set_generation_defaults(candidate, settings)
+
+    generation = json.loads((candidate / "omnibridge_config.json").read_text())["generation"]
+    assert (generation["sampler"], generation["num_inference_steps"], generation["guidance_scale"]) == ("ddim", 8, 1.0)
+    assert swap_dit.changed_files(tiny_model_dir, candidate, settings) == []
+    assert swap_dit.changed_files(tiny_model_dir, candidate) == ["omnibridge_config.json"]  # without the allowance
+
+    config = json.loads((candidate / "omnibridge_config.json").read_text())
+    config["generation"]["max_new_tokens"] += 1  # a default the DiT does not bring
+    (candidate / "omnibridge_config.json").write_text(json.dumps(config))
+    assert swap_dit.changed_files(tiny_model_dir, candidate, settings) == ["omnibridge_config.json"]
+
+
+def test_an_unknown_generation_default_is_refused(swap_dit, tiny_model_dir, work_dir_with_new_dit, tmp_path):
+    swap_dit.build_candidate(tiny_model_dir, work_dir_with_new_dit, tmp_path / "cand")
+    with pytest.raises(ValueError, match="not a generation setting"):
+        swap_dit.set_generation_defaults(tmp_path / "cand", {"sampler_kind": "ddim"})

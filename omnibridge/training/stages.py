@@ -154,7 +154,7 @@ def training_summary(work_dir: Path) -> dict:
     """Each stage's steps, training seconds, images seen, loss first -> last, and the decoder's eval curve,
     read back from the stage logs (so it covers every resumed run); and the commands run in the work dir."""
     summary = {}
-    for stage in ("vae", "dit", "llm", "vision", "align", "retrieval"):
+    for stage in ("vae", "dit", "distill", "llm", "vision", "align", "retrieval"):
         path = Path(work_dir) / stage / "log.jsonl"
         if not path.exists():
             continue
