@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=31)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cuda: train on a GPU (the student comes back to the CPU)")
     for field in fields(DistillConfig):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     parser.add_argument("--report", action="store_true",
@@ -35,13 +36,13 @@ def main() -> None:
     args = parser.parse_args()
     config = DistillConfig(**{field.name: getattr(args, field.name) for field in fields(DistillConfig)})
 
-    teacher = HunyuanDecoder.from_pretrained(args.model / "decoder")
+    teacher = HunyuanDecoder.from_pretrained(args.model / "decoder", device=args.device)
     if args.report:
         print(json.dumps(report(teacher, args.model, args.work_dir, config), indent=2))
         return
     student, summary = distill_dit(teacher, config, args.work_dir, args.seed, args.resume)
     out = decoder_dir(args.work_dir) / "transformer"
-    student.save_pretrained(out)
+    student.cpu().save_pretrained(out)
     (args.work_dir / "distill" / "config.json").write_text(json.dumps(vars(config), indent=2))
     print(json.dumps({**summary, "student": str(out)}))
 

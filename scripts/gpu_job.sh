@@ -5,9 +5,12 @@
 #   2. new DiTs of several sizes trained at once on the built-in decoder's frozen VAE and text
 #      encoders (--decoder-from), so that the shipped alignment stays valid; tiny models leave a big
 #      GPU mostly idle, so they share it, each with worker processes rendering its batches;
+#   2b. beside them, the shipped DiT distilled into an 8-step student (scripts/distill_dit.py; on the CPU its
+#      curve went flat at 0.59-0.61 on validation in 594 steps at batch 64, docs/performance-notes.md);
 #   3. their transformers (half precision: the transfer's 16 MB-per-file limit; loading casts back
 #      to the pipeline's dtype) and logs packed into $OUT as dits.tar.part-*.
-# Dry run on a CPU: PATH=.venv/bin:$PATH WHEELS= DEVICE=cpu MINUTES=0.05 CHECK_ARGS=--tiny SIZES=64x2 BATCH=8 bash scripts/gpu_job.sh
+# Dry run on a CPU: PATH=.venv/bin:$PATH WHEELS= DEVICE=cpu MINUTES=0.05 CHECK_ARGS=--tiny SIZES=64x2 BATCH=8 \
+#   DISTILL_ARGS="--eval-prompts-per-category 1" bash scripts/gpu_job.sh
 set -u
 OUT=${OUT:-/tmp/gpu-job-out}
 DEVICE=${DEVICE:-cuda}
@@ -15,6 +18,8 @@ MINUTES=${MINUTES:-4}
 SIZES=${SIZES:-"192x6 256x8 320x8"}
 BATCH=${BATCH:-256}
 CHECK_ARGS=${CHECK_ARGS:-}
+DISTILL=${DISTILL:-1}
+DISTILL_ARGS=${DISTILL_ARGS:-}
 WORK=${WORK:-/tmp/gpu-job-work}
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD
@@ -37,9 +42,14 @@ for size in $SIZES; do
     --decoder-from assets/omnibridge-shapes/decoder --dit-width "${size%x*}" --dit-layers "${size#*x}" \
     --dit-batch "$BATCH" --decoder-minutes "$MINUTES" --device "$DEVICE" --threads 2 > "$WORK/train-$size.log" 2>&1 &
 done
+if [ "$DISTILL" = 1 ]; then
+  timeout $(python3 -c "print(int($MINUTES * 60 + 180))") python3 scripts/distill_dit.py --work-dir "$WORK/run-distill" \
+    --minutes "$MINUTES" --batch "$BATCH" --device "$DEVICE" $DISTILL_ARGS > "$WORK/train-distill.log" 2>&1 &
+fi
 wait
 echo "== packing $(date -u +%T)"
-python3 - "$WORK" $SIZES <<'PY'
+RUNS="$SIZES"; [ "$DISTILL" = 1 ] && RUNS="$SIZES distill"
+python3 - "$WORK" $RUNS <<'PY'
 import json, shutil, sys
 from pathlib import Path
 import torch
@@ -47,25 +57,31 @@ from safetensors.torch import load_file, save_file
 work, sizes = Path(sys.argv[1]), sys.argv[2:]
 pack = work / "pack"
 for size in sizes:
-    run, dest = work / f"dit-{size}", pack / size
+    # a DiT trained on is in dit-SIZE/ with its log in dit/; the distilled student in run-distill/, log in distill/
+    run, dest = (work / "run-distill", pack / size) if size == "distill" else (work / f"dit-{size}", pack / size)
+    stage = "distill" if size == "distill" else "dit"
     dest.mkdir(parents=True, exist_ok=True)
     saved = run / "decoder" / "transformer"
     if (saved / "diffusion_pytorch_model.safetensors").exists():
         weights = load_file(saved / "diffusion_pytorch_model.safetensors")
         shutil.copy(saved / "config.json", dest / "config.json")
-    elif (run / "dit" / "best.pt").exists():  # stopped before its final save: its best evaluated EMA weights
-        best = torch.load(run / "dit" / "best.pt", map_location="cpu")
-        weights = {k.removeprefix("transformer."): v for k, v in best.items() if k.startswith("transformer.")}
+    elif (run / stage / "best.pt").exists():  # stopped before its final save: its best evaluated EMA weights
+        best = torch.load(run / stage / "best.pt", map_location="cpu")
+        if stage == "dit":
+            weights = {k.removeprefix("transformer."): v for k, v in best.items() if k.startswith("transformer.")}
+        else:  # the student's own state dict; its config is the shipped DiT's
+            weights = best
+            shutil.copy("assets/omnibridge-shapes/decoder/transformer/config.json", dest / "config.json")
     else:
         print(size, "produced no weights"); continue
     save_file({k: v.half().contiguous() for k, v in weights.items()}, dest / "diffusion_pytorch_model.safetensors")
     for name in ("log.jsonl",):
-        if (run / "dit" / name).exists():
-            shutil.copy(run / "dit" / name, dest / name)
+        if (run / stage / name).exists():
+            shutil.copy(run / stage / name, dest / name)
     shutil.copy(work / f"train-{size}.log", dest / "train.log")
-    evals = [json.loads(l) for l in (run / "dit" / "log.jsonl").read_text().splitlines() if '"eval"' in l]
+    evals = [json.loads(l) for l in (run / stage / "log.jsonl").read_text().splitlines() if '"eval"' in l]
     print(size, "steps", evals[-1]["step"] if evals else None, "evals", [(e["step"], e["overall"]) for e in evals])
 PY
-for size in $SIZES; do tail -c 600 "$WORK/train-$size.log" | tr '\r' '\n' | tail -3; done
+for size in $RUNS; do tail -c 600 "$WORK/train-$size.log" | tr '\r' '\n' | tail -3; done
 tar -C "$WORK" -cf "$WORK/dits.tar" pack && split -b 15m "$WORK/dits.tar" "$OUT/dits.tar.part-"
 ls -la "$OUT"; echo "== done $(date -u +%T)"

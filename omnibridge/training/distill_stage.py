@@ -64,15 +64,17 @@ class _Schedule:
     def __init__(self):
         self.alphas_cumprod = training_noise_schedule().alphas_cumprod.double()
 
-    def __call__(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, t: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        t = t.cpu()
         alpha_bar = torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0)], torch.ones((), dtype=torch.float64))
-        return alpha_bar.sqrt().float().view(-1, 1, 1, 1), (1 - alpha_bar).sqrt().float().view(-1, 1, 1, 1)
+        return (alpha_bar.sqrt().float().view(-1, 1, 1, 1).to(device),
+                (1 - alpha_bar).sqrt().float().view(-1, 1, 1, 1).to(device))
 
 
 def ddim_step(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, s: torch.Tensor, schedule: _Schedule) -> torch.Tensor:
     """x_t -> x_s, deterministically, for a v-prediction model."""
-    alpha_t, sigma_t = schedule(t)
-    alpha_s, sigma_s = schedule(s)
+    alpha_t, sigma_t = schedule(t, x.device)
+    alpha_s, sigma_s = schedule(s, x.device)
     clean = alpha_t * x - sigma_t * v
     noise = sigma_t * x + alpha_t * v
     return alpha_s * clean + sigma_s * noise
@@ -81,8 +83,8 @@ def ddim_step(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, s: torch.Tensor
 def v_landing_at(x_t: torch.Tensor, x_s: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                  schedule: _Schedule) -> torch.Tensor:
     """The v for which one DDIM step from (x_t, t) lands on x_s at s: the student's target."""
-    alpha_t, sigma_t = schedule(t)
-    alpha_s, sigma_s = schedule(s)
+    alpha_t, sigma_t = schedule(t, x_t.device)
+    alpha_s, sigma_s = schedule(s, x_t.device)
     ratio = sigma_s / sigma_t
     clean = (x_s - ratio * x_t) / (alpha_s - ratio * alpha_t)
     return (alpha_t * x_t - clean) / sigma_t
@@ -99,10 +101,12 @@ def teacher_walk(teacher: HunyuanDecoder, x: torch.Tensor, start: torch.Tensor, 
         t = (start - (start - end) * j / k).round().long()
         s = (start - (start - end) * (j + 1) / k).round().long()
         guided = (t >= config.guided_from) & (config.guidance_scale > 1.0)
-        v = teacher.predict(x, t.float(), cond, rotary)
+        v = teacher.predict(x, t.float().to(x.device), cond, rotary)
         if guided.any():
             index = guided.nonzero().squeeze(1)
-            uncond = teacher.predict(x[index], t[index].float(), negative.repeat(len(index)), rotary)
+            uncond = teacher.predict(x[index.to(x.device)], t[index].float().to(x.device),
+                                     negative.repeat(len(index)), rotary)
+            index = index.to(x.device)
             v[index] = uncond + config.guidance_scale * (v[index] - uncond)
         x = ddim_step(x, v, t, s, schedule)
     return x
@@ -125,8 +129,8 @@ def distillation_example(teacher: HunyuanDecoder, batch, config: DistillConfig, 
     start, end = grid[index], grid[index + 1]
     with torch.no_grad():
         clean = teacher.encode_images(batch.pixels.to(teacher.device))
-        alpha, sigma = schedule(start)
-        noisy = alpha * clean + sigma * batch.noise
+        alpha, sigma = schedule(start, clean.device)
+        noisy = alpha * clean + sigma * batch.noise.to(clean.device)
         cond = teacher.encode_captions(batch.captions)
         landing = teacher_walk(teacher, noisy, start, end, cond, negative, config, schedule, rotary)
         target = v_landing_at(noisy, landing, start, end, schedule)
@@ -135,7 +139,8 @@ def distillation_example(teacher: HunyuanDecoder, batch, config: DistillConfig, 
 
 def distillation_loss(teacher: HunyuanDecoder, student: torch.nn.Module, example: DistillationExample,
                       rotary) -> torch.Tensor:
-    prediction = _student_view(teacher, student).predict(example.noisy, example.start.float(), example.cond, rotary)
+    timesteps = example.start.float().to(example.noisy.device)
+    prediction = _student_view(teacher, student).predict(example.noisy, timesteps, example.cond, rotary)
     return F.mse_loss(prediction, example.target)
 
 
