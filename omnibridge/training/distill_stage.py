@@ -51,6 +51,14 @@ class DistillConfig:
     caption_dropout: float = 0.1
 
 
+@dataclass
+class _BatchPreset:
+    """What `dit_batch` reads from a decoder preset."""
+
+    dit_batch: int
+    caption_dropout: float
+
+
 def student_timesteps(steps: int, num_train_timesteps: int = 1000) -> list[int]:
     """The student's grid, as diffusers' DDIM with trailing spacing walks it, ending at -1 (the clean image)."""
     ratio = num_train_timesteps // steps
@@ -196,28 +204,27 @@ def distill_dit(teacher: HunyuanDecoder, config: DistillConfig, work_dir: Path, 
         scores = evaluate_generation(student_generator(_student_view(teacher, ema_student), config.student_steps),
                                      cases)
         run.log(event="eval", **scores)
-        print(json.dumps({"step": run.progress.step, **{k: scores[k] for k in ("overall",)}}), flush=True)
+        print(json.dumps({"step": run.progress.step, "overall": scores["overall"]}), flush=True)
         if scores["overall"] >= run.progress.best_metric:  # a tie: the more distilled one
             run.progress.best_metric = scores["overall"]
             torch.save(ema_student.state_dict(), best_path)
         save()
         run.resume_clock()
 
+    def share_of_budget_spent() -> float:
+        if config.max_steps:
+            return run.progress.step / config.max_steps
+        return (run.progress.seconds - seconds_before_this_run) / (config.minutes * 60)
+
     if run.progress.step == 0:
         evaluate_and_keep()  # the teacher's weights at the student's steps: what distillation starts from
-    def out_of_budget() -> bool:
-        if config.max_steps:
-            return run.progress.step >= config.max_steps
-        return run.progress.seconds - seconds_before_this_run >= config.minutes * 60
-
-    while not out_of_budget():
+    while share_of_budget_spent() < 1.0:
         batch = dit_batch(batch_preset, seed, run.progress.step, latent_shape, early_steps=0)
         example = distillation_example(teacher, batch, config, seed, run.progress.step, schedule, negative, rotary)
         loss = distillation_loss(teacher, student, example, rotary)
-        progress = (run.progress.seconds - seconds_before_this_run) / (config.minutes * 60)
-        if config.max_steps:
-            progress = run.progress.step / config.max_steps
-        lr = config.lr * min(1.0, (run.progress.step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        # a short warm-up, then a cosine to zero over this run's budget (a resumed run starts a new cycle)
+        warmup = min(1.0, (run.progress.step + 1) / 50)
+        lr = config.lr * warmup * 0.5 * (1 + math.cos(math.pi * min(1.0, share_of_budget_spent())))
         optimizer_step(optimizer, loss, list(student.parameters()), lr)
         ema.update(student)
         run.tick(len(batch.captions), loss=loss.item())
@@ -228,12 +235,4 @@ def distill_dit(teacher: HunyuanDecoder, config: DistillConfig, work_dir: Path, 
     student.load_state_dict(torch.load(best_path, map_location="cpu"))
     summary["best_validation_overall"] = run.progress.best_metric
     return student.eval(), summary
-
-
-@dataclass
-class _BatchPreset:
-    """What `dit_batch` reads from a decoder preset."""
-
-    dit_batch: int
-    caption_dropout: float
 
