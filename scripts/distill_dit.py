@@ -8,7 +8,6 @@ scripts/swap_dit.py looks for a new DiT (`<work-dir>/decoder/transformer`).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -17,6 +16,7 @@ from diffusers import HunyuanDiT2DModel
 
 from omnibridge.evaluation.generation import VALIDATION_SEED, evaluate_generation, generation_cases
 from omnibridge.modeling.decoder import HunyuanDecoder
+from omnibridge.training.decoder_stage import decoder_alone_generator, decoder_with
 from omnibridge.training.distill_stage import DistillConfig, distill_dit, student_timesteps
 from omnibridge.training.stages import decoder_dir
 
@@ -57,18 +57,12 @@ def report(teacher: HunyuanDecoder, model: Path, work_dir: Path, config: Distill
     guided_share = sum(t >= config.guided_from for t in grid[:-1]) / teacher_steps
 
     def scores(decoder, sampler, steps, guidance, cutoff=1.0):
-        def generate(prompts, seeds):
-            size = decoder.sample_size
-            latents = decoder.denoise(decoder.encode_captions(prompts), seeds, size, size, steps, guidance,
-                                      sampler=sampler, guidance_cutoff=cutoff)
-            return decoder.decode_latents(latents)
-        result = evaluate_generation(generate, cases)
+        result = evaluate_generation(decoder_alone_generator(decoder, guidance, steps, sampler, cutoff), cases)
         return {k: result[k] for k in ("overall", "single_object", "two_object", "counting", "colors", "position",
                                        "color_attr")}
 
-    student = copy.copy(teacher)
-    student.transformer = HunyuanDiT2DModel.from_pretrained(decoder_dir(work_dir), subfolder="transformer").eval()
-    student._negative_cache = {}
+    student = decoder_with(teacher, transformer=HunyuanDiT2DModel.from_pretrained(
+        decoder_dir(work_dir), subfolder="transformer").to(teacher.device).eval())
     return {
         "teacher_at_the_targets_sampling": {"sampler": f"ddim @{teacher_steps}", "guided_share": guided_share,
                                             **scores(teacher, "ddim", teacher_steps, config.guidance_scale,

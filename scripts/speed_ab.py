@@ -30,7 +30,7 @@ def main() -> None:
 
     pipe = OmniBridgePipeline.from_pretrained(args.model)
     decoder = pipe.decoder
-    shipped = {"transformer": decoder.transformer, "sampler": decoder.sampler_kind,
+    shipped = {"transformer": decoder.transformer,
                **_settings(json.loads((args.model / "omnibridge_config.json").read_text())["generation"])}
     transformer = HunyuanDiT2DModel.from_pretrained(args.candidate / "decoder", subfolder="transformer",
                                                     torch_dtype=decoder.dtype).to(decoder.device).eval()

@@ -106,20 +106,25 @@ class _Trainable(torch.nn.Module):
         self.text_encoder_2 = decoder.text_encoder_2
 
 
-def _with_modules(decoder: HunyuanDecoder, modules: _Trainable) -> HunyuanDecoder:
+def decoder_with(decoder: HunyuanDecoder, **modules: torch.nn.Module) -> HunyuanDecoder:
+    """The decoder with some modules swapped (`transformer=...`): a shallow copy, so the rest is shared, with a
+    negative-prompt cache of its own (the cached encoding belongs to the text encoders it was made with)."""
     view = copy.copy(decoder)
-    view.transformer, view.text_encoder, view.text_encoder_2 = (
-        modules.transformer, modules.text_encoder, modules.text_encoder_2)
+    for name, module in modules.items():
+        setattr(view, name, module)
     view._negative_cache = {}
     return view
 
 
-def decoder_alone_generator(decoder: HunyuanDecoder, guidance: float = DEFAULT_GUIDANCE, steps: int = DEFAULT_STEPS):
-    """Prompts -> images through the decoder's own text encoders (the reference path)."""
+def decoder_alone_generator(decoder: HunyuanDecoder, guidance: float = DEFAULT_GUIDANCE, steps: int = DEFAULT_STEPS,
+                            sampler: str | None = None, guidance_cutoff: float = 1.0):
+    """Prompts -> images through the decoder's own text encoders (the reference path); `sampler` None: the
+    decoder's current one."""
 
     def generate(prompts: list[str], seeds: list[int]):
         size = decoder.sample_size
-        latents = decoder.denoise(decoder.encode_captions(prompts), seeds, size, size, steps, guidance)
+        latents = decoder.denoise(decoder.encode_captions(prompts), seeds, size, size, steps, guidance,
+                                  sampler=sampler, guidance_cutoff=guidance_cutoff)
         return decoder.decode_latents(latents)
 
     return generate
@@ -231,7 +236,8 @@ def train_dit(decoder: HunyuanDecoder, preset: DecoderPreset, work_dir: Path, se
     def evaluate_and_keep() -> None:
         run.pause_clock()
         ema.copy_to(ema_modules)
-        view = _with_modules(decoder, ema_modules)
+        view = decoder_with(decoder, transformer=ema_modules.transformer, text_encoder=ema_modules.text_encoder,
+                            text_encoder_2=ema_modules.text_encoder_2)
         scores = evaluate_generation(decoder_alone_generator(view), cases)
         run.log(event="eval", **scores)
         if scores["overall"] > run.progress.best_metric:

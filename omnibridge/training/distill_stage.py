@@ -32,7 +32,7 @@ from ..evaluation.generation import VALIDATION_SEED, evaluate_generation, genera
 from ..modeling.decoder import CaptionEncoding, HunyuanDecoder
 from .builders import training_noise_schedule
 from .common import EMA, StageRun, optimizer_step
-from .decoder_stage import dit_batch
+from .decoder_stage import decoder_alone_generator, decoder_with, dit_batch
 
 
 @dataclass
@@ -104,17 +104,15 @@ def teacher_walk(teacher: HunyuanDecoder, x: torch.Tensor, start: torch.Tensor, 
                  rotary) -> torch.Tensor:
     """The teacher's k DDIM sub-steps from `start` to `end` (per sample), guided where the default guides."""
     k = config.teacher_substeps
-    batch = x.shape[0]
     for j in range(k):
         t = (start - (start - end) * j / k).round().long()
         s = (start - (start - end) * (j + 1) / k).round().long()
-        guided = (t >= config.guided_from) & (config.guidance_scale > 1.0)
-        v = teacher.predict(x, t.float().to(x.device), cond, rotary)
+        timesteps = t.float().to(x.device)
+        v = teacher.predict(x, timesteps, cond, rotary)
+        guided = ((t >= config.guided_from) & (config.guidance_scale > 1.0)).to(x.device)
         if guided.any():
             index = guided.nonzero().squeeze(1)
-            uncond = teacher.predict(x[index.to(x.device)], t[index].float().to(x.device),
-                                     negative.repeat(len(index)), rotary)
-            index = index.to(x.device)
+            uncond = teacher.predict(x[index], timesteps[index], negative.repeat(len(index)), rotary)
             v[index] = uncond + config.guidance_scale * (v[index] - uncond)
         x = ddim_step(x, v, t, s, schedule)
     return x
@@ -148,26 +146,14 @@ def distillation_example(teacher: HunyuanDecoder, batch, config: DistillConfig, 
 def distillation_loss(teacher: HunyuanDecoder, student: torch.nn.Module, example: DistillationExample,
                       rotary) -> torch.Tensor:
     timesteps = example.start.float().to(example.noisy.device)
-    prediction = _student_view(teacher, student).predict(example.noisy, timesteps, example.cond, rotary)
+    prediction = decoder_with(teacher, transformer=student).predict(example.noisy, timesteps, example.cond, rotary)
     return F.mse_loss(prediction, example.target)
 
 
-def _student_view(decoder: HunyuanDecoder, transformer: torch.nn.Module) -> HunyuanDecoder:
-    view = copy.copy(decoder)
-    view.transformer = transformer
-    view._negative_cache = {}
-    return view
-
-
-def student_generator(decoder: HunyuanDecoder, steps: int):
+def student_generator(decoder: HunyuanDecoder, student: torch.nn.Module, steps: int):
     """Prompts -> images with a distilled DiT: DDIM at its own step count, unguided (the guidance is learnt)."""
-
-    def generate(prompts: list[str], seeds: list[int]):
-        size = decoder.sample_size
-        latents = decoder.denoise(decoder.encode_captions(prompts), seeds, size, size, steps, 1.0, sampler="ddim")
-        return decoder.decode_latents(latents)
-
-    return generate
+    return decoder_alone_generator(decoder_with(decoder, transformer=student), guidance=1.0, steps=steps,
+                                   sampler="ddim")
 
 
 def distill_dit(teacher: HunyuanDecoder, config: DistillConfig, work_dir: Path, seed: int,
@@ -201,8 +187,7 @@ def distill_dit(teacher: HunyuanDecoder, config: DistillConfig, work_dir: Path, 
     def evaluate_and_keep() -> None:
         run.pause_clock()
         ema.copy_to(ema_student)
-        scores = evaluate_generation(student_generator(_student_view(teacher, ema_student), config.student_steps),
-                                     cases)
+        scores = evaluate_generation(student_generator(teacher, ema_student, config.student_steps), cases)
         run.log(event="eval", **scores)
         print(json.dumps({"step": run.progress.step, "overall": scores["overall"]}), flush=True)
         if scores["overall"] >= run.progress.best_metric:  # a tie: the more distilled one
