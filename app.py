@@ -2,7 +2,7 @@
 
 One OmniBridgePipeline is built once, on the best device (CUDA, else MPS, else CPU), and every tab
 uses it. Options: --model/OMNIBRIDGE_MODEL (default: the built-in assets/omnibridge-shapes),
---device, --max-gpu-memory, --host, --port, --data-dir, --share (off by default); see README.md.
+--device, --max-gpu-memory, --quantize, --host, --port, --data-dir, --share (off by default); see README.md.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home (set before importing gradio)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from omnibridge import ModelFolderError, OffloadError, OmniBridgePipeline  # noqa: E402
+from omnibridge import ModelFolderError, OffloadError, OmniBridgePipeline, PlacementError  # noqa: E402
 from omnibridge.config import AppSettings  # noqa: E402
 from omnibridge.ui.app import build_demo, launch  # noqa: E402
 
@@ -22,9 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = AppSettings.from_args(argv)
     try:
         pipeline = OmniBridgePipeline.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
-                                                      decoder=settings.decoder, max_gpu_memory_gb=settings.max_gpu_memory)
+                                                      decoder=settings.decoder, max_gpu_memory_gb=settings.max_gpu_memory,
+                                                      quantization=settings.quantize)
         demo = build_demo(pipeline, settings)  # loads --compare-model, if given
-    except (ModelFolderError, OffloadError) as error:
+    except (ModelFolderError, OffloadError, PlacementError) as error:
         print(f"OmniBridge Studio cannot start: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     launch(demo, settings)

@@ -12,6 +12,7 @@ from .config import DEFAULT_MODEL
 from .inputs import InvalidInputError
 from .modeling.config import OmniBridgeConfig
 from .modeling.decoder import DecoderNumericalError, GenerationCancelled
+from .modeling.devices import PlacementError
 from .modeling.loading import ModelFolderError
 from .offload import OffloadError
 from .pipeline import ChatAnswer, GenerationResult, OmniBridgePipeline
@@ -19,4 +20,5 @@ from .pipeline import ChatAnswer, GenerationResult, OmniBridgePipeline
 __all__ = [
     "DEFAULT_MODEL", "ChatAnswer", "DecoderNumericalError", "GenerationCancelled", "GenerationResult",
     "InvalidInputError", "ModelFolderError", "OffloadError", "OmniBridgeConfig", "OmniBridgePipeline",
+    "PlacementError",
 ]

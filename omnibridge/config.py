@@ -40,6 +40,7 @@ class AppSettings:
     compare_model: str | None = None  # a second checkpoint for the Compare tab
     compile: bool = False  # torch.compile the decoder (off by default; not on ZeroGPU)
     max_gpu_memory: float | None = None  # GiB of weights kept on the GPU (model offload); None: the whole model
+    quantize: str | None = None  # "8bit" or "4bit": the LLM's weights in bitsandbytes formats
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -62,6 +63,7 @@ class AppSettings:
             compare_model=os.environ.get("OMNIBRIDGE_COMPARE_MODEL") or None,
             compile=_env_bool("OMNIBRIDGE_COMPILE"),
             max_gpu_memory=_env_float("OMNIBRIDGE_MAX_GPU_MEMORY"),
+            quantize=os.environ.get("OMNIBRIDGE_QUANTIZE") or None,
         )
 
     @classmethod
@@ -83,10 +85,13 @@ class AppSettings:
         parser.add_argument("--max-gpu-memory", type=float, default=settings.max_gpu_memory, metavar="GB",
                             help="for a GPU smaller than the model: keep at most GB GiB of weights on it, moving "
                                  "each part there as it runs (OMNIBRIDGE_MAX_GPU_MEMORY)")
+        parser.add_argument("--quantize", default=settings.quantize, choices=["8bit", "4bit"],
+                            help="for a GPU smaller than the model: the language model's weights in 8-bit or "
+                                 "4-bit (NF4) with bitsandbytes (OMNIBRIDGE_QUANTIZE)")
         args = parser.parse_args(argv)
         settings.model, settings.decoder, settings.device, settings.dtype = args.model, args.decoder, args.device, args.dtype
         settings.host, settings.port, settings.share = args.host, args.port, args.share
         settings.data_dir, settings.seed_gallery = Path(args.data_dir), args.seed_gallery
         settings.compare_model, settings.compile = args.compare_model, args.compile
-        settings.max_gpu_memory = args.max_gpu_memory
+        settings.max_gpu_memory, settings.quantize = args.max_gpu_memory, args.quantize
         return settings

@@ -158,6 +158,10 @@ class _TokenQueue(BaseStreamer):
                 return
 
 
+QUANTIZED_CANNOT_MOVE = ("model offload and quantization do not combine: bitsandbytes weights cannot move "
+                         "between the CPU and the GPU; choose one")
+
+
 class OmniBridgePipeline:
     """Owns every component; methods are thread-safe (one model job runs at a time)."""
 
@@ -187,16 +191,21 @@ class OmniBridgePipeline:
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, decoder: str | Path | None = None,
                         model_thread: ModelThread | None = None,
-                        max_gpu_memory_gb: float | None = None) -> "OmniBridgePipeline":
+                        max_gpu_memory_gb: float | None = None,
+                        quantization: str | None = None) -> "OmniBridgePipeline":
         """Our folder layout, or the official release (with `decoder`: HunyuanDiT-v1.2 diffusers folder/id).
 
         `model_thread`: another pipeline's, so that two models in one process share one thread team.
         `max_gpu_memory_gb`: load onto the CPU and offload (`enable_model_offload`), for a GPU smaller than
         the model; the model is never whole on the GPU, not even while it loads.
+        `quantization`: "8bit" or "4bit" stores the LLM's linear layers with bitsandbytes (the other way to
+        fit a smaller GPU: the full-size LLM's weights take about half or a third of their bf16 memory).
         """
-        where = choose_placement(device, dtype)
+        where = choose_placement(device, dtype, quantization)
         if max_gpu_memory_gb is not None and where.device.type == "cpu":
             raise OffloadError("model offload (max_gpu_memory_gb) needs a GPU; this model would run on the CPU")
+        if max_gpu_memory_gb is not None and quantization is not None:
+            raise OffloadError(QUANTIZED_CANNOT_MOVE)
         load_to = where if max_gpu_memory_gb is None else replace(where, device=torch.device("cpu"))
         folder = resolve_folder(path_or_id)
         model_thread = model_thread or ModelThread.for_device(where.device)
@@ -232,6 +241,9 @@ class OmniBridgePipeline:
         with the retrieval heads, and the decoder's transformer, VAE and two text encoders) moves there just
         before it runs, and parts that no longer fit go back to the CPU, least recently used first
         (offload.py). Leave room for activations: a 1024x1024 image took about 3.6 GB above the weights."""
+        if self.placement.llm_quantization is not None:
+            raise OffloadError(QUANTIZED_CANNOT_MOVE)
+
         def enable() -> None:
             components = {"llm": self.llm, "alignment": self.alignment, **self.decoder.modules()}
             self.offload = ComponentOffload(components, self.device, int(max_gpu_memory_gb * GIB))
@@ -857,7 +869,8 @@ class OmniBridgePipeline:
             return sum(p.numel() for p in module.parameters())
 
         decoder_parts = {name: count(module) for name, module in self.decoder.modules().items()}
-        memory = {"process_rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1)}
+        memory = {"process_rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+                  "llm_weights_mb": round(self.llm.get_memory_footprint() / 2**20, 1)}
         if self.device.type == "cuda":
             memory["cuda_allocated_mb"] = round(torch.cuda.memory_allocated(self.device) / 2**20, 1)
             memory["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
@@ -872,6 +885,7 @@ class OmniBridgePipeline:
             "device": str(self.device),
             "dtype": {"llm": str(self.placement.llm_dtype).replace("torch.", ""),
                       "decoder": str(self.placement.decoder_dtype).replace("torch.", "")},
+            "quantization": {"llm": self.placement.llm_quantization},
             "parameters": {"llm": count(self.llm), "alignment": count(self.alignment), **decoder_parts,
                            "total": count(self.llm) + count(self.alignment) + sum(decoder_parts.values())},
             "memory": memory,

@@ -148,6 +148,26 @@ def test_official_release_layout_loads_every_key(official_folder, tiny_model):
         assert torch.equal(loaded_alignment[key].float(), tensor.float()), key
 
 
+def test_the_official_release_loads_quantized_consuming_every_key(official_folder, scene_image):
+    """bitsandbytes swaps the LLM's linear layers as the weights load: the legacy keys must still all map
+    (from_pretrained refuses a folder whose keys do not) and every path must run."""
+    root, _, _, _ = official_folder
+    whole = OmniBridgePipeline.from_pretrained(root / "release", decoder=root / "hunyuandit", device="cpu")
+    pipe = OmniBridgePipeline.from_pretrained(root / "release", decoder=root / "hunyuandit", device="cpu",
+                                              quantization="8bit")
+    assert type(pipe.llm.model.language_model.layers[0].self_attn.q_proj).__name__ == "Linear8bitLt"
+    size = pipe.decoder.sample_size
+    pipe.config.generation.allowed_sizes = (size,)
+    image = pipe.generate("a red circle", seed=3, num_inference_steps=2, height=size, width=size).images[0]
+    assert image.size == (size, size)
+    answer = pipe.chat([{"role": "user", "content": "What is this?"}], images=[scene_image], max_new_tokens=4)
+    assert isinstance(answer, str)
+    texts = ["a red circle", "three squares"]
+    cosines = np.sum(pipe.embed_texts(texts) * whole.embed_texts(texts), axis=1)
+    assert cosines.min() > 0.999  # measured 0.99999 and 0.99999 (unit vectors)
+    assert np.sum(pipe.embed_images([scene_image]) * whole.embed_images([scene_image])) > 0.999  # 0.9999
+
+
 def test_official_outputs_equal_the_same_weights_set_directly(official_folder, tiny_model, scene_image):
     root, llm, alignment, config = official_folder
     loaded = OmniBridgePipeline.from_pretrained(root / "release", decoder=root / "hunyuandit", device="cpu")

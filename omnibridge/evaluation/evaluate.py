@@ -171,9 +171,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="draw generation's prompts and the edits from this seed (a fresh set, to confirm a "
                              "candidate the standard one helped choose; understanding and retrieval keep theirs)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--quantize", choices=["8bit", "4bit"],
+                        help="load the language model's weights in 8-bit or 4-bit (bitsandbytes), to measure what "
+                             "quantization costs")
     parser.add_argument("--write-card", action="store_true", help="also write README.md into the model folder")
     args = parser.parse_args(argv)
-    pipe = OmniBridgePipeline.from_pretrained(args.model, device=args.device)
+    pipe = OmniBridgePipeline.from_pretrained(args.model, device=args.device, quantization=args.quantize)
     if args.sampler:
         pipe.decoder.set_sampler(args.sampler)
     if args.guidance_cutoff is not None:

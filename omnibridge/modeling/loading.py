@@ -16,6 +16,7 @@ so they are read off the tensor shapes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,17 +134,44 @@ def check_our_folder(folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- parts
+def quantization_config(placement: Placement):
+    """transformers' BitsAndBytesConfig for the placement's LLM quantization (None: full precision)."""
+    from transformers import BitsAndBytesConfig
+
+    if placement.llm_quantization is not None:
+        # bitsandbytes logs a warning on every 8-bit product whose inputs are not float16 (the LLM computes in
+        # bf16 on CUDA, fp32 on the CPU): one per layer and token would bury the app's log
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    if placement.llm_quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if placement.llm_quantization == "4bit":
+        # NF4 with quantized scales: the QLoRA recipe, about 4.1 bits a weight
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=placement.llm_dtype)
+    return None
+
+
 def _load_llm(folder: Path, placement: Placement):
     from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
 
+    quantization = quantization_config(placement)
+    # bitsandbytes quantizes as the weights land on their device, and its weights cannot move afterwards
+    where = {} if quantization is None else {"quantization_config": quantization,
+                                              "device_map": {"": _device_map_target(placement.device)}}
     try:
         llm, info = Qwen2VLForConditionalGeneration.from_pretrained(
-            folder, dtype=placement.llm_dtype, output_loading_info=True)
+            folder, dtype=placement.llm_dtype, output_loading_info=True, **where)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         image_processor = AutoImageProcessor.from_pretrained(folder)
     except LOAD_ERRORS as error:
         raise ModelFolderError(f"cannot load the Qwen2-VL LLM from {folder}: {error}") from None
-    return llm.to(placement.device).eval(), tokenizer, image_processor, info
+    if quantization is None:
+        llm = llm.to(placement.device)
+    return llm.eval(), tokenizer, image_processor, info
+
+
+def _device_map_target(device: torch.device) -> str:
+    return f"cuda:{device.index or 0}" if device.type == "cuda" else str(device)
 
 
 def _load_decoder(folder: str | Path, placement: Placement) -> HunyuanDecoder:

@@ -75,5 +75,6 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
     if settings.compare_model:  # a second checkpoint for the Compare tab's "two checkpoints" pair
         compare = type(pipeline).from_pretrained(settings.compare_model, device=settings.device, dtype=settings.dtype,
                                                  model_thread=pipeline.model_thread,
-                                                 max_gpu_memory_gb=settings.max_gpu_memory)  # a budget of its own
+                                                 max_gpu_memory_gb=settings.max_gpu_memory,  # a budget of its own
+                                                 quantization=settings.quantize)
     return AppContext(pipeline, settings, gallery, feedback, outputs, compare_pipeline=compare, seeding=seeding)
