@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = AppSettings.from_args(argv)
     try:
         pipeline = OmniBridgePipeline.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
-                                                      decoder=settings.decoder, max_gpu_memory_gb=settings.max_gpu_memory,
-                                                      quantization=settings.quantize)
+                                                      decoder=settings.decoder, quantization=settings.quantize,
+                                                      max_gpu_memory_gb=settings.max_gpu_memory)
         demo = build_demo(pipeline, settings)  # loads --compare-model, if given
     except (ModelFolderError, OffloadError, PlacementError) as error:
         print(f"OmniBridge Studio cannot start: {error}", file=sys.stderr)

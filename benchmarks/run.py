@@ -13,7 +13,7 @@ import random
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-NAMES = ("chat", "generate", "steps", "embed", "gallery", "startup")
+NAMES = ("chat", "generate", "steps", "embed", "gallery", "startup", "quantize")
 
 
 def main(argv: list[str] | None = None) -> list:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> list:
     from omnibridge.shapes.render import render
     from omnibridge.shapes.world import sample_scene
 
-    from . import bench_chat, bench_embed, bench_gallery, bench_generate, bench_startup, bench_steps
+    from . import bench_chat, bench_embed, bench_gallery, bench_generate, bench_quantize, bench_startup, bench_steps
     from .harness import write
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> list:
         "embed": lambda: bench_embed.run(pipe, repeats=repeats),
         "gallery": lambda: bench_gallery.run(pipe, (10_000,) if args.quick else (10_000, 100_000)),
         "startup": lambda: bench_startup.run(args.model),
+        "quantize": lambda: bench_quantize.run(args.model, image, repeats),
     }
     results = []
     for name in NAMES:

@@ -23,6 +23,19 @@ def test_chat_generate_and_embed_benchmarks_report_ratios(tiny_pipeline):
     assert all(r.summary and r.goal for r in (chat, generate, embed))
 
 
+def test_the_quantization_benchmark_measures_each_mode_against_full_precision():
+    from benchmarks import bench_quantize
+    from omnibridge import DEFAULT_MODEL
+
+    result = bench_quantize.run(DEFAULT_MODEL, render(sample_scene(random.Random(0), 2)), repeats=1)
+    weights = result.figures["llm_weights_mb"]
+    assert set(weights) == {"full", "8bit", "4bit"} and weights["4bit"] < weights["8bit"] < weights["full"]
+    for mode in ("8bit", "4bit"):
+        assert result.figures[mode]["weights_ratio"] == round(weights[mode] / weights["full"], 3)
+        assert result.figures[mode]["answer_time_ratio"] > 0 and isinstance(result.figures[mode]["same_answer"], bool)
+    assert result.summary.startswith("quantize: 8bit LLM weights x")
+
+
 def test_the_full_size_gpu_check_runs_at_toy_size():
     report = gpu_check(["--tiny", "--device", "cpu", "--max-gpu-memory", "20"])
     assert report["tiny"] and report["chat_tokens_per_s"] > 0

@@ -21,7 +21,7 @@ class Placement:
     llm_dtype: torch.dtype  # the Qwen2-VL LLM, the projector and the BiLM
     decoder_dtype: torch.dtype  # HunyuanDiT, its text encoders and the VAE
     # bitsandbytes weights for the LLM's linear layers: None, "8bit" (LLM.int8) or "4bit" (NF4). The LLM is
-    # most of the full-size model's weights (Qwen2-VL-7B: 8.3B of about 12B parameters), so it alone is quantized
+    # most of the full-size model's weights (Qwen2-VL-7B: 8.3B of its 13.75B parameters), so it alone is quantized
     llm_quantization: str | None = None
 
 
