@@ -138,10 +138,6 @@ def quantization_config(placement: Placement):
     """transformers' BitsAndBytesConfig for the placement's LLM quantization (None: full precision)."""
     from transformers import BitsAndBytesConfig
 
-    if placement.llm_quantization is not None:
-        # bitsandbytes logs a warning on every 8-bit product whose inputs are not float16 (the LLM computes in
-        # bf16 on CUDA, fp32 on the CPU): one per layer and token would bury the app's log
-        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     if placement.llm_quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if placement.llm_quantization == "4bit":
@@ -155,9 +151,13 @@ def _load_llm(folder: Path, placement: Placement):
     from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
 
     quantization = quantization_config(placement)
-    # bitsandbytes quantizes as the weights land on their device, and its weights cannot move afterwards
-    where = {} if quantization is None else {"quantization_config": quantization,
-                                              "device_map": {"": _device_map_target(placement.device)}}
+    where = {}
+    if quantization is not None:
+        # bitsandbytes quantizes as the weights land on their device, and its weights cannot move afterwards
+        where = {"quantization_config": quantization, "device_map": {"": _device_map_target(placement.device)}}
+        # it also logs a warning on every 8-bit product whose inputs are not float16 (the LLM computes in bf16
+        # on CUDA, fp32 on the CPU): one per layer and token would bury the app's log
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     try:
         llm, info = Qwen2VLForConditionalGeneration.from_pretrained(
             folder, dtype=placement.llm_dtype, output_loading_info=True, **where)
