@@ -186,3 +186,7 @@ def test_compare_reveals_the_variants_after_the_vote(app_page, tmp_path):
     page.locator("#vote-left").click()
     page.locator("#compare-reveal").get_by_text("Left:").wait_for()
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+    open_tab(page, "Feedback")  # the win-rate chart, hidden while there were no votes, now draws this one
+    page.locator("#feedback-refresh").click()
+    page.locator("#feedback-win-chart").wait_for(state="visible")
+    assert page.locator("#feedback-win-note").inner_text().strip() == ""

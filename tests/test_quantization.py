@@ -90,3 +90,12 @@ def test_the_app_takes_quantize_from_a_flag_or_the_environment_and_refuses_a_wro
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == ("OmniBridge Studio cannot start: unknown quantization '3bit'; "
                                                       "use one of ['8bit', '4bit']")
+
+
+def test_importing_the_package_prints_no_bitsandbytes_kernel_warning():
+    """diffusers imports bitsandbytes when it is installed; on a CPU with AVX512-BF16 bitsandbytes then warns
+    that an optional Hub kernel is missing. The app would print that on every start."""
+    result = subprocess.run([sys.executable, "-c", "import omnibridge.pipeline; import bitsandbytes"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert "kernels-community" not in result.stderr

@@ -356,3 +356,14 @@ def test_win_rates_ignore_which_side_a_variant_was_shown_on():
     row = stats[0]
     assert (row.a, row.b, row.a_wins, row.b_wins, row.ties, row.both_bad) == ("A", "B", 2, 1, 1, 1)
     assert row.votes == 5 and abs(row.a_win_rate - 2 / 3) < 1e-9
+
+
+def test_the_win_rate_chart_hides_until_there_is_a_vote():
+    from omnibridge.ui.feedback import NO_VOTES, win_rate_tables
+
+    rows, chart, note = win_rate_tables([])
+    assert rows == [] and chart.visible is False and note == NO_VOTES
+    vote = {"value": "left", "parameters": {"pair": "p", "left": {"name": "A"}, "right": {"name": "B"}}}
+    rows, chart, note = win_rate_tables([vote])
+    assert len(rows) == 1 and chart.visible is True and note == ""
+    assert [row[:3] for row in chart.value["data"]] == [["p", "A", 1.0], ["p", "B", 0.0]]

@@ -36,8 +36,12 @@ def _filters(tab: str | None, kind: str | None) -> dict:
     return {"tab": None if tab in (None, "", "all") else tab, "kind": None if kind in (None, "", "all") else kind}
 
 
+NO_VOTES = "No votes yet: the Compare tab's votes show here as win rates."
+
+
 def win_rate_tables(votes: list[dict]):
-    """The win-rate table and the chart's data frame for the Compare votes."""
+    """The win-rate table, the chart (hidden while there is nothing to draw: an empty bar chart is just
+    crossed axis labels) and a note for the Compare votes."""
     stats = win_rates(votes)
     rows = [[s.pair, s.a, s.b, s.a_wins, s.b_wins, s.ties, s.both_bad, s.votes,
              "" if s.a_win_rate is None else round(s.a_win_rate, 3)] for s in stats]
@@ -47,7 +51,8 @@ def win_rate_tables(votes: list[dict]):
         for name, wins in ((s.a, s.a_wins), (s.b, s.b_wins)):
             bars.append({"pair": s.pair, "variant": name, "win rate": wins / decided if decided else 0.0,
                          "votes": s.votes})
-    return rows, pd.DataFrame(bars, columns=["pair", "variant", "win rate", "votes"])
+    frame = pd.DataFrame(bars, columns=["pair", "variant", "win rate", "votes"])
+    return rows, gr.BarPlot(value=frame, visible=bool(bars)), "" if bars else NO_VOTES
 
 
 def build_feedback_tab(ctx: AppContext) -> dict:
@@ -64,9 +69,10 @@ def build_feedback_tab(ctx: AppContext) -> dict:
         export_csv = gr.DownloadButton("Export CSV", elem_id="feedback-csv")
         export_jsonl = gr.DownloadButton("Export JSONL", elem_id="feedback-jsonl")
     with gr.Accordion("Compare: win rates", open=True):
+        rates_note = gr.Markdown(elem_id="feedback-win-note")
         rates = gr.Dataframe(headers=RATE_COLUMNS, interactive=False, elem_id="feedback-win-rates")
         chart = gr.BarPlot(x="variant", y="win rate", color="pair", label="Win rate per variant (decided votes)",
-                           y_lim=[0, 1], elem_id="feedback-win-chart")
+                           y_lim=[0, 1], elem_id="feedback-win-chart", visible=False)
 
     def load(tab_name, kind_name):
         filters = _filters(tab_name, kind_name)
@@ -85,13 +91,13 @@ def build_feedback_tab(ctx: AppContext) -> dict:
         return write
 
     for trigger in (refresh.click, tab.change, kind.change):
-        trigger(load, [tab, kind], [table, summary, rates, chart], api_visibility="private",
+        trigger(load, [tab, kind], [table, summary, rates, chart, rates_note], api_visibility="private",
                 concurrency_limit=None)
     export_csv.click(export("csv"), [tab, kind], [export_csv], api_visibility="private", concurrency_limit=None)
     export_jsonl.click(export("jsonl"), [tab, kind], [export_jsonl], api_visibility="private",
                        concurrency_limit=None)
     _build_feedback_api(ctx)
-    return {"load": (load, [tab, kind], [table, summary, rates, chart])}
+    return {"load": (load, [tab, kind], [table, summary, rates, chart, rates_note])}
 
 
 def _build_feedback_api(ctx: AppContext) -> None:
