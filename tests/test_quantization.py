@@ -59,6 +59,20 @@ def test_the_builtin_model_quantized_answers_embeds_and_draws_as_it_does_whole(f
     assert np.abs(quantized["drawing"] - full_precision["drawing"]).mean() < 3
 
 
+def test_a_gallery_indexed_at_full_precision_asks_a_quantized_model_to_reindex(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    from omnibridge.gallery.store import GalleryStore
+
+    full = OmniBridgePipeline.from_pretrained(tiny_model_dir, device="cpu")
+    store = GalleryStore(tmp_path / "data", full)
+    store.add([Image.new("RGB", (64, 64), (200, 30, 30))], ["a red square"])
+    quantized = OmniBridgePipeline.from_pretrained(tiny_model_dir, device="cpu", quantization="8bit")
+    assert quantized.embedding_model_id == full.embedding_model_id + "+8bit"
+    reopened = GalleryStore(tmp_path / "data", quantized)
+    assert reopened.needs_reindex() and reopened.reindex() == 1 and not reopened.needs_reindex()
+
+
 def test_impossible_quantization_requests_say_why(monkeypatch):
     with pytest.raises(PlacementError, match="unknown quantization"):
         placement("cpu", quantization="3bit")
