@@ -10,9 +10,14 @@ BiLM, with learned queries) that conditions a HunyuanDiT decoder and produces re
 
 import logging
 
-# diffusers imports bitsandbytes whenever it is installed (it is, for --quantize), and on a CPU with AVX512-BF16
-# bitsandbytes then warns at import that an optional 4-bit kernel could not be fetched from the Hub, and falls
-# back to its own. Every start would print that line; nothing here fetches from the Hub.
+import diffusers.utils.import_utils as _diffusers_imports
+
+# bitsandbytes is installed for --quantize, which quantizes the language model through transformers. diffusers
+# would import it as well, at every start, for quantized diffusers models, which this project never loads; that
+# import pulls in torch's compiler (about 1.4 s and 40 MB here), so diffusers is told bitsandbytes is absent.
+_diffusers_imports._bitsandbytes_available = False
+# Once it is imported (a quantized language model), on a CPU with AVX512-BF16 bitsandbytes warns that an optional
+# 4-bit kernel could not be fetched from the Hub and falls back to its own: noise, and nothing here fetches.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .config import DEFAULT_MODEL  # noqa: E402
