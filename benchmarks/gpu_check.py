@@ -7,8 +7,9 @@ mT5-XL encoders; fp16). It times chat tokens/s, one 1024x1024 image at 25 DPM-So
 against 100 DDPM steps (the official setting), embeddings/s and peak GPU memory, and prints one
 JSON line. With `--max-gpu-memory GB` it then times a 24 GB card's use of the model on this one: an
 image and an answer about a picture, with the whole model on the card and with model offload at that
-budget (offload.py), their peak memory and what moved. `--tiny` runs the same script at toy sizes on any
-device (the tests use it).
+budget (offload.py), their peak memory and what moved. With `--quantize 8bit|4bit` the LLM is quantized
+as `--quantize` loads it (bitsandbytes), so the same figures show what that saves and costs. `--tiny` runs
+the same script at toy sizes on any device (the tests use it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 
 import torch
@@ -24,8 +26,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def full_sizes(tiny: bool) -> dict:
-    if tiny:
-        return dict(llm=dict(hidden=64, layers=2, heads=4, kv=2, inter=128, vocab=512, vis_depth=1, vis_dim=32,
+    if tiny:  # widths of 64 at least: bitsandbytes' 4-bit path on a CPU quantizes in blocks of 64 inputs
+        return dict(llm=dict(hidden=64, layers=2, heads=4, kv=2, inter=128, vocab=512, vis_depth=1, vis_dim=64,
                              vis_heads=2),
                     bilm=dict(d=64, layers=3, heads=4, d_ff=96, cross=(0, 2), queries=16),
                     retrieval=dict(image=8, text=6, dim=32),
@@ -76,10 +78,29 @@ def materialise(build, device: torch.device, dtype: torch.dtype) -> torch.nn.Mod
     return module.eval()
 
 
-def build_pipeline(sizes: dict, device: torch.device):
+def build_llm(llm_config, device: torch.device, where):
+    """The random Qwen2-VL, on the device; quantized, it goes through the loader `--quantize` uses, since
+    bitsandbytes quantizes weights as from_pretrained places them: written once to disk, then loaded back."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from omnibridge.modeling.loading import device_map_target, quantization_config
+
+    if where.llm_quantization is None:
+        return materialise(lambda: Qwen2VLForConditionalGeneration(llm_config), device, where.llm_dtype)
+    random_llm = materialise(lambda: Qwen2VLForConditionalGeneration(llm_config), torch.device("cpu"),
+                             where.llm_dtype)
+    with tempfile.TemporaryDirectory() as folder:
+        random_llm.save_pretrained(folder)
+        del random_llm
+        return Qwen2VLForConditionalGeneration.from_pretrained(
+            folder, dtype=where.llm_dtype, quantization_config=quantization_config(where),
+            device_map={"": device_map_target(device)}).eval()
+
+
+def build_pipeline(sizes: dict, device: torch.device, quantization: str | None = None):
     from diffusers import AutoencoderKL, DDPMScheduler, HunyuanDiT2DModel
-    from transformers import BertConfig, BertModel, Qwen2VLConfig, Qwen2VLForConditionalGeneration, T5Config, \
-        T5EncoderModel, Qwen2VLImageProcessorPil
+    from transformers import BertConfig, BertModel, Qwen2VLConfig, T5Config, T5EncoderModel, \
+        Qwen2VLImageProcessorPil
 
     from omnibridge.modeling.alignment import OmniBridgeAlignment
     from omnibridge.modeling.config import BiLMConfig, OmniBridgeConfig, RetrievalConfig
@@ -89,7 +110,7 @@ def build_pipeline(sizes: dict, device: torch.device):
     from omnibridge.pipeline import OmniBridgePipeline
     from omnibridge.training.builders import build_caption_tokenizer, build_llm_tokenizer
 
-    where = placement(device)
+    where = placement(device, quantization=quantization)
     tokenizer = build_llm_tokenizer(["You are a helpful assistant.", "a red circle", "Describe the image."] * 20, 400)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>",
                                                             "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
@@ -108,7 +129,7 @@ def build_pipeline(sizes: dict, device: torch.device):
                            temporal_patch_size=2),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    llm = materialise(lambda: Qwen2VLForConditionalGeneration(llm_config), device, where.llm_dtype)
+    llm = build_llm(llm_config, device, where)
     b, r = sizes["bilm"], sizes["retrieval"]
     config = OmniBridgeConfig(model_id="omnibridge-full-size-random", llm_hidden_size=l["hidden"],
                               bilm=BiLMConfig(d_model=b["d"], d_kv=b["d"] // b["heads"], num_heads=b["heads"],
@@ -200,14 +221,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None)
     parser.add_argument("--max-gpu-memory", type=float, default=None, metavar="GB",
                         help="then time model offload at this budget (e.g. 20 for a 24 GB card)")
+    parser.add_argument("--quantize", choices=["8bit", "4bit"], help="the LLM quantized, as --quantize loads it")
     args = parser.parse_args(argv)
+    if args.quantize and args.max_gpu_memory is not None:
+        parser.error("--quantize and --max-gpu-memory do not combine (bitsandbytes weights cannot move)")
     device = torch.device(args.device)
     sizes = full_sizes(args.tiny)
     started = time.perf_counter()
-    pipe = build_pipeline(sizes, device)
+    pipe = build_pipeline(sizes, device, args.quantize)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-              "tiny": args.tiny, "build_s": round(time.perf_counter() - started, 1),
-              "parameters_billion": {k: round(v / 1e9, 3) for k, v in pipe.info()["parameters"].items()}}
+              "tiny": args.tiny, "quantization": args.quantize, "build_s": round(time.perf_counter() - started, 1),
+              "llm_weights_mb": round(pipe.llm.get_memory_footprint() / 2**20, 2)}
+    if args.quantize is None:  # bitsandbytes packs two 4-bit weights in one stored element: counts would mislead
+        report["parameters_billion"] = {k: round(v / 1e9, 3) for k, v in pipe.info()["parameters"].items()}
     image = Image.new("RGB", (sizes["image"], sizes["image"]), (120, 40, 200))
     encoded = pipe.format.encode([Message("user", [image, "Describe the image in detail."])])
     batch = pipe._to_device(pipe.format.collate([encoded], "left")["inputs"])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared, unattended lease of a GPU machine (device time is scarce: one call does everything).
 #   1. benchmarks.gpu_check: the full-size OmniBridge path, timed alone on the card, then with model offload
-#      at a 24 GB card's budget (20 GiB of weights);
+#      at a 24 GB card's budget (20 GiB of weights); then again with the LLM in 4-bit (--quantize);
 #   2. new DiTs of several sizes trained at once on the built-in decoder's frozen VAE and text
 #      encoders (--decoder-from), so that the shipped alignment stays valid; tiny models leave a big
 #      GPU mostly idle, so they share it, each with worker processes rendering its batches;
@@ -34,6 +34,13 @@ python3 -c "import torch, transformers, diffusers; print('torch', torch.__versio
 echo "== gpu_check $(date -u +%T)"
 timeout 300 python3 -m benchmarks.gpu_check --device "$DEVICE" --out "$OUT/gpu_check.json" --max-gpu-memory 20 \
   $CHECK_ARGS 2>&1 | tail -4
+if python3 -c "import bitsandbytes" 2>/dev/null; then  # the full-size LLM in 4-bit: the README's estimates, measured
+  echo "== gpu_check --quantize 4bit $(date -u +%T)"
+  timeout 420 python3 -m benchmarks.gpu_check --device "$DEVICE" --out "$OUT/gpu_check_4bit.json" --quantize 4bit \
+    $CHECK_ARGS 2>&1 | tail -2
+else
+  echo "== gpu_check --quantize 4bit skipped: no bitsandbytes on this machine (add its wheel to $WHEELS)"
+fi
 
 echo "== training $SIZES for $MINUTES min each, at once $(date -u +%T)"
 for size in $SIZES; do

@@ -41,6 +41,11 @@ def test_the_full_size_gpu_check_runs_at_toy_size():
     assert report["tiny"] and report["chat_tokens_per_s"] > 0
     assert report["offload"] == {"skipped": "model offload needs a GPU"}
     assert {"image_128px_dpm++_25_steps_s", "image_128px_ddpm_100_steps_s", "embed_images_per_s"} <= set(report)
+    quantized = gpu_check(["--tiny", "--device", "cpu", "--quantize", "8bit"])
+    assert quantized["quantization"] == "8bit" and quantized["chat_tokens_per_s"] > 0
+    # at toy size the unquantized embedding table weighs most: measured 0.50 against 0.82 MB
+    assert quantized["llm_weights_mb"] < 0.7 * report["llm_weights_mb"]
+    assert "image_128px_dpm++_25_steps_s" in quantized and "parameters_billion" not in quantized
 
 
 def test_a_partial_run_keeps_the_other_benchmarks_results(tmp_path):

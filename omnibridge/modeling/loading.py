@@ -154,7 +154,7 @@ def _load_llm(folder: Path, placement: Placement):
     where = {}
     if quantization is not None:
         # bitsandbytes quantizes as the weights land on their device, and its weights cannot move afterwards
-        where = {"quantization_config": quantization, "device_map": {"": _device_map_target(placement.device)}}
+        where = {"quantization_config": quantization, "device_map": {"": device_map_target(placement.device)}}
         # it also logs a warning on every 8-bit product whose inputs are not float16 (the LLM computes in bf16
         # on CUDA, fp32 on the CPU): one per layer and token would bury the app's log
         logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
@@ -170,7 +170,8 @@ def _load_llm(folder: Path, placement: Placement):
     return llm.eval(), tokenizer, image_processor, info
 
 
-def _device_map_target(device: torch.device) -> str:
+def device_map_target(device: torch.device) -> str:
+    """transformers' name for one device to load every weight onto."""
     return f"cuda:{device.index or 0}" if device.type == "cuda" else str(device)
 
 
