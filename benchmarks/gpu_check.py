@@ -231,9 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = build_pipeline(sizes, device, args.quantize)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
               "tiny": args.tiny, "quantization": args.quantize, "build_s": round(time.perf_counter() - started, 1),
+              "parameters_billion": {k: round(v / 1e9, 3) for k, v in pipe.info()["parameters"].items()},
               "llm_weights_mb": round(pipe.llm.get_memory_footprint() / 2**20, 2)}
-    if args.quantize is None:  # bitsandbytes packs two 4-bit weights in one stored element: counts would mislead
-        report["parameters_billion"] = {k: round(v / 1e9, 3) for k, v in pipe.info()["parameters"].items()}
     image = Image.new("RGB", (sizes["image"], sizes["image"]), (120, 40, 200))
     encoded = pipe.format.encode([Message("user", [image, "Describe the image in detail."])])
     batch = pipe._to_device(pipe.format.collate([encoded], "left")["inputs"])

@@ -872,6 +872,8 @@ class OmniBridgePipeline:
             return sum(p.numel() for p in module.parameters())
 
         decoder_parts = {name: count(module) for name, module in self.decoder.modules().items()}
+        # transformers' count: bitsandbytes stores two 4-bit weights in one element, which numel() sees as one
+        llm_parameters = self.llm.num_parameters()
         memory = {"process_rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
                   "llm_weights_mb": round(self.llm.get_memory_footprint() / 2**20, 1)}
         if self.device.type == "cuda":
@@ -889,8 +891,8 @@ class OmniBridgePipeline:
             "dtype": {"llm": str(self.placement.llm_dtype).replace("torch.", ""),
                       "decoder": str(self.placement.decoder_dtype).replace("torch.", "")},
             "quantization": {"llm": self.placement.llm_quantization},
-            "parameters": {"llm": count(self.llm), "alignment": count(self.alignment), **decoder_parts,
-                           "total": count(self.llm) + count(self.alignment) + sum(decoder_parts.values())},
+            "parameters": {"llm": llm_parameters, "alignment": count(self.alignment), **decoder_parts,
+                           "total": llm_parameters + count(self.alignment) + sum(decoder_parts.values())},
             "memory": memory,
             "embedding_dim": self.embedding_dim,
             "jobs": {"running_or_waiting": self.jobs_requested, "most_at_once": self.max_jobs_requested},

@@ -45,7 +45,8 @@ def test_the_full_size_gpu_check_runs_at_toy_size():
     assert quantized["quantization"] == "8bit" and quantized["chat_tokens_per_s"] > 0
     # at toy size the unquantized embedding table weighs most: measured 0.50 against 0.82 MB
     assert quantized["llm_weights_mb"] < 0.7 * report["llm_weights_mb"]
-    assert "image_128px_dpm++_25_steps_s" in quantized and "parameters_billion" not in quantized
+    assert "image_128px_dpm++_25_steps_s" in quantized
+    assert quantized["parameters_billion"] == report["parameters_billion"]
 
 
 def test_a_partial_run_keeps_the_other_benchmarks_results(tmp_path):

@@ -33,6 +33,7 @@ def outputs(pipe) -> dict:
         "images": pipe.embed_images(scenes),
         "drawing": np.asarray(pipe.generate("two red circles above a blue square", seed=3).images[0], dtype=float),
         "llm_mb": pipe.info()["memory"]["llm_weights_mb"],
+        "llm_parameters": pipe.info()["parameters"]["llm"],
     }
 
 
@@ -46,6 +47,8 @@ def test_the_builtin_model_quantized_answers_embeds_and_draws_as_it_does_whole(f
     pipe = OmniBridgePipeline.from_pretrained(DEFAULT_MODEL, device="cpu", quantization=mode)
     assert type(pipe.llm.model.language_model.layers[0].mlp.up_proj).__name__ == LINEAR_CLASSES[mode]
     assert pipe.info()["quantization"] == {"llm": mode}
+    # 4-bit weights are stored two to an element: the About tab's count must still be the model's
+    assert pipe.info()["parameters"]["llm"] == full_precision["llm_parameters"]
     quantized = outputs(pipe)
     # measured: 8-bit 0.27x and 4-bit 0.15x the full-precision LLM's 26.8 MB
     assert quantized["llm_mb"] < 0.4 * full_precision["llm_mb"]
