@@ -76,6 +76,17 @@ def test_a_gallery_indexed_at_full_precision_asks_a_quantized_model_to_reindex(t
     assert reopened.needs_reindex() and reopened.reindex() == 1 and not reopened.needs_reindex()
 
 
+def test_the_gallery_tab_says_what_4bit_costs_search(tiny_pipeline):
+    from dataclasses import replace
+
+    from omnibridge.ui.gallery import FOUR_BIT_SEARCH, quantization_note
+
+    assert quantization_note(tiny_pipeline) == ""
+    for mode, note in (("8bit", ""), ("4bit", FOUR_BIT_SEARCH)):
+        as_if = type("Loaded", (), {"placement": replace(tiny_pipeline.placement, llm_quantization=mode)})()
+        assert quantization_note(as_if) == note
+
+
 def test_impossible_quantization_requests_say_why(monkeypatch):
     with pytest.raises(PlacementError, match="unknown quantization"):
         placement("cpu", quantization="3bit")
