@@ -265,6 +265,13 @@ class OmniBridgePipeline:
         return self.config.model_id
 
     @property
+    def variant_id(self) -> str:
+        """The model as served, for feedback records: its name, plus the LLM's quantization if any, so that
+        ratings of a 4-bit deployment are never counted as the full-precision model's."""
+        quantization = self.placement.llm_quantization
+        return f"{self.model_id}+{quantization}" if quantization else self.model_id
+
+    @property
     def embedding_model_id(self) -> str:
         """What the gallery records its vectors under: the name plus a digest of the embedding-side weights,
         since a retrained model keeps its name (modeling/fingerprint.py), plus the LLM's quantization: 4-bit

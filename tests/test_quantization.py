@@ -72,6 +72,8 @@ def test_a_gallery_indexed_at_full_precision_asks_a_quantized_model_to_reindex(t
     store.add([Image.new("RGB", (64, 64), (200, 30, 30))], ["a red square"])
     quantized = OmniBridgePipeline.from_pretrained(tiny_model_dir, device="cpu", quantization="8bit")
     assert quantized.embedding_model_id == full.embedding_model_id + "+8bit"
+    # and the feedback tab's records name what was served, so 8-bit ratings never count as full precision's
+    assert full.variant_id == full.model_id and quantized.variant_id == full.model_id + "+8bit"
     reopened = GalleryStore(tmp_path / "data", quantized)
     assert reopened.needs_reindex() and reopened.reindex() == 1 and not reopened.needs_reindex()
 

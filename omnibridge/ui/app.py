@@ -33,7 +33,9 @@ def build_demo(pipeline, settings: AppSettings, ctx: AppContext | None = None) -
     ctx = ctx or build_context(pipeline, settings)
     with gr.Blocks(title="OmniBridge Studio") as demo:
         gr.Markdown("# OmniBridge Studio\nOne model to chat about images, draw and edit them, and search a "
-                    f"gallery — running **{pipeline.model_id}** on **{pipeline.device}**.")
+                    f"gallery — running **{pipeline.model_id}** on **{pipeline.device}**"
+                    + (f", its language model in {pipeline.placement.llm_quantization}."
+                       if pipeline.placement.llm_quantization else "."))
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
                 chat = build_chat_tab(ctx)

@@ -186,7 +186,7 @@ def build_chat_tab(ctx: AppContext) -> dict:
         record_id = ctx.feedback.add(FeedbackRecord(
             session_id=session_of(request), tab="chat", kind="like" if like.liked is True else "dislike",
             value=str(like.liked), inputs={"messages": to_model_messages(asked[-3:])},
-            outputs={"answer": to_model_messages([answer])}, model_id=pipeline.model_id, latency_s=seconds))
+            outputs={"answer": to_model_messages([answer])}, model_id=pipeline.variant_id, latency_s=seconds))
         gr.Info("Thanks for the feedback!")
         return already | {index}, gr.Row(visible=True), record_id
 

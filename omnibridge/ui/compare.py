@@ -99,7 +99,7 @@ class Arena:
             outputs={"left": battle["outputs"][0], "right": battle["outputs"][1]},
             parameters={"pair": battle["pair"], "task": battle["task"], "winner": winner,
                         "left": {"name": left.name, **left.settings}, "right": {"name": right.name, **right.settings}},
-            model_id=self.ctx.pipeline.model_id))
+            model_id=self.ctx.pipeline.variant_id))
         return {"record_id": record_id, "left": left.name, "right": right.name, "winner": winner}
 
 

@@ -122,7 +122,7 @@ def _build_feedback_api(ctx: AppContext) -> None:
             raise gr.Error(f"tab must be one of {TABS[1:]}")
         as_dict = [j if isinstance(j, dict) else {} for j in (inputs_json, outputs_json, parameters_json)]
         record_id = ctx.feedback.add(FeedbackRecord(session_of(request), tab_name, kind_name, value_text or "",
-                                                    comment_text or "", *as_dict, model_id=ctx.pipeline.model_id))
+                                                    comment_text or "", *as_dict, model_id=ctx.pipeline.variant_id))
         return {"id": record_id, "count": ctx.feedback.count()}
 
     @user_errors

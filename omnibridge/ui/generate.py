@@ -235,7 +235,7 @@ def build_generate_tab(ctx: AppContext) -> dict:
                 session_id=session_of(request), tab="generate", kind=kind, value=kind,
                 inputs={"prompt": text, "source_image_sha": item["parameters"].get("source_sha", "")},
                 outputs={"image_sha": file_sha(item["path"]), "caption": item["parameters"].get("caption")},
-                parameters=item["parameters"], model_id=ctx.pipeline.model_id, latency_s=item.get("latency_s")))
+                parameters=item["parameters"], model_id=ctx.pipeline.variant_id, latency_s=item.get("latency_s")))
             gr.Info("Thanks for the feedback!")
             return already | {item["path"]}
         return record
