@@ -7,6 +7,9 @@ import os
 import shutil
 
 import pytest
+from playwright.sync_api import expect
+
+from omnibridge.ui.feedback import NO_VOTES
 
 pytestmark = pytest.mark.browser
 
@@ -189,4 +192,6 @@ def test_compare_reveals_the_variants_after_the_vote(app_page, tmp_path):
     open_tab(page, "Feedback")  # the win-rate chart, hidden while there were no votes, now draws this one
     page.locator("#feedback-refresh").click()
     page.locator("#feedback-win-chart").wait_for(state="visible")
-    assert page.locator("#feedback-win-note").inner_text().strip() == ""
+    # retried until the refresh lands (meanwhile the note shows Gradio's progress text)
+    expect(page.locator("#feedback-win-note")).not_to_contain_text(NO_VOTES)
+    expect(page.locator("#feedback-win-note")).not_to_contain_text("processing")
