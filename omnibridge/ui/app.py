@@ -34,7 +34,7 @@ def build_demo(pipeline, settings: AppSettings, ctx: AppContext | None = None) -
     with gr.Blocks(title="OmniBridge Studio") as demo:
         gr.Markdown("# OmniBridge Studio\nOne model to chat about images, draw and edit them, and search a "
                     f"gallery — running **{pipeline.model_id}** on **{pipeline.device}**"
-                    + (f", its language model in {pipeline.placement.llm_quantization}."
+                    + (f", its language model in {pipeline.placement.llm_quantization.replace('bit', '-bit')}."
                        if pipeline.placement.llm_quantization else "."))
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
