@@ -83,7 +83,7 @@ def build_llm(llm_config, device: torch.device, where):
     bitsandbytes quantizes weights as from_pretrained places them: written once to disk, then loaded back."""
     from transformers import Qwen2VLForConditionalGeneration
 
-    from omnibridge.modeling.loading import device_map_target, quantization_config
+    from omnibridge.modeling.loading import quantized_loading
 
     if where.llm_quantization is None:
         return materialise(lambda: Qwen2VLForConditionalGeneration(llm_config), device, where.llm_dtype)
@@ -92,9 +92,8 @@ def build_llm(llm_config, device: torch.device, where):
     with tempfile.TemporaryDirectory() as folder:
         random_llm.save_pretrained(folder)
         del random_llm
-        return Qwen2VLForConditionalGeneration.from_pretrained(
-            folder, dtype=where.llm_dtype, quantization_config=quantization_config(where),
-            device_map={"": device_map_target(device)}).eval()
+        return Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=where.llm_dtype,
+                                                               **quantized_loading(where)).eval()
 
 
 def build_pipeline(sizes: dict, device: torch.device, quantization: str | None = None):
@@ -214,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     from PIL import Image
 
     from omnibridge.modeling.chat_format import Message
+    from omnibridge.modeling.devices import QUANTIZATIONS
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__)
     parser.add_argument("--tiny", action="store_true", help="toy sizes, any device (a dry run)")
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None)
     parser.add_argument("--max-gpu-memory", type=float, default=None, metavar="GB",
                         help="then time model offload at this budget (e.g. 20 for a 24 GB card)")
-    parser.add_argument("--quantize", choices=["8bit", "4bit"], help="the LLM quantized, as --quantize loads it")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, help="the LLM quantized, as --quantize loads it")
     args = parser.parse_args(argv)
     if args.quantize and args.max_gpu_memory is not None:
         parser.error("--quantize and --max-gpu-memory do not combine (bitsandbytes weights cannot move)")

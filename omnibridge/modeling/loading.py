@@ -134,44 +134,44 @@ def check_our_folder(folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- parts
-def quantization_config(placement: Placement):
-    """transformers' BitsAndBytesConfig for the placement's LLM quantization (None: full precision)."""
+def quantized_loading(placement: Placement) -> dict:
+    """The Qwen2-VL `from_pretrained` arguments that load it quantized as the placement asks ({}: full precision).
+
+    bitsandbytes quantizes the weights as they land on their device, and they cannot move afterwards, so the
+    device is given here rather than by a `.to()` after loading.
+    """
     from transformers import BitsAndBytesConfig
 
+    if placement.llm_quantization is None:
+        return {}
     if placement.llm_quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    if placement.llm_quantization == "4bit":
-        # NF4 with quantized scales: the QLoRA recipe, about 4.1 bits a weight
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=placement.llm_dtype)
-    return None
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:  # NF4 with quantized scales: the QLoRA recipe, about 4.1 bits a weight
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=placement.llm_dtype)
+    # bitsandbytes also logs a warning on every 8-bit product whose inputs are not float16 (the LLM computes in
+    # bf16 on CUDA, fp32 on the CPU): one per layer and token would bury the app's log
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    return {"quantization_config": config, "device_map": {"": _device_map_target(placement.device)}}
 
 
 def _load_llm(folder: Path, placement: Placement):
     from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
 
-    quantization = quantization_config(placement)
-    where = {}
-    if quantization is not None:
-        # bitsandbytes quantizes as the weights land on their device, and its weights cannot move afterwards
-        where = {"quantization_config": quantization, "device_map": {"": device_map_target(placement.device)}}
-        # it also logs a warning on every 8-bit product whose inputs are not float16 (the LLM computes in bf16
-        # on CUDA, fp32 on the CPU): one per layer and token would bury the app's log
-        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    quantized = quantized_loading(placement)
     try:
         llm, info = Qwen2VLForConditionalGeneration.from_pretrained(
-            folder, dtype=placement.llm_dtype, output_loading_info=True, **where)
+            folder, dtype=placement.llm_dtype, output_loading_info=True, **quantized)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         image_processor = AutoImageProcessor.from_pretrained(folder)
     except LOAD_ERRORS as error:
         raise ModelFolderError(f"cannot load the Qwen2-VL LLM from {folder}: {error}") from None
-    if quantization is None:
+    if not quantized:
         llm = llm.to(placement.device)
     return llm.eval(), tokenizer, image_processor, info
 
 
-def device_map_target(device: torch.device) -> str:
-    """transformers' name for one device to load every weight onto."""
+def _device_map_target(device: torch.device) -> str:
     return f"cuda:{device.index or 0}" if device.type == "cuda" else str(device)
 
 
