@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .modeling.devices import QUANTIZATIONS
+
 DEFAULT_MODEL = "assets/omnibridge-shapes"
 
 
@@ -85,7 +87,7 @@ class AppSettings:
         parser.add_argument("--max-gpu-memory", type=float, default=settings.max_gpu_memory, metavar="GB",
                             help="for a GPU smaller than the model: keep at most GB GiB of weights on it, moving "
                                  "each part there as it runs (OMNIBRIDGE_MAX_GPU_MEMORY)")
-        parser.add_argument("--quantize", default=settings.quantize, choices=["8bit", "4bit"],
+        parser.add_argument("--quantize", default=settings.quantize, choices=QUANTIZATIONS,
                             help="for a GPU smaller than the model: the language model's weights in 8-bit or "
                                  "4-bit (NF4) with bitsandbytes (OMNIBRIDGE_QUANTIZE)")
         args = parser.parse_args(argv)

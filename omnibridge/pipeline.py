@@ -264,12 +264,16 @@ class OmniBridgePipeline:
     def model_id(self) -> str:
         return self.config.model_id
 
+    def _as_served(self, name: str) -> str:
+        """`name`, plus the LLM's quantization if any (`+4bit`)."""
+        quantization = self.placement.llm_quantization
+        return f"{name}+{quantization}" if quantization else name
+
     @property
     def variant_id(self) -> str:
-        """The model as served, for feedback records: its name, plus the LLM's quantization if any, so that
-        ratings of a 4-bit deployment are never counted as the full-precision model's."""
-        quantization = self.placement.llm_quantization
-        return f"{self.model_id}+{quantization}" if quantization else self.model_id
+        """The model as served, for feedback records: ratings of a 4-bit deployment are never counted as the
+        full-precision model's."""
+        return self._as_served(self.model_id)
 
     @property
     def embedding_model_id(self) -> str:
@@ -277,9 +281,7 @@ class OmniBridgePipeline:
         since a retrained model keeps its name (modeling/fingerprint.py), plus the LLM's quantization: 4-bit
         weights moved the built-in model's retrieval R@1 by 0.12, too much to mix their vectors with others."""
         fingerprint = self.model.embedding_fingerprint
-        name = f"{self.model_id}@{fingerprint}" if fingerprint else self.model_id
-        quantization = self.placement.llm_quantization
-        return f"{name}+{quantization}" if quantization else name
+        return self._as_served(f"{self.model_id}@{fingerprint}" if fingerprint else self.model_id)
 
     @property
     def device(self) -> torch.device:

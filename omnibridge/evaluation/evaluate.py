@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..modeling.decoder import SAMPLERS
+from ..modeling.devices import QUANTIZATIONS
 from ..shapes.detect import MISMATCHES
 from .editing import EVAL_SEED as EDITING_SEED
 from .editing import evaluate_editing
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="draw generation's prompts and the edits from this seed (a fresh set, to confirm a "
                              "candidate the standard one helped choose; understanding and retrieval keep theirs)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--quantize", choices=["8bit", "4bit"],
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
                         help="load the language model's weights in 8-bit or 4-bit (bitsandbytes), to measure what "
                              "quantization costs")
     parser.add_argument("--write-card", action="store_true", help="also write README.md into the model folder")
