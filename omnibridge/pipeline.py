@@ -596,7 +596,8 @@ class OmniBridgePipeline:
         self._use("transformer")
         latents = self.decoder.denoise(per_draw, draws, height, width, steps, guidance, negative, callback,
                                        init_latents=init_latents, strength=strength, sampler=sampler,
-                                       guidance_cutoff=self.config.generation.guidance_cutoff)
+                                       guidance_cutoff=self.config.generation.guidance_cutoff,
+                                       cache_interval=self.config.generation.cache_interval)
         self._use("vae")
         images = self.decoder.decode_latents(latents)
         if candidates == 1:

@@ -82,6 +82,9 @@ class GenerationDefaults:
     sampler: str = "dpm++"  # one of decoder.SAMPLERS; ddpm at 100 steps is the official setting
     # Share of the steps, from the first, that are guided; the rest cost about half (decoder.denoise)
     guidance_cutoff: float = 1.0
+    # Every how many unguided steps the DiT runs all its blocks; the others reuse its middle blocks'
+    # residual (block_cache.py). 1: every step runs every block.
+    cache_interval: int = 1
     # Images drawn per image shown; more than one keeps the one the model rates best (self_check.py)
     candidates: int = 1
     edit_candidates: int = 1

@@ -24,6 +24,7 @@ from diffusers.models.embeddings import get_2d_rotary_pos_embed
 from PIL import Image
 from transformers import AutoTokenizer, BertModel, PreTrainedModel, PreTrainedTokenizerBase, T5EncoderModel
 
+from .block_cache import MiddleBlockCache
 from .fingerprint import files_fingerprint
 
 # diffusers-style step callback: callback(decoder, step_index, timestep, {"latents": ...}) -> dict | None
@@ -295,6 +296,7 @@ class HunyuanDecoder:
         strength: float = 1.0,
         sampler: str | None = None,
         guidance_cutoff: float = 1.0,
+        cache_interval: int = 1,
     ) -> torch.Tensor:
         """Classifier-free-guided sampling; returns scaled latents [B, C, h, w].
 
@@ -304,6 +306,8 @@ class HunyuanDecoder:
         `guidance_cutoff` is the share of the steps run, counted from the first, that are guided; the
         rest run the conditional branch alone, at about half the cost (as diffusers' SDCFGCutoffCallback):
         late, low-noise steps refine detail that the layout fixed by then no longer needs guided.
+        `cache_interval` N > 1: after the guided steps, only every N-th step runs every block of the
+        transformer; the steps between reuse its middle blocks' residual (block_cache.py).
         """
         scheduler = self.scheduler
         if sampler not in (None, self.sampler_kind):
@@ -328,20 +332,23 @@ class HunyuanDecoder:
         rotary = self._rotary_embedding(latents.shape[-2], latents.shape[-1])
         step_noise = _step_generators(scheduler, seeds)
         guided_steps = math.ceil(len(timesteps) * float(np.clip(guidance_cutoff, 0.0, 1.0))) if guided else 0
-        for step, timestep in enumerate(timesteps):
-            guide_this_step = step < guided_steps
-            model_input = torch.cat([latents] * 2) if guide_this_step else latents
-            model_input = scheduler.scale_model_input(model_input, timestep)
-            t = torch.full((model_input.shape[0],), float(timestep), device=self.device)
-            prediction = self.predict(model_input, t, cond if guide_this_step else conditional_only, rotary)
-            if guide_this_step:
-                uncond, text = prediction.chunk(2)
-                prediction = uncond + guidance_scale * (text - uncond)
-            latents = scheduler.step(prediction, timestep, latents, return_dict=False, **step_noise)[0]
-            if callback is not None:
-                outputs = callback(self, step, int(timestep), {"latents": latents})
-                if outputs:
-                    latents = outputs.get("latents", latents)
+        with MiddleBlockCache(self.transformer) as block_cache:
+            for step, timestep in enumerate(timesteps):
+                guide_this_step = step < guided_steps
+                model_input = torch.cat([latents] * 2) if guide_this_step else latents
+                model_input = scheduler.scale_model_input(model_input, timestep)
+                t = torch.full((model_input.shape[0],), float(timestep), device=self.device)
+                block_cache.reuse = (cache_interval > 1 and (step - guided_steps) % cache_interval != 0
+                                     and block_cache.can_reuse(model_input.shape[0]))
+                prediction = self.predict(model_input, t, cond if guide_this_step else conditional_only, rotary)
+                if guide_this_step:
+                    uncond, text = prediction.chunk(2)
+                    prediction = uncond + guidance_scale * (text - uncond)
+                latents = scheduler.step(prediction, timestep, latents, return_dict=False, **step_noise)[0]
+                if callback is not None:
+                    outputs = callback(self, step, int(timestep), {"latents": latents})
+                    if outputs:
+                        latents = outputs.get("latents", latents)
         return latents
 
     # --------------------------------------------------------------------------------------- vae
