@@ -702,6 +702,7 @@ class OmniBridgePipeline:
         parameters = {"mode": "generate", "prompt": prompt, "caption": caption, "rewrite": rewrite,
                       "sampler": sampler, "num_inference_steps": steps, "guidance_scale": guidance,
                       "guidance_cutoff": self.config.generation.guidance_cutoff,
+                      "cache_interval": self.config.generation.cache_interval,
                       "height": height, "width": width, "candidates": candidates,
                       "seeds": kept_seeds, "conditioning": "learned_queries" if use_learned_queries else "decoder_text",
                       "model": self.model_id}
@@ -765,6 +766,7 @@ class OmniBridgePipeline:
         parameters = {"mode": "edit", "instruction": instruction, "caption": caption, **choice,
                       "sampler": sampler, "num_inference_steps": steps,
                       "guidance_scale": guidance, "guidance_cutoff": self.config.generation.guidance_cutoff,
+                      "cache_interval": self.config.generation.cache_interval,
                       "strength": strength, "height": height, "width": width,
                       "candidates": candidates, "seeds": kept_seeds, "model": self.model_id}
         return GenerationResult(images, instruction, caption, kept_seeds, timings, parameters, scores)

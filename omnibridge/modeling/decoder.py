@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, HunyuanDiT2DModel, SchedulerMixin
 from diffusers.models.embeddings import get_2d_rotary_pos_embed
+from diffusers.utils.torch_utils import is_compiled_module
 from PIL import Image
 from transformers import AutoTokenizer, BertModel, PreTrainedModel, PreTrainedTokenizerBase, T5EncoderModel
 
@@ -332,13 +333,16 @@ class HunyuanDecoder:
         rotary = self._rotary_embedding(latents.shape[-2], latents.shape[-1])
         step_noise = _step_generators(scheduler, seeds)
         guided_steps = math.ceil(len(timesteps) * float(np.clip(guidance_cutoff, 0.0, 1.0))) if guided else 0
+        if is_compiled_module(self.transformer):
+            cache_interval = 1  # swapping the blocks' forward in and out would recompile the graph at every step
         with MiddleBlockCache(self.transformer) as block_cache:
             for step, timestep in enumerate(timesteps):
                 guide_this_step = step < guided_steps
                 model_input = torch.cat([latents] * 2) if guide_this_step else latents
                 model_input = scheduler.scale_model_input(model_input, timestep)
                 t = torch.full((model_input.shape[0],), float(timestep), device=self.device)
-                block_cache.reuse = (cache_interval > 1 and (step - guided_steps) % cache_interval != 0
+                block_cache.reuse = (cache_interval > 1 and step > guided_steps
+                                     and (step - guided_steps) % cache_interval != 0
                                      and block_cache.can_reuse(model_input.shape[0]))
                 prediction = self.predict(model_input, t, cond if guide_this_step else conditional_only, rotary)
                 if guide_this_step:

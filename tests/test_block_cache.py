@@ -1,0 +1,127 @@
+"""Reusing the DiT's middle blocks between denoising steps (block_cache.py, `cache_interval`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import HunyuanDiT2DModel
+from diffusers.models.transformers.hunyuan_transformer_2d import HunyuanDiTBlock
+
+from omnibridge.modeling.block_cache import MiddleBlockCache
+
+
+@pytest.fixture
+def deeper_dit(tiny_pipeline):
+    """The tiny decoder's DiT has two blocks, so no middle ones: the same config at six (HunyuanDiT wants
+    an even count): four middle blocks, and long skips from 0 to 5 and from 1 to 4."""
+    torch.manual_seed(0)
+    config = {k: v for k, v in tiny_pipeline.decoder.transformer.config.items() if not k.startswith("_")}
+    return HunyuanDiT2DModel.from_config({**config, "num_layers": 6}).eval()
+
+
+@pytest.fixture
+def block_calls(monkeypatch):
+    """How many times any HunyuanDiTBlock really ran (patched before a cache wraps the blocks)."""
+    calls = []
+    forward = HunyuanDiTBlock.forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(self)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(HunyuanDiTBlock, "forward", counting)
+    return calls
+
+
+def _dit_inputs(tiny_pipeline, seed: int):
+    decoder = tiny_pipeline.decoder
+    cond = tiny_pipeline._condition(["a red circle"])
+    latents = decoder.initial_latents([seed], 64, 64)
+    return latents, torch.full((1,), 500.0), cond
+
+
+def _call(decoder, transformer, inputs):
+    latents, t, cond = inputs
+    decoder_transformer, decoder.transformer = decoder.transformer, transformer
+    try:
+        return decoder.predict(latents, t, cond)
+    finally:
+        decoder.transformer = decoder_transformer
+
+
+def test_a_reused_step_runs_only_the_outer_blocks_and_on_the_same_input_matches_a_full_one(
+        tiny_pipeline, deeper_dit, block_calls):
+    decoder = tiny_pipeline.decoder
+    inputs = _dit_inputs(tiny_pipeline, seed=1)
+    with torch.inference_mode(), MiddleBlockCache(deeper_dit) as cache:
+        full = _call(decoder, deeper_dit, inputs)
+        assert len(block_calls) == 6
+        cache.reuse = True
+        reused = _call(decoder, deeper_dit, inputs)
+        assert block_calls[6:] == [deeper_dit.blocks[0], deeper_dit.blocks[5]]
+        # the residual of blocks 1-4 is exact for the input it was computed on
+        torch.testing.assert_close(reused, full, rtol=1e-5, atol=1e-5)
+        # on another input the reused residual is stale: an approximation, not the full step
+        other = _dit_inputs(tiny_pipeline, seed=2)
+        approximate = _call(decoder, deeper_dit, other)
+        cache.reuse = False
+        exact = _call(decoder, deeper_dit, other)
+    assert not torch.allclose(approximate, exact)
+    assert torch.isfinite(approximate).all()
+
+
+def test_leaving_the_cache_restores_the_blocks(tiny_pipeline, deeper_dit):
+    keys = list(deeper_dit.state_dict())
+    inputs = _dit_inputs(tiny_pipeline, seed=1)
+    with torch.inference_mode():
+        before = _call(tiny_pipeline.decoder, deeper_dit, inputs)
+        with MiddleBlockCache(deeper_dit) as cache:
+            _call(tiny_pipeline.decoder, deeper_dit, inputs)
+            cache.reuse = True
+        after = _call(tiny_pipeline.decoder, deeper_dit, _dit_inputs(tiny_pipeline, seed=3))
+        again = _call(tiny_pipeline.decoder, deeper_dit, inputs)
+    assert all("forward" not in vars(block) for block in deeper_dit.blocks)
+    assert list(deeper_dit.state_dict()) == keys
+    assert torch.equal(before, again) and not torch.equal(before, after)
+
+
+def test_denoise_runs_every_block_on_the_guided_steps_and_every_nth_step_after(
+        tiny_pipeline, deeper_dit, block_calls, monkeypatch):
+    decoder = tiny_pipeline.decoder
+    monkeypatch.setattr(decoder, "transformer", deeper_dit)
+    cond = tiny_pipeline._condition(["a red circle"])
+    middle = deeper_dit.blocks[2]
+
+    def denoise(interval, cutoff=0.3):
+        block_calls.clear()
+        latents = decoder.denoise(cond, [4], 64, 64, 7, 3.0, guidance_cutoff=cutoff, cache_interval=interval)
+        return latents, block_calls.count(middle)
+
+    plain, full_steps = denoise(1)
+    assert full_steps == 7
+    # 7 steps, the first ceil(2.1) = 3 guided; then steps 3 and 5 in full, 4 and 6 reusing
+    cached, full_steps = denoise(2)
+    assert full_steps == 5
+    assert denoise(3)[1] == 3 + 2  # steps 3 and 6
+    assert denoise(2, cutoff=0.0)[1] == 4  # unguided: steps 0, 2, 4, 6
+    assert torch.equal(plain, decoder.denoise(cond, [4], 64, 64, 7, 3.0, guidance_cutoff=0.3))
+    assert not torch.equal(plain, cached)
+    assert all("forward" not in vars(block) for block in deeper_dit.blocks)
+
+
+def test_the_models_cache_interval_is_used_and_recorded(tiny_pipeline, deeper_dit, block_calls, monkeypatch):
+    monkeypatch.setattr(tiny_pipeline.decoder, "transformer", deeper_dit)
+    monkeypatch.setattr(tiny_pipeline.config.generation, "guidance_cutoff", 0.0)  # the quick preset guides all
+    settings = dict(rewrite=False, seed=2, num_inference_steps=6, guidance_scale=3.0)
+    every_step = tiny_pipeline.generate("a red circle", **settings)
+    assert block_calls.count(deeper_dit.blocks[2]) == 6
+    block_calls.clear()
+    monkeypatch.setattr(tiny_pipeline.config.generation, "cache_interval", 3)
+    reused = tiny_pipeline.generate("a red circle", **settings)
+    assert block_calls.count(deeper_dit.blocks[2]) == 2  # steps 0 and 3
+    assert (every_step.parameters["cache_interval"], reused.parameters["cache_interval"]) == (1, 3)
+    block_calls.clear()
+    edited = tiny_pipeline.edit(every_step.images[0], "make the circle blue", seed=1, num_inference_steps=6)
+    assert edited.parameters["cache_interval"] == 3
+    assert 0 < block_calls.count(deeper_dit.blocks[2]) < block_calls.count(deeper_dit.blocks[0])
