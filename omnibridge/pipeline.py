@@ -580,12 +580,13 @@ class OmniBridgePipeline:
         return sampler
 
     def _decode(self, cond, seeds, steps, guidance, height, width, callback, negative_prompt, init_image=None,
-                strength=1.0, sampler=None, candidates=1, captions=None):
+                strength=1.0, sampler=None, candidates=1, captions=None, cache_interval=1):
         """Denoise and decode one image per seed: (images, seeds, scores).
 
         With `candidates` > 1 every image is drawn that many times in one batch and the candidate
         whose embedding is closest to its caption (`captions`: one, or one per seed) is kept
         (self_check.py); `scores` are the kept ones' cosines, else None.
+        `cache_interval` as in decoder.denoise (generation and edits each pass their own).
         """
         negative = self._negative_encoding(negative_prompt or self.config.generation.negative_prompt)
         init_latents = None
@@ -597,7 +598,7 @@ class OmniBridgePipeline:
         latents = self.decoder.denoise(per_draw, draws, height, width, steps, guidance, negative, callback,
                                        init_latents=init_latents, strength=strength, sampler=sampler,
                                        guidance_cutoff=self.config.generation.guidance_cutoff,
-                                       cache_interval=self.config.generation.cache_interval)
+                                       cache_interval=cache_interval)
         self._use("vae")
         images = self.decoder.decode_latents(latents)
         if candidates == 1:
@@ -683,6 +684,7 @@ class OmniBridgePipeline:
             num_inference_steps, guidance_scale, height, width, num_images, seed)
         sampler = self._resolve_sampler(sampler)
         candidates = self._resolve_candidates(candidates, self.config.generation.candidates)
+        cache_interval = self.config.generation.cache_interval
 
         def job():
             start = time.perf_counter()
@@ -693,7 +695,8 @@ class OmniBridgePipeline:
             timings = {"rewrite_condition_s": time.perf_counter() - start}
             mark = time.perf_counter()
             drawn = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
-                                 sampler=sampler, candidates=candidates, captions=[written])
+                                 sampler=sampler, candidates=candidates, captions=[written],
+                                 cache_interval=cache_interval)
             timings["denoise_decode_s"] = time.perf_counter() - mark
             timings["total_s"] = time.perf_counter() - start
             return written, drawn, timings
@@ -702,7 +705,7 @@ class OmniBridgePipeline:
         parameters = {"mode": "generate", "prompt": prompt, "caption": caption, "rewrite": rewrite,
                       "sampler": sampler, "num_inference_steps": steps, "guidance_scale": guidance,
                       "guidance_cutoff": self.config.generation.guidance_cutoff,
-                      "cache_interval": self.config.generation.cache_interval,
+                      "cache_interval": cache_interval,
                       "height": height, "width": width, "candidates": candidates,
                       "seeds": kept_seeds, "conditioning": "learned_queries" if use_learned_queries else "decoder_text",
                       "model": self.model_id}
@@ -723,7 +726,8 @@ class OmniBridgePipeline:
             captions = self.rewrite_prompts(prompts) if rewrite else list(prompts)
             cond = self._conditions_for_prompts(prompts, captions, use_learned_queries)
             images, _, _ = self._decode(cond, [int(s) for s in seeds], steps, guidance, height, width, None, None,
-                                        sampler=sampler, candidates=candidates, captions=captions)
+                                        sampler=sampler, candidates=candidates, captions=captions,
+                                        cache_interval=self.config.generation.cache_interval)
             return images, captions
 
         return self.run_job(job)
@@ -747,6 +751,7 @@ class OmniBridgePipeline:
             num_inference_steps, guidance_scale, height, width, num_images, seed)
         sampler = self._resolve_sampler(sampler)
         candidates = self._resolve_candidates(candidates, self.config.generation.edit_candidates)
+        cache_interval = self.config.generation.edit_cache_interval
 
         def job():
             start = time.perf_counter()
@@ -757,7 +762,7 @@ class OmniBridgePipeline:
             mark = time.perf_counter()
             drawn = self._decode(cond, seeds, steps, guidance, height, width, callback, negative_prompt,
                                  init_image=source, strength=strength, sampler=sampler, candidates=candidates,
-                                 captions=[written])
+                                 captions=[written], cache_interval=cache_interval)
             timings["denoise_decode_s"] = time.perf_counter() - mark
             timings["total_s"] = time.perf_counter() - start
             return written, choice, drawn, timings
@@ -766,7 +771,7 @@ class OmniBridgePipeline:
         parameters = {"mode": "edit", "instruction": instruction, "caption": caption, **choice,
                       "sampler": sampler, "num_inference_steps": steps,
                       "guidance_scale": guidance, "guidance_cutoff": self.config.generation.guidance_cutoff,
-                      "cache_interval": self.config.generation.cache_interval,
+                      "cache_interval": cache_interval,
                       "strength": strength, "height": height, "width": width,
                       "candidates": candidates, "seeds": kept_seeds, "model": self.model_id}
         return GenerationResult(images, instruction, caption, kept_seeds, timings, parameters, scores)

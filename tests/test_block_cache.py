@@ -122,6 +122,10 @@ def test_the_models_cache_interval_is_used_and_recorded(tiny_pipeline, deeper_di
     assert block_calls.count(deeper_dit.blocks[2]) == 2  # steps 0 and 3
     assert (every_step.parameters["cache_interval"], reused.parameters["cache_interval"]) == (1, 3)
     block_calls.clear()
-    edited = tiny_pipeline.edit(every_step.images[0], "make the circle blue", seed=1, num_inference_steps=6)
-    assert edited.parameters["cache_interval"] == 3
+    edit = lambda: tiny_pipeline.edit(every_step.images[0], "make the circle blue", seed=1, num_inference_steps=6)
+    assert edit().parameters["cache_interval"] == 1  # edits keep every block unless edit_cache_interval says so
+    assert block_calls.count(deeper_dit.blocks[2]) == block_calls.count(deeper_dit.blocks[0])
+    block_calls.clear()
+    monkeypatch.setattr(tiny_pipeline.config.generation, "edit_cache_interval", 2)
+    assert edit().parameters["cache_interval"] == 2
     assert 0 < block_calls.count(deeper_dit.blocks[2]) < block_calls.count(deeper_dit.blocks[0])

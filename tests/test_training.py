@@ -401,11 +401,12 @@ def test_a_fresh_seed_draws_new_prompts_and_edits_and_none_keeps_each_parts_own(
     from omnibridge.evaluation import evaluate
     from omnibridge.evaluation.editing import EVAL_SEED as EDITING_SEED
     from omnibridge.evaluation.generation import EVAL_SEED as GENERATION_SEED
+    from omnibridge.modeling.config import GenerationDefaults
 
     seeds = []
     monkeypatch.setattr(evaluate, "evaluate_generation_paths", lambda *args: seeds.append(("generation", args[-1])) or {})
     monkeypatch.setattr(evaluate, "evaluate_editing", lambda *args: seeds.append(("editing", args[-1])) or {})
-    generation = SimpleNamespace(candidates=1, edit_candidates=1, guidance_cutoff=0.3)
+    generation = GenerationDefaults(guidance_cutoff=0.3)
     pipe = SimpleNamespace(model_id="m", model=SimpleNamespace(source="local"),
                            decoder=SimpleNamespace(sampler_kind="unipc"), config=SimpleNamespace(generation=generation))
     standard = evaluate.run_evaluation(pipe, parts=("generation", "editing"))

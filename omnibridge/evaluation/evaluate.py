@@ -92,6 +92,8 @@ def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = QU
                     "candidates": pipe.config.generation.candidates,
                     "edit_candidates": pipe.config.generation.edit_candidates,
                     "guidance_cutoff": pipe.config.generation.guidance_cutoff,
+                    "cache_interval": pipe.config.generation.cache_interval,
+                    "edit_cache_interval": pipe.config.generation.edit_cache_interval,
                     "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     generation_seed, editing_seed = (GENERATION_SEED, EDITING_SEED) if seed is None else (seed, seed)
     if seed is not None:

@@ -83,8 +83,10 @@ class GenerationDefaults:
     # Share of the steps, from the first, that are guided; the rest cost about half (decoder.denoise)
     guidance_cutoff: float = 1.0
     # Every how many unguided steps the DiT runs all its blocks; the others reuse its middle blocks'
-    # residual (block_cache.py). 1: every step runs every block.
+    # residual (block_cache.py). 1: every step runs every block. Edits have their own, because an edit's
+    # target must also keep what the instruction leaves alone, and reuse costs edits more than new images.
     cache_interval: int = 1
+    edit_cache_interval: int = 1
     # Images drawn per image shown; more than one keeps the one the model rates best (self_check.py)
     candidates: int = 1
     edit_candidates: int = 1
