@@ -10,17 +10,19 @@ PROMPT = "a red circle to the left of a blue square"
 
 
 def bare_loop(decoder, caption: str, steps: int, guidance: float, size: int, seed: int = 0,
-              guidance_cutoff: float = 1.0):
+              guidance_cutoff: float = 1.0, cache_interval: int = 1):
     """The same components called directly, as a diffusers user would write it (guiding the first
-    `guidance_cutoff` share of the steps, as the pipeline does, so that both do the same work)."""
+    `guidance_cutoff` share of the steps and reusing the middle blocks as `cache_interval` says, as the
+    pipeline does, so that both do the same work)."""
     import math
 
     from diffusers.models.embeddings import get_2d_rotary_pos_embed
 
+    from omnibridge.modeling.block_cache import MiddleBlockCache
     from omnibridge.modeling.decoder import get_resize_crop_region_for_grid
 
     transformer, vae, scheduler = decoder.transformer, decoder.vae, decoder.scheduler
-    with torch.inference_mode():
+    with torch.inference_mode(), MiddleBlockCache(transformer) as block_cache:
         cond = decoder.encode_captions([caption])
         negative = decoder.encode_captions([""])
         embeds = torch.cat([negative.embeds, cond.embeds])
@@ -43,6 +45,7 @@ def bare_loop(decoder, caption: str, steps: int, guidance: float, size: int, see
                 embeds, mask, embeds_2, mask_2 = embeds[1:], mask[1:], embeds_2[1:], mask_2[1:]
             model_input = torch.cat([latents] * len(embeds))
             model_input = scheduler.scale_model_input(model_input, t)
+            block_cache.prepare(step, guided_steps, cache_interval, len(model_input))
             out = transformer(model_input, torch.full((len(embeds),), float(t)), encoder_hidden_states=embeds,
                               text_embedding_mask=mask, encoder_hidden_states_t5=embeds_2,
                               text_embedding_mask_t5=mask_2, image_rotary_emb=rotary, return_dict=False)[0]
@@ -58,28 +61,34 @@ def bare_loop(decoder, caption: str, steps: int, guidance: float, size: int, see
 def run(pipe, repeats: int = 5) -> Result:
     defaults = pipe.config.generation
     steps, guidance, size = defaults.num_inference_steps, defaults.guidance_scale, defaults.height
-    cutoff = defaults.guidance_cutoff
+    cutoff, interval = defaults.guidance_cutoff, defaults.cache_interval
     requests = RequestThreads()  # the pipeline is asked from request threads, as in the app
     timings = Timing.interleaved({
         "full": requests(lambda: pipe.generate(PROMPT, seed=0)),
         "no_rewrite": requests(lambda: pipe.generate(PROMPT, rewrite=False, seed=0)),
         # on the pipeline's model thread, where its own jobs run (the same OpenMP team)
         "bare": lambda: pipe.run_job(lambda: bare_loop(pipe.decoder, PROMPT, steps, guidance, size,
-                                                       guidance_cutoff=cutoff)),
-        # what the model's guidance cutoff saves: the same loop guiding every step
+                                                       guidance_cutoff=cutoff, cache_interval=interval)),
+        # what the model's block reuse saves: the same loop running every block on every step
+        "bare_every_block": lambda: pipe.run_job(lambda: bare_loop(pipe.decoder, PROMPT, steps, guidance, size,
+                                                                   guidance_cutoff=cutoff)),
+        # what the model's guidance cutoff saves: the same loop guiding every step (every block too)
         "bare_every_step_guided": lambda: pipe.run_job(lambda: bare_loop(pipe.decoder, PROMPT, steps, guidance,
                                                                          size)),
         "four": requests(lambda: pipe.generate(PROMPT, rewrite=False, seed=0, num_images=4)),
         # the self-check draws 4 and keeps 1: its own cost is the rating, against 4 images drawn
         "self_check_4": requests(lambda: pipe.generate(PROMPT, rewrite=False, seed=0, candidates=4)),
     }, repeats)
-    full, no_rewrite, bare, four, checked, every_step = (
-        timings[k] for k in ("full", "no_rewrite", "bare", "four", "self_check_4", "bare_every_step_guided"))
+    full, no_rewrite, bare, four, checked, every_step, every_block = (
+        timings[k] for k in ("full", "no_rewrite", "bare", "four", "self_check_4", "bare_every_step_guided",
+                             "bare_every_block"))
     figures = {
-        "steps": steps, "guidance": guidance, "guidance_cutoff": cutoff, "size": size, "sampler": defaults.sampler,
+        "steps": steps, "guidance": guidance, "guidance_cutoff": cutoff, "cache_interval": interval, "size": size,
+        "sampler": defaults.sampler,
         "image_s": full.median_s, "image_no_rewrite_s": no_rewrite.median_s, "bare_loop_s": bare.median_s,
-        "bare_loop_every_step_guided_s": every_step.median_s,
-        "guidance_cutoff_vs_every_step_guided": ratio(bare.median_s, every_step.median_s),
+        "bare_loop_every_step_guided_s": every_step.median_s, "bare_loop_every_block_s": every_block.median_s,
+        "guidance_cutoff_vs_every_step_guided": ratio(every_block.median_s, every_step.median_s),
+        "cache_interval_vs_every_block": ratio(bare.median_s, every_block.median_s),
         "overhead_vs_bare": ratio(no_rewrite.median_s, bare.median_s),
         "overhead_with_rewrite_vs_bare": ratio(full.median_s, bare.median_s),
         "four_images_s": four.median_s, "per_image_in_batch_of_4_s": round(four.median_s / 4, 4),

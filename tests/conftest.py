@@ -36,6 +36,17 @@ def tiny_pipeline(tiny_model):
     return OmniBridgePipeline(tiny_model, placement("cpu"))
 
 
+@pytest.fixture
+def deeper_dit(tiny_pipeline):
+    """The tiny decoder's DiT has two blocks, so no middle ones: the same config at six (HunyuanDiT wants
+    an even count): four middle blocks, and long skips from 0 to 5 and from 1 to 4."""
+    from diffusers import HunyuanDiT2DModel
+
+    torch.manual_seed(0)
+    config = {k: v for k, v in tiny_pipeline.decoder.transformer.config.items() if not k.startswith("_")}
+    return HunyuanDiT2DModel.from_config({**config, "num_layers": 6}).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_pipeline, tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tiny-omnibridge"

@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import bench_chat, bench_embed, bench_generate
 from benchmarks.gpu_check import main as gpu_check
@@ -88,19 +89,25 @@ def test_interleaved_timing_runs_the_compared_functions_in_turn():
     assert threading.get_ident() not in idents
 
 
-@pytest.mark.parametrize("cutoff", [1.0, 0.5])
-def test_the_bare_loop_draws_what_the_pipeline_draws(tiny_pipeline, monkeypatch, cutoff):
-    # The generate benchmark's baseline must do the pipeline's work, guidance cutoff included, or its
-    # ratio would credit the pipeline with steps it skipped.
+@pytest.mark.parametrize("cutoff, interval", [(1.0, 1), (0.5, 1), (0.25, 2)])
+def test_the_bare_loop_draws_what_the_pipeline_draws(tiny_pipeline, deeper_dit, monkeypatch, cutoff, interval):
+    # The generate benchmark's baseline must do the pipeline's work, guidance cutoff and block reuse
+    # included, or its ratio would credit the pipeline with work it skipped.
     from benchmarks.bench_generate import PROMPT, bare_loop
 
+    monkeypatch.setattr(tiny_pipeline.decoder, "transformer", deeper_dit)  # middle blocks to reuse
     monkeypatch.setattr(tiny_pipeline.config.generation, "guidance_cutoff", cutoff)
+    monkeypatch.setattr(tiny_pipeline.config.generation, "cache_interval", interval)
     drawn = tiny_pipeline.generate(PROMPT, rewrite=False, use_learned_queries=False, seed=0,
                                    num_inference_steps=4, guidance_scale=3.0, sampler="dpm++").images[0]
     original = tiny_pipeline.decoder.sampler_kind
     tiny_pipeline.decoder.set_sampler("dpm++")
     try:
-        pixels = bare_loop(tiny_pipeline.decoder, PROMPT, 4, 3.0, 64, seed=0, guidance_cutoff=cutoff)
+        pixels = bare_loop(tiny_pipeline.decoder, PROMPT, 4, 3.0, 64, seed=0, guidance_cutoff=cutoff,
+                           cache_interval=interval)
+        if interval > 1:  # reuse changes the image, so the match above is not one of two loops alike
+            every_block = bare_loop(tiny_pipeline.decoder, PROMPT, 4, 3.0, 64, seed=0, guidance_cutoff=cutoff)
+            assert not torch.equal(pixels, every_block)
     finally:
         tiny_pipeline.decoder.set_sampler(original)
     bare = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()

@@ -5,19 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import HunyuanDiT2DModel
 from diffusers.models.transformers.hunyuan_transformer_2d import HunyuanDiTBlock
 
 from omnibridge.modeling.block_cache import MiddleBlockCache
-
-
-@pytest.fixture
-def deeper_dit(tiny_pipeline):
-    """The tiny decoder's DiT has two blocks, so no middle ones: the same config at six (HunyuanDiT wants
-    an even count): four middle blocks, and long skips from 0 to 5 and from 1 to 4."""
-    torch.manual_seed(0)
-    config = {k: v for k, v in tiny_pipeline.decoder.transformer.config.items() if not k.startswith("_")}
-    return HunyuanDiT2DModel.from_config({**config, "num_layers": 6}).eval()
 
 
 @pytest.fixture

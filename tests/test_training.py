@@ -393,6 +393,13 @@ def test_generation_scores_count_failures_by_the_first_thing_wrong():
         {"model": "m", "generation": paths})
     older = {path: {k: v for k, v in scores.items() if k != "failures"} for path in paths}
     assert "first thing wrong" not in format_table({"model": "m", "generation": older})
+    settings = {"num_inference_steps": 15, "guidance_scale": 2.0}
+    reused = format_table({"model": "m", "guidance_cutoff": 0.3, "cache_interval": 3, "edit_cache_interval": 1,
+                           "generation": {**paths, "settings": settings}})
+    assert "first 30% of the steps; after them every block ran on 1 unguided step in 3" in reused
+    assert "(edits: 1 in 1)" in reused
+    every_block = format_table({"model": "m", "guidance_cutoff": 0.3, "generation": {**paths, "settings": settings}})
+    assert every_block.splitlines()[-1].endswith("first 30% of the steps")  # older reports, and no reuse
 
 
 def test_a_fresh_seed_draws_new_prompts_and_edits_and_none_keeps_each_parts_own(monkeypatch):
@@ -448,6 +455,9 @@ def test_the_model_card_marks_each_goal_met_or_missed():
     report["speed"].update(image_s=0.48, runs_image_s=[0.48, 0.51, 0.47])  # a noisy machine: every run is shown
     measured = {goal: text for goal, text, _ in _goal_rows(report)}["one 64x64 image <= 0.5 s"]
     assert measured.endswith("runs in a row: 0.480 s, 0.510 s, 0.470 s")
+    report.update(guidance_cutoff=0.3, cache_interval=3)
+    measured = {goal: text for goal, text, _ in _goal_rows(report)}["one 64x64 image <= 0.5 s"]
+    assert measured.startswith("0.480 s (guidance on the first 30% of the steps; every DiT block on 1 unguided step in 3)")
 
 
 def test_the_model_card_tells_gpu_training_time_from_cpu_time():

@@ -82,6 +82,15 @@ def measure_speed(pipe, repeats: int = 5) -> dict:
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
 
 
+def _block_reuse(report: dict) -> str:
+    """How often the unguided steps ran every DiT block (block_cache.py), when they did not always."""
+    new_images, edits = report.get("cache_interval", 1), report.get("edit_cache_interval", 1)
+    if new_images == 1 and edits == 1:
+        return ""
+    return (f"; after them every block ran on 1 unguided step in {new_images}, the rest reused the middle "
+            f"blocks (edits: 1 in {edits})")
+
+
 def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = QUESTIONS_PER_TYPE,
                    edits_per_type: int = 15, retrieval_scenes: int = 1000, steps: int | None = None,
                    guidance: float | None = None, seed: int | None = None) -> dict:
@@ -130,7 +139,7 @@ def format_table(report: dict) -> str:
         if settings:  # accuracy depends on them: say which were measured
             lines.append(f"  sampler {report.get('sampler', '?')}, {settings['num_inference_steps']} steps, "
                          f"guidance {settings['guidance_scale']} on the first "
-                         f"{report.get('guidance_cutoff', 1.0):.0%} of the steps")
+                         f"{report.get('guidance_cutoff', 1.0):.0%} of the steps{_block_reuse(report)}")
     for part in ("understanding", "editing"):
         if part in report:
             values = {k: v for k, v in report[part].items() if isinstance(v, float)}

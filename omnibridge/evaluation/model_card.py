@@ -85,6 +85,8 @@ def _goal_rows(report: dict) -> list[tuple[str, str, bool]]:
             if speed.get("every_step_guided_image_s"):  # the machine is shared: the same run's ratio says more
                 ratio = speed["guidance_cutoff_image_s_same_run"] / speed["every_step_guided_image_s"]
                 measured += f": x{ratio:.2f} the time of guiding every step, in the same run"
+            if report.get("cache_interval", 1) > 1:
+                measured += f"; every DiT block on 1 unguided step in {report['cache_interval']}"
             measured += ")"
         if speed.get("runs_image_s"):  # the machine is shared: say how much the same measurement moved
             measured += "; runs in a row: " + ", ".join(f"{s:.3f} s" for s in speed["runs_image_s"])

@@ -26,6 +26,12 @@ class MiddleBlockCache:
         self.residual: Tensor | None = None
         self._middle_input: Tensor | None = None
 
+    def prepare(self, step: int, guided_steps: int, interval: int, batch: int) -> None:
+        """Plan denoising step `step`: the guided steps and, after them, every `interval`-th step run every
+        block; the others reuse, once a residual of this batch size is stored."""
+        self.reuse = (interval > 1 and step > guided_steps and (step - guided_steps) % interval != 0
+                      and self.can_reuse(batch))
+
     def can_reuse(self, batch: int) -> bool:
         """Whether a residual of this batch size is stored (a guided step runs at twice the batch)."""
         return self.residual is not None and self.residual.shape[0] == batch

@@ -341,9 +341,7 @@ class HunyuanDecoder:
                 model_input = torch.cat([latents] * 2) if guide_this_step else latents
                 model_input = scheduler.scale_model_input(model_input, timestep)
                 t = torch.full((model_input.shape[0],), float(timestep), device=self.device)
-                block_cache.reuse = (cache_interval > 1 and step > guided_steps
-                                     and (step - guided_steps) % cache_interval != 0
-                                     and block_cache.can_reuse(model_input.shape[0]))
+                block_cache.prepare(step, guided_steps, cache_interval, model_input.shape[0])
                 prediction = self.predict(model_input, t, cond if guide_this_step else conditional_only, rotary)
                 if guide_this_step:
                     uncond, text = prediction.chunk(2)
