@@ -458,6 +458,9 @@ def test_the_model_card_marks_each_goal_met_or_missed():
     report.update(guidance_cutoff=0.3, cache_interval=3)
     measured = {goal: text for goal, text, _ in _goal_rows(report)}["one 64x64 image <= 0.5 s"]
     assert measured.startswith("0.480 s (guidance on the first 30% of the steps; every DiT block on 1 unguided step in 3)")
+    report["speed"].update(block_reuse_image_s_same_run=0.4, every_block_image_s=0.5)
+    measured = {goal: text for goal, text, _ in _goal_rows(report)}["one 64x64 image <= 0.5 s"]
+    assert "step in 3: x0.80 the time of every block on every step, in the same run)" in measured
 
 
 def test_the_model_card_tells_gpu_training_time_from_cpu_time():
@@ -846,3 +849,4 @@ def test_the_package_takes_the_presets_sampler_and_steps(trained):
     shapes = get_preset("shapes")
     assert (shipped.sampler, shipped.num_inference_steps, shipped.guidance_cutoff) == (
         shapes.sampler, shapes.inference_steps, shapes.guidance_cutoff)
+    assert (shipped.cache_interval, shipped.edit_cache_interval) == (shapes.cache_interval, shapes.edit_cache_interval)

@@ -41,7 +41,9 @@ def shapes_config(preset: TrainPreset, decoder: HunyuanDecoder, llm_hidden_size:
                                       allowed_sizes=(decoder.sample_size,),
                                       edit_candidates=preset.edit_candidates,
                                       edit_caption_beams=preset.edit_caption_beams,
-                                      guidance_cutoff=preset.guidance_cutoff),
+                                      guidance_cutoff=preset.guidance_cutoff,
+                                      cache_interval=preset.cache_interval,
+                                      edit_cache_interval=preset.edit_cache_interval),
         max_context_tokens=1024,
         max_images_in_context=8,
     )
