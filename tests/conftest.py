@@ -47,6 +47,22 @@ def deeper_dit(tiny_pipeline):
     return HunyuanDiT2DModel.from_config({**config, "num_layers": 6}).eval()
 
 
+@pytest.fixture
+def block_calls(monkeypatch):
+    """How many times any HunyuanDiTBlock really ran (patched before a cache wraps the blocks)."""
+    from diffusers.models.transformers.hunyuan_transformer_2d import HunyuanDiTBlock
+
+    calls = []
+    forward = HunyuanDiTBlock.forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(self)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(HunyuanDiTBlock, "forward", counting)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_pipeline, tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tiny-omnibridge"

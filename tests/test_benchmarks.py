@@ -1,5 +1,6 @@
 """The benchmarks run (on the micro model); they measure, so nothing here checks a timing."""
 
+import collections
 import random
 import threading
 
@@ -37,11 +38,15 @@ def test_the_quantization_benchmark_measures_each_mode_against_full_precision():
     assert result.summary.startswith("quantize: 8bit LLM weights x")
 
 
-def test_the_full_size_gpu_check_runs_at_toy_size():
+def test_the_full_size_gpu_check_runs_at_toy_size(block_calls):
     report = gpu_check(["--tiny", "--device", "cpu", "--max-gpu-memory", "20"])
     assert report["tiny"] and report["chat_tokens_per_s"] > 0
     assert report["offload"] == {"skipped": "model offload needs a GPU"}
-    assert {"image_128px_dpm++_25_steps_s", "image_128px_ddpm_100_steps_s", "embed_images_per_s"} <= set(report)
+    assert {"image_128px_dpm++_25_steps_s", "image_128px_ddpm_100_steps_s", "embed_images_per_s",
+            "image_128px_dpm++_25_steps_guided_30pct_reuse_3_s"} <= set(report)
+    runs = collections.Counter(block_calls)
+    assert len(runs) == 4 and len(set(runs.values())) == 2  # the middle blocks were reused: they ran less
+    block_calls.clear()
     quantized = gpu_check(["--tiny", "--device", "cpu", "--quantize", "8bit"])
     assert quantized["quantization"] == "8bit" and quantized["chat_tokens_per_s"] > 0
     # at toy size the unquantized embedding table weighs most: measured 0.50 against 0.82 MB

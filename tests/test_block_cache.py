@@ -5,23 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers.models.transformers.hunyuan_transformer_2d import HunyuanDiTBlock
 
 from omnibridge.modeling.block_cache import MiddleBlockCache
-
-
-@pytest.fixture
-def block_calls(monkeypatch):
-    """How many times any HunyuanDiTBlock really ran (patched before a cache wraps the blocks)."""
-    calls = []
-    forward = HunyuanDiTBlock.forward
-
-    def counting(self, *args, **kwargs):
-        calls.append(self)
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(HunyuanDiTBlock, "forward", counting)
-    return calls
 
 
 def _dit_inputs(tiny_pipeline, seed: int):
