@@ -31,11 +31,14 @@ def main(argv: list[str] | None = None) -> list:
     parser.add_argument("--steps-prompts-per-category", type=int, default=10,
                         help="the fewer-steps study's prompts per category (six categories; 25 for a 2-point comparison)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a 10k-only search benchmark")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed rounds of chat, generate, embed and quantize (default 5, 2 with --quick); "
+                             "more for a noisy hour")
     args = parser.parse_args(argv)
     chosen = args.only.split(",")
     pipe = OmniBridgePipeline.from_pretrained(args.model)
     image = render(sample_scene(random.Random(3), 2))
-    repeats = 2 if args.quick else 5
+    repeats = args.repeats or (2 if args.quick else 5)
     runners = {
         "chat": lambda: bench_chat.run(pipe, image, repeats),
         "generate": lambda: bench_generate.run(pipe, repeats),

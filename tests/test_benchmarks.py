@@ -146,3 +146,15 @@ def test_the_steps_study_pairs_every_setting_with_the_default(tiny_pipeline):
     assert reference["won_vs_default"] - reference["lost_vs_default"] == round(
         6 * (reference["overall"] - rows[default]["overall"]))
     assert pipe.decoder.sampler_kind == kind
+
+
+def test_the_runner_passes_its_rounds_on(monkeypatch, tmp_path):
+    from benchmarks import run
+    from benchmarks.harness import Result
+
+    asked = []
+    monkeypatch.setattr(bench_generate, "run", lambda pipe, repeats: asked.append(repeats) or Result("generate", {}, "g"))
+    out = str(tmp_path / "results.json")
+    for flags in (["--repeats", "9"], ["--quick"], []):
+        run.main(["--only", "generate", "--out", out, *flags])
+    assert asked == [9, 2, 5]
