@@ -53,7 +53,7 @@ def build_about_tab(ctx: AppContext, url: str = "http://127.0.0.1:7860/") -> Non
         "**The full model:** `python app.py --model xxt-ssr/Omnibridge-retrieval-finetuned --decoder "
         "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers` on a GPU (about 40 GB in bf16/fp16).")
     with gr.Accordion("Model card", open=True):
-        gr.Markdown(_model_card(pipeline.model.source) if hasattr(pipeline, "model") else "")
+        gr.Markdown(_model_card(pipeline.model.source) if hasattr(pipeline, "model") else "", elem_id="about-card")
     info = gr.JSON(label="Runtime (device, dtype, parameters, memory)", elem_id="about-info")
     gr.Markdown(_versions())
     gr.Markdown("### API\n" + API_SNIPPET.format(url=url))

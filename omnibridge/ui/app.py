@@ -23,6 +23,8 @@ CSS = """
 .fill-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 /* a lone result would otherwise fill the gallery's whole width and overflow its height */
 #gen-gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)); }
+/* the card's goals table: a long "measured" cell squeezed the "met" column to one letter a line */
+#about-card td:last-child, #about-card th:last-child { white-space: nowrap; }
 footer { visibility: hidden; }
 """
 THEME = gr.themes.Soft(primary_hue="indigo")
