@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> list:
                         help="the fewer-steps study's prompts per category (six categories; 25 for a 2-point comparison)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a 10k-only search benchmark")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds of chat, generate, embed and quantize (default 5, 2 with --quick); "
-                             "more for a noisy hour")
+                        help="timed rounds of chat, generate, embed and quantize (default 5, 2 with --quick), and of "
+                             "start-up (default 3, 1 with --quick; about 35 s each); more for a noisy hour")
     args = parser.parse_args(argv)
     chosen = args.only.split(",")
     pipe = OmniBridgePipeline.from_pretrained(args.model)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> list:
         "steps": lambda: bench_steps.run(pipe, 4 if args.quick else args.steps_prompts_per_category),
         "embed": lambda: bench_embed.run(pipe, repeats=repeats),
         "gallery": lambda: bench_gallery.run(pipe, (10_000,) if args.quick else (10_000, 100_000)),
-        "startup": lambda: bench_startup.run(args.model),
+        "startup": lambda: bench_startup.run(args.model, rounds=args.repeats or (1 if args.quick else 3)),
         "quantize": lambda: bench_quantize.run(args.model, image, repeats),
     }
     results = []

@@ -55,6 +55,29 @@ def test_the_full_size_gpu_check_runs_at_toy_size(block_calls):
     assert quantized["parameters_billion"] == report["parameters_billion"]
 
 
+def test_the_startup_benchmark_takes_each_rounds_ratio_against_the_imports_timed_just_before(monkeypatch):
+    from benchmarks import bench_startup
+
+    # a machine that slows down round by round: 8, 10, 12 s of imports, starts 1.25x and 1.125x of them
+    imports = iter([8.0, 10.0, 12.0])
+    starts = iter([(10.0, 14.0, 300 * 2**20), (9.0, 0.0, 310 * 2**20), (12.5, 16.0, 0), (11.25, 0.0, 0),
+                   (15.0, 20.0, 0), (13.5, 0.0, 320 * 2**20)])
+    data_dirs = []
+
+    def start_and_ask(model, data_dir):
+        data_dirs.append(data_dir)
+        return next(starts)
+
+    monkeypatch.setattr(bench_startup, "_time_imports", lambda: next(imports))
+    monkeypatch.setattr(bench_startup, "_start_and_ask", start_and_ask)
+    figures = bench_startup.run("tiny", rounds=3).figures
+    assert data_dirs[0] == data_dirs[1] != data_dirs[2] == data_dirs[3]  # a restart reuses its round's fresh dir
+    assert figures["first_start_ratio_to_imports"] == 1.25 and figures["restart_ratio_to_imports"] == 1.125
+    assert figures["imports_alone_s"] == 10.0 and figures["restart_to_first_request_s"] == 11.25
+    assert figures["first_start_to_indexed_gallery_s"] == 16.0 and figures["spread_s"]["restart"] == [9.0, 13.5]
+    assert figures["app_rss_mb"] == 320.0  # the last restart's, after its generation
+
+
 def test_a_partial_run_keeps_the_other_benchmarks_results(tmp_path):
     from benchmarks.harness import Result, write
 
