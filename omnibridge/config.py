@@ -40,7 +40,7 @@ class AppSettings:
     queue_size: int = 32
     seed_gallery: int = 300  # built-in scenes indexed on first start
     compare_model: str | None = None  # a second checkpoint for the Compare tab
-    compile: bool = False  # torch.compile the decoder (off by default; not on ZeroGPU)
+    compile: bool = False  # torch.compile the DiT's blocks (off by default; not on ZeroGPU)
     max_gpu_memory: float | None = None  # GiB of weights kept on the GPU (model offload); None: the whole model
     quantize: str | None = None  # "8bit" or "4bit": the LLM's weights in bitsandbytes formats
 
@@ -83,7 +83,7 @@ class AppSettings:
         parser.add_argument("--seed-gallery", type=int, default=settings.seed_gallery)
         parser.add_argument("--compare-model", default=settings.compare_model)
         parser.add_argument("--compile", action="store_true", default=settings.compile,
-                            help="torch.compile the decoder (slower start, faster steps on GPU)")
+                            help="torch.compile the DiT's blocks (the first image waits for the compiler, then faster images)")
         parser.add_argument("--max-gpu-memory", type=float, default=settings.max_gpu_memory, metavar="GB",
                             help="for a GPU smaller than the model: keep at most GB GiB of weights on it, moving "
                                  "each part there as it runs (OMNIBRIDGE_MAX_GPU_MEMORY)")

@@ -256,9 +256,10 @@ class OmniBridgePipeline:
         if self.offload is not None:
             self.offload.use(*components)
 
-    def compile(self) -> None:
-        """Optional `torch.compile` of the decoder transformer (a flag: slow to start, and not on ZeroGPU)."""
-        self.decoder.transformer = torch.compile(self.decoder.transformer)
+    def compile(self, **compile_options) -> None:
+        """Optional `torch.compile` of the DiT's blocks (a flag: the first image waits for the compiler, and
+        not on ZeroGPU); block reuse keeps working (README, performance, `--compile`)."""
+        self.decoder.compile_blocks(**compile_options)
 
     @property
     def model_id(self) -> str:

@@ -78,6 +78,23 @@ def test_the_startup_benchmark_takes_each_rounds_ratio_against_the_imports_timed
     assert figures["app_rss_mb"] == 320.0  # the last restart's, after its generation
 
 
+def test_the_compile_benchmark_times_compiled_blocks_against_the_same_model_uncompiled(tiny_model_dir, monkeypatch):
+    from benchmarks import bench_compile
+    from omnibridge import OmniBridgePipeline
+
+    # the subprocesses' first compiled images and inductor's C++ compile take minutes: stand-ins for both
+    monkeypatch.setattr(bench_compile, "_first_compiled_image_s", lambda model, cache_dir: 1.5)
+    compile_blocks = OmniBridgePipeline.compile
+    monkeypatch.setattr(OmniBridgePipeline, "compile", lambda self: compile_blocks(self, backend="eager"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset")  # run() points it at its own folder
+    result = bench_compile.run(OmniBridgePipeline.from_pretrained(tiny_model_dir), str(tiny_model_dir), repeats=1)
+    figures = result.figures
+    assert figures["ratio_to_uncompiled"] > 0 and figures["first_image_empty_cache_s"] == 1.5
+    assert figures["pixels_differing"] == 0  # the eager backend runs the same kernels
+    assert result.summary.startswith("compile: one image")
+    torch._dynamo.reset()
+
+
 def test_a_partial_run_keeps_the_other_benchmarks_results(tmp_path):
     from benchmarks.harness import Result, write
 

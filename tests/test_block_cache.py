@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pytest
 import torch
@@ -59,6 +60,36 @@ def test_leaving_the_cache_restores_the_blocks(tiny_pipeline, deeper_dit):
     assert all("forward" not in vars(block) for block in deeper_dit.blocks)
     assert list(deeper_dit.state_dict()) == keys
     assert torch.equal(before, again) and not torch.equal(before, after)
+
+
+def test_leaving_the_cache_gives_back_a_blocks_own_forward(tiny_pipeline, deeper_dit, block_calls):
+    own = functools.partial(type(deeper_dit.blocks[2]).forward, deeper_dit.blocks[2])  # as compile_blocks binds
+    deeper_dit.blocks[2].forward = own
+    with torch.inference_mode(), MiddleBlockCache(deeper_dit):
+        _call(tiny_pipeline.decoder, deeper_dit, _dit_inputs(tiny_pipeline, seed=1))
+    assert vars(deeper_dit.blocks[2])["forward"] is own
+    assert "forward" not in vars(deeper_dit.blocks[1])
+    assert block_calls.count(deeper_dit.blocks[2]) == 1
+
+
+def test_compiled_blocks_keep_block_reuse_and_draw_the_same_image(tiny_pipeline, deeper_dit, block_calls,
+                                                                   monkeypatch):
+    monkeypatch.setattr(tiny_pipeline.decoder, "transformer", deeper_dit)
+    monkeypatch.setattr(tiny_pipeline.config.generation, "guidance_cutoff", 0.0)
+    monkeypatch.setattr(tiny_pipeline.config.generation, "cache_interval", 3)
+    settings = dict(rewrite=False, seed=2, num_inference_steps=6, guidance_scale=3.0)
+    eager = tiny_pipeline.generate("a red circle", **settings).images[0]
+    keys = list(deeper_dit.state_dict())
+    # dynamo's "eager" backend traces and runs the graphs without a C++ compiler: the wiring, in seconds
+    tiny_pipeline.compile(backend="eager")
+    block_calls.clear()
+    compiled = tiny_pipeline.generate("a red circle", **settings).images[0]
+    assert block_calls.count(deeper_dit.blocks[2]) == 2  # steps 0 and 3: the middle blocks were still reused
+    assert block_calls.count(deeper_dit.blocks[0]) == 6
+    assert np.array_equal(np.asarray(compiled), np.asarray(eager))
+    assert all(isinstance(vars(block)["forward"], functools.partial) for block in deeper_dit.blocks)
+    assert list(deeper_dit.state_dict()) == keys
+    torch._dynamo.reset()
 
 
 def test_denoise_runs_every_block_on_the_guided_steps_and_every_nth_step_after(

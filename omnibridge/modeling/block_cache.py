@@ -7,8 +7,9 @@ they added at the last fully computed step. HunyuanDiT's long skips join block i
 last block's skip comes from the first block, which runs fresh, and every skip into a middle block is
 only read by a middle block, so nothing stale reaches the output but the reused residual itself.
 
-The blocks' `forward` is swapped per instance while the cache is entered, so the model's weights,
-its state dict and diffusers' own forward stay untouched.
+The blocks' `forward` is swapped per instance while the cache is entered and put back as it was on
+leaving (a compiled forward that `HunyuanDecoder.compile_blocks` gave a block stays), so the model's
+weights, its state dict and diffusers' own forward stay untouched.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class MiddleBlockCache:
         self.reuse = False
         self.residual: Tensor | None = None
         self._middle_input: Tensor | None = None
+        self._own_forwards: list = []  # each middle block's instance forward before entering, if it had one
 
     def prepare(self, step: int, guided_steps: int, interval: int, batch: int) -> None:
         """Plan denoising step `step`: the guided steps and, after them, every `interval`-th step run every
@@ -37,14 +39,18 @@ class MiddleBlockCache:
         return self.residual is not None and self.residual.shape[0] == batch
 
     def __enter__(self) -> "MiddleBlockCache":
+        self._own_forwards = [vars(block).get("forward") for block in self.middle]
         last = len(self.middle) - 1
         for index, block in enumerate(self.middle):
             block.forward = self._wrap(block.forward, first=index == 0, last=index == last)
         return self
 
     def __exit__(self, *exc) -> None:
-        for block in self.middle:
-            del block.forward  # back to the class's forward
+        for block, own_forward in zip(self.middle, self._own_forwards):
+            if own_forward is None:
+                del block.forward  # back to the class's forward
+            else:
+                block.forward = own_forward
         self.residual = self._middle_input = None
 
     def _wrap(self, forward, first: bool, last: bool):

@@ -9,6 +9,7 @@ same class loads HunyuanDiT-v1.2-Diffusers and the built-in tiny decoder.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -258,6 +259,17 @@ class HunyuanDecoder:
         head_dim = self.transformer.inner_dim // self.transformer.num_heads
         return get_2d_rotary_pos_embed(head_dim, crops, grid, device=self.device, output_type="pt")
 
+    def compile_blocks(self, **compile_options) -> None:
+        """`torch.compile` the DiT's blocks, not the whole DiT (regional compilation, as diffusers'
+        `compile_repeated_blocks`): one compiled forward of the block class serves every block, so a graph is
+        built per block shape rather than per block, and the step loop stays in Python, where block reuse
+        (block_cache.py) decides which blocks run. Each block gets it as its own `forward`, so the class, the
+        weights and the state dict are untouched."""
+        blocks = list(self.transformer.blocks)
+        compiled = torch.compile(type(blocks[0]).forward, **compile_options)
+        for block in blocks:
+            block.forward = functools.partial(compiled, block)
+
     def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: CaptionEncoding, rotary=None) -> torch.Tensor:
         """One transformer call: the model output (v, epsilon or x0, by the scheduler's prediction type)."""
         batch, _, height, width = latents.shape
@@ -333,7 +345,7 @@ class HunyuanDecoder:
         rotary = self._rotary_embedding(latents.shape[-2], latents.shape[-1])
         step_noise = _step_generators(scheduler, seeds)
         guided_steps = math.ceil(len(timesteps) * float(np.clip(guidance_cutoff, 0.0, 1.0))) if guided else 0
-        if is_compiled_module(self.transformer):
+        if is_compiled_module(self.transformer):  # compiled whole by a caller (compile_blocks keeps reuse working)
             cache_interval = 1  # swapping the blocks' forward in and out would recompile the graph at every step
         with MiddleBlockCache(self.transformer) as block_cache:
             for step, timestep in enumerate(timesteps):
