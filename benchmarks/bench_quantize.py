@@ -14,11 +14,12 @@ from .harness import RequestThreads, Result, Timing, ratio
 QUESTION = "Describe the image."
 
 
-def run(model: str, image, repeats: int = 5, modes: tuple[str, ...] = QUANTIZATIONS) -> Result:
+def run(full, model: str, image, repeats: int = 5, modes: tuple[str, ...] = QUANTIZATIONS) -> Result:
+    """`full` is the run's pipeline of `model`, at full precision."""
     from omnibridge import OmniBridgePipeline
 
-    full = OmniBridgePipeline.from_pretrained(model)
-    # one thread team for all of them, as two checkpoints share one in the app (model_thread.py)
+    # one thread team for all of them, as two checkpoints share one in the app: a second team, even an idle
+    # one, made a full-precision answer 3.5x slower here (docs/performance-notes.md, quantization)
     pipes = {"full": full, **{mode: OmniBridgePipeline.from_pretrained(model, quantization=mode,
                                                                         model_thread=full.model_thread)
                               for mode in modes}}

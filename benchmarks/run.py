@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> list:
         "embed": lambda: bench_embed.run(pipe, repeats=repeats),
         "gallery": lambda: bench_gallery.run(pipe, (10_000,) if args.quick else (10_000, 100_000)),
         "startup": lambda: bench_startup.run(args.model, rounds=args.repeats or (1 if args.quick else 3)),
-        "quantize": lambda: bench_quantize.run(args.model, image, repeats),
+        "quantize": lambda: bench_quantize.run(pipe, args.model, image, repeats),
         "compile": lambda: bench_compile.run(pipe, args.model, repeats),
     }
     results = []

@@ -27,9 +27,10 @@ def test_chat_generate_and_embed_benchmarks_report_ratios(tiny_pipeline):
 
 def test_the_quantization_benchmark_measures_each_mode_against_full_precision():
     from benchmarks import bench_quantize
-    from omnibridge import DEFAULT_MODEL
+    from omnibridge import DEFAULT_MODEL, OmniBridgePipeline
 
-    result = bench_quantize.run(DEFAULT_MODEL, render(sample_scene(random.Random(0), 2)), repeats=1)
+    result = bench_quantize.run(OmniBridgePipeline.from_pretrained(DEFAULT_MODEL), DEFAULT_MODEL,
+                                render(sample_scene(random.Random(0), 2)), repeats=1)
     weights = result.figures["llm_weights_mb"]
     assert set(weights) == {"full", "8bit", "4bit"} and weights["4bit"] < weights["8bit"] < weights["full"]
     for mode in ("8bit", "4bit"):
