@@ -444,6 +444,33 @@ def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
     assert f"python -m omnibridge.train --preset quick --out {root / 'model'} --threads 2" in card
 
 
+def test_the_evaluator_times_the_defaults_against_each_saving_turned_off_in_the_same_run(tiny_pipeline, monkeypatch):
+    import dataclasses
+
+    from omnibridge.evaluation.evaluate import measure_speed
+
+    quick = tiny_pipeline.config.generation
+    assert set(measure_speed(tiny_pipeline, repeats=1)) == {"image_s", "short_answer_s", "threads", "machine"}
+    defaults = dataclasses.replace(quick, guidance_cutoff=0.3, cache_interval=3)
+    monkeypatch.setattr(tiny_pipeline.config, "generation", defaults)
+    drawn_with = []
+    generate = tiny_pipeline.generate
+
+    def recording_generate(*args, **kwargs):
+        generation = tiny_pipeline.config.generation
+        drawn_with.append((generation.guidance_cutoff, generation.cache_interval))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipeline, "generate", recording_generate)
+    speed = measure_speed(tiny_pipeline, repeats=1, same_run_repeats=2)
+    assert speed["every_step_guided_image_s"] > 0 and speed["every_block_image_s"] > 0
+    assert speed["guidance_cutoff_image_s_same_run"] == speed["block_reuse_image_s_same_run"] > 0
+    assert speed["same_run_rounds"] == 2
+    # three rounds (one to warm up), each drawing with the defaults, then every step guided, then every block
+    assert drawn_with[-9:] == [(0.3, 3), (1.0, 3), (0.3, 1)] * 3
+    assert tiny_pipeline.config.generation is defaults  # put back as it was
+
+
 def test_the_model_card_marks_each_goal_met_or_missed():
     from omnibridge.evaluation.model_card import _goal_rows
 

@@ -8,8 +8,10 @@ retrieval, and the speed of one image and one short answer on this machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
+import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,8 +61,11 @@ def evaluate_generation_paths(pipe, per_category: int, steps: int | None, guidan
                          "prompts_per_category": per_category}}
 
 
-def measure_speed(pipe, repeats: int = 5) -> dict:
-    """Median seconds for one image at the defaults and for one short answer (after a warm-up)."""
+def measure_speed(pipe, repeats: int = 5, same_run_repeats: int = 12) -> dict:
+    """Median seconds for one image at the defaults and for one short answer (after a warm-up). When the
+    defaults guide only the first steps or reuse DiT blocks, one image is also timed with that saving turned
+    off, interleaved with the defaults round after round in this process: on a shared machine a ratio from
+    one run says more than seconds from two (the model card shows it)."""
     from ..shapes.render import render
     from ..shapes.world import sample_scene
     import random
@@ -77,9 +82,42 @@ def measure_speed(pipe, repeats: int = 5) -> dict:
             times.append(time.perf_counter() - start)
         return round(sorted(times)[len(times) // 2], 4)
 
-    return {"image_s": median(lambda: pipe.generate("two red circles", seed=0)),
-            "short_answer_s": median(lambda: pipe.chat(messages, images=[image], max_new_tokens=8)),
-            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    speed = {"image_s": median(lambda: pipe.generate("two red circles", seed=0)),
+             "short_answer_s": median(lambda: pipe.chat(messages, images=[image], max_new_tokens=8)),
+             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    defaults = pipe.config.generation
+    savings_off = {}
+    if defaults.guidance_cutoff < 1.0:
+        savings_off["every_step_guided_image_s"] = dataclasses.replace(defaults, guidance_cutoff=1.0)
+    if defaults.cache_interval > 1:
+        savings_off["every_block_image_s"] = dataclasses.replace(defaults, cache_interval=1)
+    if savings_off:
+        def one_image(generation):
+            def call():
+                pipe.config.generation = generation
+                pipe.generate("two red circles", seed=0)
+            return call
+
+        runs = {"defaults": one_image(defaults),
+                **{key: one_image(generation) for key, generation in savings_off.items()}}
+        try:
+            timings = {name: [] for name in runs}
+            for _ in range(same_run_repeats + 1):  # the first round warms up
+                for name, call in runs.items():
+                    start = time.perf_counter()
+                    call()
+                    timings[name].append(time.perf_counter() - start)
+        finally:
+            pipe.config.generation = defaults
+        same_run = {name: round(statistics.median(times[1:]), 4) for name, times in timings.items()}
+        for key in savings_off:
+            speed[key] = same_run[key]
+        if "every_step_guided_image_s" in savings_off:
+            speed["guidance_cutoff_image_s_same_run"] = same_run["defaults"]
+        if "every_block_image_s" in savings_off:
+            speed["block_reuse_image_s_same_run"] = same_run["defaults"]
+        speed["same_run_rounds"] = same_run_repeats
+    return speed
 
 
 def _block_reuse(report: dict) -> str:
