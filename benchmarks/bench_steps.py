@@ -28,7 +28,7 @@ def run(pipe, per_category: int = 10, settings: tuple[tuple[str, int], ...] = SE
     rows, passed = {}, {}
     try:
         for sampler, steps in settings:
-            pipe.decoder.set_sampler(sampler)
+            pipe.set_sampler(sampler)
 
             def generate(prompts, seeds):
                 return pipe.generate_batch(prompts, seeds, num_inference_steps=steps)[0]
@@ -40,7 +40,7 @@ def run(pipe, per_category: int = 10, settings: tuple[tuple[str, int], ...] = SE
             rows[key] = {"overall": score_judged(cases, verdicts)["overall"],
                          "seconds_per_image": round((time.perf_counter() - start) / len(cases), 4)}
     finally:
-        pipe.decoder.set_sampler(original)
+        pipe.set_sampler(original)
     for key, row in rows.items():
         if key != default:
             pairs = list(zip(passed[key], passed[default]))

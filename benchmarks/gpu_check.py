@@ -249,11 +249,11 @@ def main(argv: list[str] | None = None) -> dict:
     report["chat_tokens_per_s"] = round(tokens / timed(chat, 1, 1, device), 1)
     size = sizes["size"]
     for sampler, steps in (("dpm++", 25), ("ddpm", 100)):
-        pipe.decoder.set_sampler(sampler)
+        pipe.set_sampler(sampler)
         seconds = timed(lambda: pipe.generate("a red circle", rewrite=False, seed=0, num_inference_steps=steps,
                                               guidance_scale=6.0, height=size, width=size), 1, 1, device)
         report[f"image_{size}px_{sampler}_{steps}_steps_s"] = round(seconds, 2)
-    pipe.decoder.set_sampler("dpm++")
+    pipe.set_sampler("dpm++")
     # What the built-in model's step settings would buy the full-size DiT (their accuracy on it is unknown:
     # its weights cannot be fetched here)
     every_step = pipe.config.generation

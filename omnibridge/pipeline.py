@@ -573,6 +573,13 @@ class OmniBridgePipeline:
     def _resolve_candidates(self, candidates: int | None, default: int) -> int:
         return int(np.clip(int(default if candidates is None else candidates), 1, MAX_CANDIDATES))
 
+    def set_sampler(self, kind: str) -> None:
+        """Make `kind` (one of SAMPLERS) the default sampler. Building a scheduler runs torch ops, so it runs on
+        the model thread: on any other thread they would start a second OpenMP team, and two teams on two
+        cores made every later call 2-3x slower (docs/performance-notes.md, "One model thread")."""
+        kind = self._resolve_sampler(kind)
+        self.run_job(lambda: self.decoder.set_sampler(kind))
+
     def _resolve_sampler(self, sampler: str | None) -> str:
         if sampler in (None, ""):
             return self.decoder.sampler_kind

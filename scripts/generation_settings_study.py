@@ -56,7 +56,7 @@ def main() -> None:
 
     def use(overrides: dict) -> None:
         pipe.config.generation = dataclasses.replace(shipped, **overrides)
-        pipe.decoder.set_sampler(pipe.config.generation.sampler)
+        pipe.set_sampler(pipe.config.generation.sampler)
 
     validation = args.prompts == "validation"
     cases = generation_cases(args.per_category, seed=VALIDATION_SEED if validation else EVAL_SEED)

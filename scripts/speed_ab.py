@@ -32,8 +32,8 @@ def main() -> None:
     decoder = pipe.decoder
     shipped = {"transformer": decoder.transformer,
                **_settings(json.loads((args.model / "omnibridge_config.json").read_text())["generation"])}
-    transformer = HunyuanDiT2DModel.from_pretrained(args.candidate / "decoder", subfolder="transformer",
-                                                    torch_dtype=decoder.dtype).to(decoder.device).eval()
+    transformer = pipe.run_job(lambda: HunyuanDiT2DModel.from_pretrained(  # torch ops on the model thread only
+        args.candidate / "decoder", subfolder="transformer", torch_dtype=decoder.dtype).to(decoder.device).eval())
     candidate = {"transformer": transformer,
                  **_settings(json.loads((args.candidate / "omnibridge_config.json").read_text())["generation"])}
 
@@ -41,7 +41,7 @@ def main() -> None:
         def call():
             decoder.transformer = setup["transformer"]
             if decoder.sampler_kind != setup["sampler"]:
-                decoder.set_sampler(setup["sampler"])
+                pipe.set_sampler(setup["sampler"])
             return pipe.generate(PROMPT, seed=0, num_inference_steps=setup["steps"],
                                  guidance_scale=setup["guidance"])
         return call

@@ -396,6 +396,25 @@ def test_every_sampler_denoises_on_the_same_noise_schedule(tiny_pipeline):
         decoder.scheduler, decoder.sampler_kind = original, original_kind
 
 
+def test_the_pipeline_switches_samplers_on_its_model_thread(tiny_pipeline, monkeypatch):
+    # building a scheduler runs torch ops; on the caller's thread they started a second OpenMP team, and every
+    # later call of the process ran 2-3x slower
+    decoder = tiny_pipeline.decoder
+    original, original_kind = decoder.scheduler, decoder.sampler_kind
+    switched_on = []
+    set_sampler = decoder.set_sampler
+    monkeypatch.setattr(decoder, "set_sampler", lambda kind: (switched_on.append(threading.current_thread()),
+                                                               set_sampler(kind)))
+    try:
+        tiny_pipeline.set_sampler("ddim")
+        assert decoder.sampler_kind == "ddim"
+        assert switched_on == [tiny_pipeline.run_job(threading.current_thread)] != [threading.current_thread()]
+        with pytest.raises(InvalidInputError, match="sampler must be one of"):
+            tiny_pipeline.set_sampler("euler-magic")
+    finally:
+        decoder.scheduler, decoder.sampler_kind = original, original_kind
+
+
 def test_switching_back_from_the_sde_sampler_gives_the_deterministic_one(tiny_pipeline):
     # make_sampler builds from the current scheduler's config: the SDE variant's algorithm must not leak
     decoder = tiny_pipeline.decoder

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     pipe = OmniBridgePipeline.from_pretrained(args.model, device=args.device, quantization=args.quantize)
     if args.sampler:
-        pipe.decoder.set_sampler(args.sampler)
+        pipe.set_sampler(args.sampler)
     if args.guidance_cutoff is not None:
         pipe.config.generation.guidance_cutoff = args.guidance_cutoff
     if args.candidates:
