@@ -44,6 +44,7 @@ def run(eager, model: str, repeats: int = 5) -> Result:
     OpenMP team would slow both: omnibridge/model_thread.py)."""
     from omnibridge import OmniBridgePipeline
 
+    cache_dir_before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory() as cache_dir:
         cold_s = _first_compiled_image_s(model, cache_dir)
         warm_s = _first_compiled_image_s(model, cache_dir)
@@ -58,8 +59,14 @@ def run(eager, model: str, repeats: int = 5) -> Result:
                 images[name] = np.asarray(pipe.generate(PROMPT, seed=0).images[0], dtype=np.int16)
             return requests(call)
 
-        timings = Timing.interleaved({"eager": one_image("eager", eager),
-                                      "compiled": one_image("compiled", compiled)}, repeats=repeats)
+        try:
+            timings = Timing.interleaved({"eager": one_image("eager", eager),
+                                          "compiled": one_image("compiled", compiled)}, repeats=repeats)
+        finally:  # the folder is about to go: later compiles in this process must not look there
+            if cache_dir_before is None:
+                del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir_before
     difference = np.abs(images["compiled"] - images["eager"])
     figures = {"image_s": timings["compiled"].median_s, "uncompiled_image_s": timings["eager"].median_s,
                "ratio_to_uncompiled": ratio(timings["compiled"].median_s, timings["eager"].median_s),

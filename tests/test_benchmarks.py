@@ -1,6 +1,7 @@
 """The benchmarks run (on the micro model); they measure, so nothing here checks a timing."""
 
 import collections
+import os
 import random
 import threading
 
@@ -87,12 +88,13 @@ def test_the_compile_benchmark_times_compiled_blocks_against_the_same_model_unco
     monkeypatch.setattr(bench_compile, "_first_compiled_image_s", lambda model, cache_dir: 1.5)
     compile_blocks = OmniBridgePipeline.compile
     monkeypatch.setattr(OmniBridgePipeline, "compile", lambda self: compile_blocks(self, backend="eager"))
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset")  # run() points it at its own folder
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/inductor-before")  # run() points it at its own folder
     result = bench_compile.run(OmniBridgePipeline.from_pretrained(tiny_model_dir), str(tiny_model_dir), repeats=1)
     figures = result.figures
     assert figures["ratio_to_uncompiled"] > 0 and figures["first_image_empty_cache_s"] == 1.5
     assert figures["pixels_differing"] == 0  # the eager backend runs the same kernels
     assert result.summary.startswith("compile: one image")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/tmp/inductor-before"  # put back: its folder is gone
     torch._dynamo.reset()
 
 
