@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from ..modeling.decoder import SAMPLERS
 from ..modeling.devices import QUANTIZATIONS
 from ..shapes.detect import MISMATCHES
+from ..timing import Timing
 from .editing import EVAL_SEED as EDITING_SEED
 from .editing import evaluate_editing
 from .generation import EVAL_SEED as GENERATION_SEED
@@ -63,7 +63,7 @@ def evaluate_generation_paths(pipe, per_category: int, steps: int | None, guidan
 
 def measure_speed(pipe, repeats: int = 5, same_run_repeats: int = 12) -> dict:
     """Median seconds for one image at the defaults and for one short answer (after a warm-up). When the
-    defaults guide only the first steps or reuse DiT blocks, one image is also timed with that saving turned
+    defaults guide only the first steps or reuse DiT blocks, one image is also timed with each saving turned
     off, interleaved with the defaults round after round in this process: on a shared machine a ratio from
     one run says more than seconds from two (the model card shows it)."""
     from ..shapes.render import render
@@ -72,18 +72,9 @@ def measure_speed(pipe, repeats: int = 5, same_run_repeats: int = 12) -> dict:
 
     image = render(sample_scene(random.Random(1)))
     messages = [{"role": "user", "content": "How many circles are there?"}]
-
-    def median(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return round(sorted(times)[len(times) // 2], 4)
-
-    speed = {"image_s": median(lambda: pipe.generate("two red circles", seed=0)),
-             "short_answer_s": median(lambda: pipe.chat(messages, images=[image], max_new_tokens=8)),
+    speed = {"image_s": round(Timing.of(lambda: pipe.generate("two red circles", seed=0), repeats).median_s, 4),
+             "short_answer_s": round(Timing.of(lambda: pipe.chat(messages, images=[image], max_new_tokens=8),
+                                               repeats).median_s, 4),
              "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
     defaults = pipe.config.generation
     savings_off = {}
@@ -91,32 +82,23 @@ def measure_speed(pipe, repeats: int = 5, same_run_repeats: int = 12) -> dict:
         savings_off["every_step_guided_image_s"] = dataclasses.replace(defaults, guidance_cutoff=1.0)
     if defaults.cache_interval > 1:
         savings_off["every_block_image_s"] = dataclasses.replace(defaults, cache_interval=1)
-    if savings_off:
-        def one_image(generation):
-            def call():
-                pipe.config.generation = generation
-                pipe.generate("two red circles", seed=0)
-            return call
+    if not savings_off:
+        return speed
 
-        runs = {"defaults": one_image(defaults),
-                **{key: one_image(generation) for key, generation in savings_off.items()}}
-        try:
-            timings = {name: [] for name in runs}
-            for _ in range(same_run_repeats + 1):  # the first round warms up
-                for name, call in runs.items():
-                    start = time.perf_counter()
-                    call()
-                    timings[name].append(time.perf_counter() - start)
-        finally:
-            pipe.config.generation = defaults
-        same_run = {name: round(statistics.median(times[1:]), 4) for name, times in timings.items()}
-        for key in savings_off:
-            speed[key] = same_run[key]
-        if "every_step_guided_image_s" in savings_off:
-            speed["guidance_cutoff_image_s_same_run"] = same_run["defaults"]
-        if "every_block_image_s" in savings_off:
-            speed["block_reuse_image_s_same_run"] = same_run["defaults"]
-        speed["same_run_rounds"] = same_run_repeats
+    def one_image(generation):
+        def call():
+            pipe.config.generation = generation
+            pipe.generate("two red circles", seed=0)
+        return call
+
+    runs = {"defaults_image_s_same_run": one_image(defaults),
+            **{key: one_image(generation) for key, generation in savings_off.items()}}
+    try:
+        timings = Timing.interleaved(runs, repeats=same_run_repeats)
+    finally:
+        pipe.config.generation = defaults
+    speed.update({key: round(timing.median_s, 4) for key, timing in timings.items()})
+    speed["same_run_rounds"] = same_run_repeats
     return speed
 
 
