@@ -192,6 +192,97 @@ def test_another_model_requires_a_reindex_instead_of_mixing(gallery, tiny_pipeli
     assert reopened.count() == 2 and reopened.captions.count() == 2
 
 
+def _another_model(tiny_pipeline):
+    other = copy.copy(tiny_pipeline)
+    other.config = copy.deepcopy(tiny_pipeline.config)
+    other.config.model_id = "another-model"
+    return other
+
+
+def _gallery_with_five_items(tiny_pipeline, tmp_path):
+    gallery = GalleryStore(tmp_path, tiny_pipeline)
+    ids = gallery.add(_images(3), ["a red circle", "", "two blue squares"], source="upload")
+    ids += gallery.add(_images(2, offset=40), ["a green star", "a yellow cross"], source="generated")
+    return ids, {i: gallery.get(i) for i in ids}
+
+
+def _collections(store):
+    return sorted(collection.name for collection in store.client.list_collections())
+
+
+def test_a_reindex_stopped_half_way_loses_nothing_and_can_run_again(tiny_pipeline, tmp_path):
+    ids, before = _gallery_with_five_items(tiny_pipeline, tmp_path)
+    other = _another_model(tiny_pipeline)
+    calls = []
+
+    def embed_then_crash(images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise RuntimeError("the Space restarted")
+        return tiny_pipeline.embed_images(images)
+
+    other.embed_images = embed_then_crash
+    with pytest.raises(RuntimeError):
+        GalleryStore(tmp_path, other).reindex(batch=2)
+    other.embed_images = tiny_pipeline.embed_images
+    reopened = GalleryStore(tmp_path, other)  # the next start
+    assert reopened.repair() == {"records_without_files": 0, "orphan_files": 0, "stray_captions": 0}
+    assert reopened.count() == 5 and reopened.captions.count() == 4
+    assert all(reopened.get(i).image_path.exists() for i in ids)
+    assert _collections(reopened) == ["gallery_captions", "gallery_images"]  # the half-built ones are gone
+    assert reopened.needs_reindex()  # the old vectors are still the old model's
+
+    assert reopened.reindex(batch=2) == 5 and not reopened.needs_reindex()
+    assert reopened.index_model()[0] == "another-model" and reopened.captions.count() == 4
+    for item_id, item in before.items():  # captions, sources and dates survive a re-index
+        after = reopened.get(item_id)
+        assert (after.caption, after.source, after.created_at) == (item.caption, item.source, item.created_at)
+        assert after.model_id == "another-model"
+    assert _collections(reopened) == ["gallery_captions", "gallery_images"]
+    hit = reopened.search(reopened.vector_of(ids[3]), "images", k=1)[0]
+    assert hit.id == ids[3]
+
+
+def test_a_reindex_stopped_during_its_swap_is_finished_at_the_next_start(tiny_pipeline, tmp_path, monkeypatch):
+    _gallery_with_five_items(tiny_pipeline, tmp_path)
+    other = _another_model(tiny_pipeline)
+    store = GalleryStore(tmp_path, other)
+    real_settle = GalleryStore._settle_reindex
+
+    def crash(self):
+        raise RuntimeError("stopped right after the new collections were complete")
+
+    monkeypatch.setattr(GalleryStore, "_settle_reindex", crash)
+    with pytest.raises(RuntimeError):
+        store.reindex()
+    monkeypatch.setattr(GalleryStore, "_settle_reindex", real_settle)
+    # ... and, worse, after the live image collection was already retired
+    store.client.get_collection("gallery_images", embedding_function=None).modify(name="gallery_images_retired")
+    reopened = GalleryStore(tmp_path, other)
+    assert not reopened.needs_reindex() and reopened.index_model()[0] == "another-model"
+    assert reopened.count() == 5 and reopened.captions.count() == 4
+    assert _collections(reopened) == ["gallery_captions", "gallery_images"]
+    assert reopened.repair() == {"records_without_files": 0, "orphan_files": 0, "stray_captions": 0}
+
+
+def test_an_item_deleted_during_a_reindex_stays_deleted(tiny_pipeline, tmp_path):
+    ids, _ = _gallery_with_five_items(tiny_pipeline, tmp_path)
+    other = _another_model(tiny_pipeline)
+    store = GalleryStore(tmp_path, other)
+
+    def embed_while_a_user_deletes(images):
+        if store.count() == 5:
+            store.delete(ids[0])
+        return tiny_pipeline.embed_images(images)
+
+    other.embed_images = embed_while_a_user_deletes
+    assert store.reindex(batch=2) == 4
+    assert ids[0] not in {item.id for item in store.browse(limit=10)}
+    with pytest.raises(GalleryError):
+        store.get(ids[0])
+    assert store.repair() == {"records_without_files": 0, "orphan_files": 0, "stray_captions": 0}
+
+
 def test_a_retrained_model_of_the_same_name_requires_a_reindex(tiny_model_dir, tmp_path):
     """Every built-in checkpoint is called omnibridge-shapes: the gallery must notice new retrieval heads
     (a digest of the embedding-side files), and ignore a new decoder, which embeddings never use."""

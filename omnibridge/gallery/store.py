@@ -31,6 +31,9 @@ from PIL import Image
 from .exact_index import EXACT_SEARCH_LIMIT, ExactIndex
 
 SOURCES = ("seed", "upload", "generated")
+# A re-index fills collections of these suffixes beside the live ones and swaps them in when complete.
+BUILDING, RETIRED = "_reindexing", "_retired"
+REINDEX_COMPLETE = "reindex-complete"  # written, in the gallery folder, once the new collections are whole
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 THUMB_SIDE = 192
 ProgressFn = Callable[[int, int], None]
@@ -138,6 +141,16 @@ def _atomic_link(target: Path, path: Path) -> None:
 HNSW_INDEX = {"space": "cosine", "ef_construction": 200, "ef_search": 200, "max_neighbors": 32}
 
 
+def _all_ids(collection, page: int = 5_000) -> list[str]:
+    """Every id of a collection, in pages (one `get` of 100k rows exceeds SQLite's limit inside Chroma)."""
+    ids: list[str] = []
+    while True:
+        found = collection.get(include=[], limit=page, offset=len(ids))["ids"]
+        ids += found
+        if len(found) < page:
+            return ids
+
+
 class GalleryStore:
     def __init__(self, data_dir: str | Path, pipeline, chroma_url: str | None = None, name: str = "gallery"):
         import chromadb
@@ -158,6 +171,7 @@ class GalleryStore:
             self.client = chromadb.PersistentClient(path=str(self.root / "chroma"), settings=settings)
         self.name = name
         self._write_lock = threading.Lock()
+        self._settle_reindex()
         self.images = self._collection(f"{name}_images")
         self.captions = self._collection(f"{name}_captions")
         # Exact search needs to see every write; a Chroma server may have other writers, so it is
@@ -194,30 +208,84 @@ class GalleryStore:
         other_model = model != self.pipeline.embedding_model_id or dim != self.pipeline.embedding_dim
         return other_model and self.count() > 0  # counting last: it is a Chroma call on every search
 
-    def reindex(self, progress: ProgressFn | None = None) -> int:
-        """Re-embed every stored image and caption with the current model (never mixes vectors)."""
-        records = self.images.get(include=["metadatas", "documents"])
-        by_source: dict[str, list[tuple[Image.Image, str]]] = {}
-        for item_id, meta, document in zip(records["ids"], records["metadatas"], records["documents"]):
-            path = self.image_dir / f"{item_id}.png"
-            if path.exists():
-                by_source.setdefault(meta.get("source", "upload"), []).append(
-                    (Image.open(path).convert("RGB"), document or ""))
+    # ------------------------------------------------------------------------------- re-index
+    # Why beside, then swap: deleting the live collections first and refilling them meant that a re-index
+    # stopped half-way (a crash, a restart of the Space) left most files without a record, and the next
+    # start's `repair` deleted them as orphans, uploads and generated images included.
+    def reindex(self, progress: ProgressFn | None = None, batch: int = 256) -> int:
+        """Re-embed every stored image and caption with the current model into new collections, then swap them in.
+        Until the swap the live collections stay as they were; items keep their captions, sources and dates."""
+        for live in (f"{self.name}_images", f"{self.name}_captions"):
+            self._drop(live + BUILDING)  # the remains of a re-index that stopped before
+        images = self._collection(f"{self.name}_images{BUILDING}")
+        captions = self._collection(f"{self.name}_captions{BUILDING}")
+        ids = _all_ids(self.images)
+        for start in range(0, len(ids), batch):
+            self._reembed(ids[start:start + batch], images, captions)
+            if progress:
+                progress(min(len(ids), start + batch), len(ids))
         with self._write_lock:
-            for name in (f"{self.name}_images", f"{self.name}_captions"):
-                self.client.delete_collection(name)
+            # items added or deleted while this ran: the live collections say what the gallery holds
+            live = set(_all_ids(self.images))
+            built = set(_all_ids(images))
+            if built - live:
+                images.delete(ids=sorted(built - live))
+                captions.delete(ids=sorted(built - live))
+            self._reembed(sorted(live - built), images, captions)
+            mark = self.root / REINDEX_COMPLETE
+            _atomic_write(mark, b"")
+            make_durable(self.root, [mark])
+            self._settle_reindex()
             self.images = self._collection(f"{self.name}_images")
             self.captions = self._collection(f"{self.name}_captions")
             if self._exact:
                 self._exact["images"].reset(self.images)
                 self._exact["captions"].reset(self.captions)
-        total, done = sum(len(items) for items in by_source.values()), 0
-        for source, items in by_source.items():
-            self.add([image for image, _ in items], [caption for _, caption in items], source)
-            done += len(items)
-            if progress:
-                progress(done, total)
-        return done
+        return self.images.count()
+
+    def _reembed(self, ids: list[str], images, captions) -> None:
+        """Embed these live items' files with the current model into `images` and `captions` (items whose file
+        is gone are left out, as `repair` would drop them)."""
+        if not ids:
+            return
+        found = self.images.get(ids=ids, include=["metadatas", "documents"])
+        rows = [(i, meta, doc or "") for i, meta, doc in zip(found["ids"], found["metadatas"], found["documents"])
+                if (self.image_dir / f"{i}.png").exists()]
+        if not rows:
+            return
+        vectors = self.pipeline.embed_images([Image.open(self.image_dir / f"{i}.png").convert("RGB")
+                                              for i, _, _ in rows])
+        images.add(ids=[i for i, _, _ in rows], embeddings=vectors, documents=[doc for _, _, doc in rows],
+                   metadatas=[{**meta, "model_id": self.pipeline.model_id} for _, meta, _ in rows])
+        captioned = [(i, meta, doc) for i, meta, doc in rows if doc]
+        if captioned:
+            captions.add(ids=[i for i, _, _ in captioned],
+                         embeddings=self.pipeline.embed_texts([doc for _, _, doc in captioned]),
+                         documents=[doc for _, _, doc in captioned],
+                         metadatas=[{"source": meta.get("source", "upload"), "created_at": meta.get("created_at", 0.0)}
+                                    for _, meta, _ in captioned])
+
+    def _settle_reindex(self) -> None:
+        """Finish the swap of a re-index whose new collections were complete (the mark is written only then), or
+        drop the new collections of one that stopped before: either way the live collections are whole."""
+        existing = {collection.name for collection in self.client.list_collections()}
+        complete = (self.root / REINDEX_COMPLETE).exists()
+        for live in (f"{self.name}_images", f"{self.name}_captions"):
+            building, retired = live + BUILDING, live + RETIRED
+            if complete and building in existing:
+                if live in existing:
+                    self.client.get_collection(live, embedding_function=None).modify(name=retired)
+                    existing.add(retired)
+                self.client.get_collection(building, embedding_function=None).modify(name=live)
+            elif building in existing:
+                self.client.delete_collection(building)
+            if retired in existing:
+                self.client.delete_collection(retired)
+        (self.root / REINDEX_COMPLETE).unlink(missing_ok=True)
+
+    def _drop(self, name: str) -> None:
+        if name in {collection.name for collection in self.client.list_collections()}:
+            self.client.delete_collection(name)
 
     # ---------------------------------------------------------------------------------- writes
     def add(self, images: list[Image.Image], captions: list[str | None] | None = None, source: str = "upload",
