@@ -359,6 +359,42 @@ def test_built_in_scenes_are_indexed_behind_the_app_and_a_half_done_seeding_is_c
     assert failed.wait(timeout=60) and failed.status().startswith("the built-in gallery could not be indexed")
     assert "disk full" in failed.status() and gallery.count() == 40  # what was in stays
 
+    reindexing = GallerySeeding(gallery, 40, reindex_first=True)
+    assert reindexing.status() == "re-indexing the built-in gallery for the loaded model: 0 of 40 scenes"
+
+
+def test_a_gallery_of_built_in_scenes_alone_is_re_indexed_for_a_new_checkpoint_unasked(tiny_pipeline, tmp_path):
+    from omnibridge.config import AppSettings
+    from omnibridge.ui.context import build_context
+
+    settings = AppSettings(model="tiny", data_dir=tmp_path, seed_gallery=12)
+    first = build_context(tiny_pipeline, settings)
+    assert first.seeding.wait(timeout=120) and first.gallery.count(source="seed") == 12
+    dates = {item.id: item.created_at for item in first.gallery.browse(0, 12)}
+
+    upgraded = _another_model(tiny_pipeline)  # a new checkpoint's heads
+    restarted = build_context(upgraded, settings)
+    assert restarted.seeding is not None and restarted.seeding.wait(timeout=120)
+    assert restarted.seeding.error is None and restarted.gallery_indexing() is None
+    assert not restarted.gallery.needs_reindex() and restarted.gallery.index_model()[0] == "another-model"
+    assert {item.id: item.created_at for item in restarted.gallery.browse(0, 12)} == dates
+
+    # an upload of the user's is theirs to re-index: the app asks instead
+    restarted.gallery.add(_images(1, offset=90), ["mine"], source="upload")
+    again = build_context(tiny_pipeline, settings)
+    assert again.seeding is None and again.gallery.needs_reindex() and again.gallery.count() == 13
+
+
+def test_a_search_during_the_background_re_index_says_how_far_it_is(tiny_pipeline, tmp_path):
+    from omnibridge.ui.gallery import GallerySearch
+
+    _gallery_with_five_items(tiny_pipeline, tmp_path)
+    stale = GalleryStore(tmp_path, _another_model(tiny_pipeline))
+    status = "re-indexing the built-in gallery for the loaded model: 3 of 5 scenes"
+    ctx = SimpleNamespace(gallery=stale, pipeline=tiny_pipeline, gallery_indexing=lambda: status)
+    with pytest.raises(GalleryError, match="3 of 5 scenes; search again in a moment"):
+        GallerySearch(ctx).search("a red circle", None, "Text → images", 5, "all")
+
 
 def test_content_id_ignores_file_encoding():
     image = _images(1)[0]

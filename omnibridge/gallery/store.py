@@ -201,6 +201,9 @@ class GalleryStore:
             model, dim = self.index_model()
             raise GalleryError(f"the gallery holds vectors of another model ({model}, {dim}-d); re-index it first")
 
+    def holds_only_builtin_scenes(self) -> bool:
+        return self.count(source="seed") == self.count()
+
     def needs_reindex(self) -> bool:
         """True when the stored vectors come from other embedding weights than the pipeline's (another model,
         or the same one retrained)."""

@@ -65,7 +65,10 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
     if any(repaired.values()):
         print(f"gallery repaired after an unclean stop: {repaired}", flush=True)
     seeding = None
-    if gallery.needs_reindex():  # never mix vectors of two models: the Gallery tab offers a re-index
+    if gallery.needs_reindex() and gallery.holds_only_builtin_scenes() and settings.seed_gallery:
+        # built-in scenes alone, indexed by an earlier checkpoint: nothing of a user's, so re-embed them unasked
+        seeding = GallerySeeding(gallery, settings.seed_gallery, reindex_first=True).start()
+    elif gallery.needs_reindex():  # never mix vectors of two models: the Gallery tab offers a re-index
         model, dim = gallery.index_model()
         print(f"the gallery was indexed with {model} ({dim}-d), not {pipeline.embedding_model_id}; re-index it from the "
               f"Gallery tab or with: python -m omnibridge.gallery reindex --data-dir {data_dir}", flush=True)

@@ -59,6 +59,9 @@ class GallerySearch:
         query_kind, target = SEARCH_MODES.get(mode, (None, None))
         if query_kind is None:
             raise GalleryError(f"search mode must be one of {list(SEARCH_MODES)}")
+        indexing = self.ctx.gallery_indexing()
+        if indexing and self.ctx.gallery.needs_reindex():
+            raise GalleryError(f"{indexing}; search again in a moment")
         if query_kind == "text":
             text = clean_text(query_text, what="search text")
             vector = self.ctx.pipeline.embed_texts([text])[0]
@@ -121,7 +124,8 @@ def quantization_note(pipeline) -> str:
 
 def build_gallery_tab(ctx: AppContext) -> dict:
     search = GallerySearch(ctx)
-    needs_reindex = ctx.gallery.needs_reindex()
+    # a gallery of built-in scenes alone is re-indexed behind the app (context.py): no button for it
+    needs_reindex = ctx.gallery.needs_reindex() and not (ctx.seeding and ctx.seeding.running)
     with gr.Row(visible=needs_reindex) as reindex_row:
         model, dim = ctx.gallery.index_model()
         gr.Markdown(f"⚠️ This gallery was indexed with **{model}** ({dim}-d), not the loaded model "
