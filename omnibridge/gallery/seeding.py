@@ -46,9 +46,11 @@ class GallerySeeding:
 
             try:
                 if self.reindexing:
+                    bar.set_description("re-indexing built-in gallery")
                     self.gallery.reindex(progress=progress, batch=BATCH)
                     self.reindexing, self.done = False, 0
                     bar.reset()
+                    bar.set_description("indexing built-in gallery")
                 self.gallery.seed_builtin(self.total, progress=progress, batch=BATCH)
             except Exception as error:  # the app keeps serving: the gallery just holds fewer scenes
                 traceback.print_exc()
