@@ -93,14 +93,14 @@ def test_without_syncfs_every_new_file_is_fsynced(gallery, monkeypatch):
 
 
 def test_exact_index_matches_brute_force_through_adds_deletes_and_filters(monkeypatch):
-    from omnibridge.gallery import exact_index
+    from omnibridge.gallery import chroma_pages
     from omnibridge.gallery.exact_index import ExactIndex
 
     class Collection:  # the two calls ExactIndex makes of a Chroma collection
         def __init__(self, ids, vectors, sources):
             self.rows = {i: (v, s) for i, v, s in zip(ids, vectors, sources)}
 
-        def get(self, include, limit, offset):
+        def get(self, include, limit, offset, where=None):
             rows = list(self.rows.items())[offset:offset + limit]
             return {"ids": [i for i, _ in rows], "embeddings": [v for _, (v, _) in rows],
                     "metadatas": [{"source": s} for _, (_, s) in rows], "documents": [f"doc {i}" for i, _ in rows]}
@@ -109,7 +109,7 @@ def test_exact_index_matches_brute_force_through_adds_deletes_and_filters(monkey
     vectors = rng.standard_normal((500, 16)).astype(np.float32)
     ids = [f"id{i}" for i in range(500)]
     sources = ["seed" if i % 3 else "upload" for i in range(500)]
-    monkeypatch.setattr(exact_index, "LOAD_PAGE", 64)  # several pages, the last one partial
+    monkeypatch.setattr(chroma_pages, "PAGE", 64)  # several pages, the last one partial
     index = ExactIndex(Collection(ids[:400], vectors[:400], sources[:400]))
     assert len(index) == 400  # loaded on first use
     index.added(ids[400:], vectors[400:], [{"source": x} for x in sources[400:]], ["new"] * 100)
@@ -394,6 +394,27 @@ def test_a_search_during_the_background_re_index_says_how_far_it_is(tiny_pipelin
     ctx = SimpleNamespace(gallery=stale, pipeline=tiny_pipeline, gallery_indexing=lambda: status)
     with pytest.raises(GalleryError, match="3 of 5 scenes; search again in a moment"):
         GallerySearch(ctx).search("a red circle", None, "Text → images", 5, "all")
+
+
+def test_a_gallery_past_chromas_limit_on_one_read_can_still_be_browsed_and_mapped(tmp_path):
+    """Chroma fails one `get` of more than about 32,700 records with metadata ("too many SQL variables")."""
+    stub = SimpleNamespace(embedding_model_id="stub", embedding_dim=4, model_id="stub")
+    store = GalleryStore(tmp_path, stub)
+    n = 33_000
+    ids = [f"{i:032x}" for i in range(n)]
+    vectors = np.random.default_rng(0).random((n, 4), dtype=np.float32)
+    for start in range(0, n, 5000):
+        part = slice(start, start + 5000)
+        store.images.add(ids=ids[part], embeddings=vectors[part], documents=[f"scene {i}" for i in range(n)][part],
+                         metadatas=[{"source": "upload", "created_at": float(i)} for i in range(n)][part])
+    store.captions.add(ids=ids[:100], embeddings=vectors[:100], documents=[f"scene {i}" for i in range(100)])
+
+    assert [item.id for item in store.browse(0, 3)] == ids[::-1][:3]  # newest first
+    assert [item.caption for item in store.browse(n - 1, 5)] == ["scene 0"]  # the last page
+    assert store.count(source="upload") == n
+    data = store.all_vectors(limit=2000, seed=1)
+    assert data["total"] == n and len(data["ids"]) == 2000 and data["image_vectors"].shape == (2000, 4)
+    assert set(data["caption_ids"]) == set(data["ids"]) & set(ids[:100])
 
 
 def test_content_id_ignores_file_encoding():

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .chroma_pages import get_all
+
 # Beyond this many items the matrix grows past ~130 MB per collection and a search past ~10 ms:
 # the gallery falls back to Chroma's own index there.
 EXACT_SEARCH_LIMIT = 250_000
-LOAD_PAGE = 5_000
 
 
 def _unit_rows(vectors) -> np.ndarray:
@@ -57,19 +58,11 @@ class ExactIndex:
         self._writer_lock = writer_lock or threading.Lock()
 
     def _load(self) -> _Snapshot:
-        # In pages: one `get` of 100k rows exceeds SQLite's limit on bound variables inside Chroma.
-        ids, vectors, metadatas, documents = [], [], [], []
-        while True:
-            page = self._collection.get(include=["embeddings", "metadatas", "documents"], limit=LOAD_PAGE,
-                                        offset=len(ids))
-            ids += page["ids"]
-            vectors += list(page["embeddings"])
-            metadatas += [dict(m or {}) for m in page["metadatas"]]
-            documents += [d or "" for d in page["documents"]]
-            if len(page["ids"]) < LOAD_PAGE:
-                break
-        matrix = _unit_rows(vectors) if ids else np.zeros((0, 0), np.float32)
-        return _Snapshot.of(ids, matrix, metadatas, documents)
+        found = get_all(self._collection, ["embeddings", "metadatas", "documents"])
+        ids = found["ids"]
+        matrix = _unit_rows(found["embeddings"]) if ids else np.zeros((0, 0), np.float32)
+        return _Snapshot.of(ids, matrix, [dict(m or {}) for m in found["metadatas"]],
+                            [d or "" for d in found["documents"]])
 
     def _current(self) -> _Snapshot:
         snapshot = self._snapshot

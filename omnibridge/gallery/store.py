@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from .chroma_pages import get_all, get_by_ids
 from .exact_index import EXACT_SEARCH_LIMIT, ExactIndex
 
 SOURCES = ("seed", "upload", "generated")
@@ -141,14 +142,8 @@ def _atomic_link(target: Path, path: Path) -> None:
 HNSW_INDEX = {"space": "cosine", "ef_construction": 200, "ef_search": 200, "max_neighbors": 32}
 
 
-def _all_ids(collection, page: int = 5_000) -> list[str]:
-    """Every id of a collection, in pages (one `get` of 100k rows exceeds SQLite's limit inside Chroma)."""
-    ids: list[str] = []
-    while True:
-        found = collection.get(include=[], limit=page, offset=len(ids))["ids"]
-        ids += found
-        if len(found) < page:
-            return ids
+def _all_ids(collection) -> list[str]:
+    return get_all(collection, [])["ids"]
 
 
 class GalleryStore:
@@ -365,8 +360,8 @@ class GalleryStore:
 
     def repair(self) -> dict:
         """Make the gallery consistent after a crash: drop records without files and files without records."""
-        records = set(self.images.get(include=[])["ids"])
-        captions = set(self.captions.get(include=[])["ids"])
+        records = set(_all_ids(self.images))
+        captions = set(_all_ids(self.captions))
         files = {p.name.split(".")[0] for p in self.image_dir.glob("*.png")}
         missing_file = {i for i in records if not (self.image_dir / f"{i}.png").exists()
                         or not (self.image_dir / f"{i}.thumb.png").exists()}
@@ -415,13 +410,13 @@ class GalleryStore:
 
     def count(self, source: str | None = None) -> int:
         if source:
-            return len(self.images.get(where={"source": source}, include=[])["ids"])
+            return len(get_all(self.images, [], where={"source": source})["ids"])
         return self.images.count()
 
     def browse(self, offset: int = 0, limit: int = 24, source: str | None = None) -> list[GalleryItem]:
         """Items newest first."""
         where = {"source": source} if source else None
-        found = self.images.get(where=where, include=["metadatas", "documents"])
+        found = get_all(self.images, ["metadatas", "documents"], where=where)
         items = [self._item(i, m, d) for i, m, d in zip(found["ids"], found["metadatas"], found["documents"])]
         items.sort(key=lambda item: (-item.created_at, item.id))
         return items[max(0, offset): max(0, offset) + max(1, limit)]
@@ -460,18 +455,16 @@ class GalleryStore:
 
     def all_vectors(self, limit: int | None = None, seed: int = 0) -> dict:
         """Image and caption vectors with ids and metadata (the latent-space map); subsampled to `limit`."""
-        images = self.images.get(include=["embeddings", "metadatas", "documents"])
-        ids = list(images["ids"])
-        if limit and len(ids) > limit:
-            keep = sorted(random.Random(seed).sample(range(len(ids)), limit))
-        else:
-            keep = list(range(len(ids)))
-        kept_ids = [ids[i] for i in keep]
-        captions = self.captions.get(ids=kept_ids, include=["embeddings", "documents"]) if kept_ids else None
+        ids = _all_ids(self.images)
+        kept_ids = ids
+        if limit and len(ids) > limit:  # only the drawn items' vectors are read
+            kept_ids = [ids[i] for i in sorted(random.Random(seed).sample(range(len(ids)), limit))]
+        images = get_by_ids(self.images, kept_ids, ["embeddings", "metadatas"])
+        captions = get_by_ids(self.captions, images["ids"], ["embeddings", "documents"]) if images["ids"] else None
         return {
-            "ids": kept_ids,
-            "image_vectors": np.asarray([images["embeddings"][i] for i in keep], dtype=np.float32),
-            "metadatas": [images["metadatas"][i] for i in keep],
+            "ids": images["ids"],
+            "image_vectors": np.asarray(images["embeddings"], dtype=np.float32),
+            "metadatas": images["metadatas"],
             "caption_ids": list(captions["ids"]) if captions else [],
             "caption_vectors": np.asarray(captions["embeddings"], dtype=np.float32) if captions else np.zeros((0, 0)),
             "captions": list(captions["documents"]) if captions else [],
