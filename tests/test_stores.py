@@ -411,6 +411,9 @@ def test_a_gallery_past_chromas_limit_on_one_read_can_still_be_browsed_and_mappe
 
     assert [item.id for item in store.browse(0, 3)] == ids[::-1][:3]  # newest first
     assert [item.caption for item in store.browse(n - 1, 5)] == ["scene 0"]  # the last page
+    from_memory = store.browse(100, 24)
+    store._exact = None  # as against a Chroma server: every record read from Chroma
+    assert store.browse(100, 24) == from_memory and store.browse(0, 5, source="seed") == []
     assert store.count(source="upload") == n
     data = store.all_vectors(limit=2000, seed=1)
     assert data["total"] == n and len(data["ids"]) == 2000 and data["image_vectors"].shape == (2000, 4)

@@ -118,6 +118,11 @@ class ExactIndex:
     def __len__(self) -> int:
         return len(self._current().ids)
 
+    def records(self) -> tuple[tuple[str, ...], tuple[dict, ...], tuple[str, ...]]:
+        """Every item's id, metadata and document, as the index holds them."""
+        snapshot = self._current()
+        return snapshot.ids, snapshot.metadatas, snapshot.documents
+
     def lookup(self, item_id: str) -> tuple[dict, str] | None:
         """An item's metadata and document, or None."""
         snapshot = self._current()

@@ -415,11 +415,18 @@ class GalleryStore:
 
     def browse(self, offset: int = 0, limit: int = 24, source: str | None = None) -> list[GalleryItem]:
         """Items newest first."""
-        where = {"source": source} if source else None
-        found = get_all(self.images, ["metadatas", "documents"], where=where)
-        items = [self._item(i, m, d) for i, m, d in zip(found["ids"], found["metadatas"], found["documents"])]
-        items.sort(key=lambda item: (-item.created_at, item.id))
-        return items[max(0, offset): max(0, offset) + max(1, limit)]
+        exact = self._exact["images"] if self._exact else None
+        if exact is not None and self.images.count() <= EXACT_SEARCH_LIMIT:
+            # the search index holds every item's metadata in memory: a page of 100k items is then a sort
+            # (0.07-0.3 s here), not a read of every record from Chroma (about 3 s)
+            ids, metadatas, documents = exact.records()
+        else:
+            found = get_all(self.images, ["metadatas", "documents"])
+            ids, metadatas, documents = found["ids"], found["metadatas"], found["documents"]
+        rows = [(-float(m.get("created_at", 0)), i, m, d) for i, m, d in zip(ids, metadatas, documents)
+                if source is None or m.get("source") == source]
+        rows.sort(key=lambda row: row[:2])
+        return [self._item(i, m, d) for _, i, m, d in rows[max(0, offset): max(0, offset) + max(1, limit)]]
 
     def search(self, vector: np.ndarray, target: str = "images", k: int = 12,
                source: str | None = None) -> list[GalleryItem]:
