@@ -65,15 +65,15 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
     if any(repaired.values()):
         print(f"gallery repaired after an unclean stop: {repaired}", flush=True)
     seeding = None
-    if gallery.needs_reindex() and gallery.holds_only_builtin_scenes() and settings.seed_gallery:
-        # built-in scenes alone, indexed by an earlier checkpoint: nothing of a user's, so re-embed them unasked
-        seeding = GallerySeeding(gallery, settings.seed_gallery, reindex_first=True).start()
-    elif gallery.needs_reindex():  # never mix vectors of two models: the Gallery tab offers a re-index
+    stale = gallery.needs_reindex()
+    # built-in scenes alone, indexed by an earlier checkpoint: nothing of a user's, so re-embed them unasked
+    reindex_builtin = stale and bool(settings.seed_gallery) and gallery.holds_only_builtin_scenes()
+    if stale and not reindex_builtin:  # never mix vectors of two models: the Gallery tab offers a re-index
         model, dim = gallery.index_model()
         print(f"the gallery was indexed with {model} ({dim}-d), not {pipeline.embedding_model_id}; re-index it from the "
               f"Gallery tab or with: python -m omnibridge.gallery reindex --data-dir {data_dir}", flush=True)
-    elif settings.seed_gallery and gallery.count(source="seed") < settings.seed_gallery:
-        seeding = GallerySeeding(gallery, settings.seed_gallery).start()
+    elif reindex_builtin or (settings.seed_gallery and gallery.count(source="seed") < settings.seed_gallery):
+        seeding = GallerySeeding(gallery, settings.seed_gallery, reindex_first=reindex_builtin).start()
     compare = None
     if settings.compare_model:  # a second checkpoint for the Compare tab's "two checkpoints" pair
         compare = type(pipeline).from_pretrained(settings.compare_model, device=settings.device, dtype=settings.dtype,
