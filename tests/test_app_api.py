@@ -102,6 +102,12 @@ def test_feedback_round_trip(client):
     assert any(r["id"] == record["id"] and r["comment"] == "looks right" for r in listed)
     with pytest.raises(AppError, match="kind must be"):
         client.predict("love", "api", "", "", {}, {}, {}, api_name="/feedback")
+    with pytest.raises(AppError, match="inputs must be a JSON object"):  # not silently stored as {}
+        client.predict("like", "api", "", "", "{not json", {}, {}, api_name="/feedback")
+    with pytest.raises(AppError, match="tab must be one of"):  # not an empty list that looks like no ratings
+        client.predict("Chat", "like", api_name="/list_feedback")
+    with pytest.raises(AppError, match="kind must be one of"):
+        client.predict("api", "likes", api_name="/list_feedback")
 
 
 def test_named_endpoints_are_stable(client):

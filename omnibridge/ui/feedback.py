@@ -33,7 +33,23 @@ def _table(records: list[dict]) -> list[list]:
 
 
 def _filters(tab: str | None, kind: str | None) -> dict:
+    """Store filters from the tab and kind pickers; an unknown name is an error, not an empty list, so that an
+    API client who writes "Chat" for "chat" is told so."""
+    if tab not in (None, "", *TABS):
+        raise gr.Error(f"tab must be one of {TABS}")
+    if kind not in (None, "", "all", *KINDS):
+        raise gr.Error(f"kind must be one of {['all', *KINDS]}")
     return {"tab": None if tab in (None, "", "all") else tab, "kind": None if kind in (None, "", "all") else kind}
+
+
+def _json_object(value, name: str) -> dict:
+    """A rating's inputs, outputs or parameters: a JSON object, or nothing. Anything else is refused rather
+    than stored as {}, which would lose what the client meant to save without telling it."""
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise gr.Error(f"{name} must be a JSON object, like {{\"prompt\": \"a red circle\"}}")
+    return value
 
 
 NO_VOTES = "No votes yet: the Compare tab's votes show here as win rates."
@@ -120,7 +136,8 @@ def _build_feedback_api(ctx: AppContext) -> None:
             raise gr.Error(f"kind must be one of {list(KINDS)}")
         if tab_name not in TABS[1:]:
             raise gr.Error(f"tab must be one of {TABS[1:]}")
-        as_dict = [j if isinstance(j, dict) else {} for j in (inputs_json, outputs_json, parameters_json)]
+        as_dict = [_json_object(value, name) for value, name in
+                   ((inputs_json, "inputs"), (outputs_json, "outputs"), (parameters_json, "parameters"))]
         record_id = ctx.feedback.add(FeedbackRecord(session_of(request), tab_name, kind_name, value_text or "",
                                                     comment_text or "", *as_dict, model_id=ctx.pipeline.variant_id))
         return {"id": record_id, "count": ctx.feedback.count()}
