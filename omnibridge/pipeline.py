@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import queue
 import random
 import threading
@@ -52,6 +53,7 @@ from .modeling.loading import (
     resolve_folder,
     save_our_layout,
 )
+from .rerank import DESCRIBE_QUESTION
 from .self_check import MAX_CANDIDATES, best_candidates, candidate_seeds
 
 MAX_SEED = 2**31 - 1
@@ -824,6 +826,37 @@ class OmniBridgePipeline:
         yield ChatTurnEvent(answer, done=True, result=result)
 
     # ------------------------------------------------------------------------------- retrieval
+    @property
+    def retrieval_logit_scale(self) -> float:
+        """The temperature the retrieval heads were trained with: cosines times this are their logits."""
+        return math.exp(float(self.alignment.logit_scale))  # a Python float: no torch op off the model thread
+
+    def description_log_likelihoods(self, images: list, captions: list[str], batch_size: int = 32) -> np.ndarray:
+        """For each (image, caption) pair, log p(caption, end of turn | image, "Describe the image."): how
+        readily the model would describe the image with that caption (rerank.py)."""
+        loaded = [load_image(image) for image in images]
+        texts = [clean_text(caption, what="caption", allow_empty=True) for caption in captions]
+        if len(loaded) != len(texts):
+            raise InvalidInputError("give one caption per image")
+        return self.run_job(lambda: self._description_log_likelihoods(loaded, texts, batch_size))
+
+    def _description_log_likelihoods(self, images: list[Image.Image], captions: list[str],
+                                     batch_size: int) -> np.ndarray:
+        scores = [np.zeros(0)]
+        self._use("llm")
+        for start in range(0, len(images), batch_size):
+            prompts = [self.format.encode([Message("user", [image, DESCRIBE_QUESTION])], answer=caption)
+                       for image, caption in zip(images[start:start + batch_size], captions[start:start + batch_size])]
+            collated = self.format.collate(prompts, "right")
+            inputs = self._to_device(collated["inputs"])
+            with torch.inference_mode():
+                log_probs = torch.log_softmax(self.llm(**inputs).logits[:, :-1].float(), dim=-1)
+            # position t predicts token t + 1: the answer's tokens and the end of turn after them
+            token_scores = log_probs.gather(-1, inputs["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+            scores.append(np.array([float(token_scores[row, spans["answer"][0] - 1:spans["answer"][1]].sum())
+                                    for row, spans in enumerate(collated["spans"])]))
+        return np.concatenate(scores)
+
     @property
     def embedding_dim(self) -> int:
         return self.config.retrieval.embed_dim

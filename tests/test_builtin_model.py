@@ -53,6 +53,18 @@ def test_its_retrieval_finds_the_right_scene(builtin):
     assert scores["t2i_R@5"] >= 0.3 and scores["i2t_R@5"] >= 0.3  # chance is 0.05
 
 
+def test_its_description_likelihood_picks_the_true_caption(builtin):
+    """What the gallery's image -> captions re-ranking relies on (rerank.py): of 20 scenes' captions, the
+    one the model would most readily describe an image with is its own."""
+    scenes, captions, owners = retrieval_dataset(20, seed=4242)
+    canonical = [captions[int(np.flatnonzero(owners == i)[0])] for i in range(len(scenes))]
+    images = [render(s) for s in scenes]
+    pairs = [(i, c) for i in range(len(scenes)) for c in range(len(scenes))]
+    scores = builtin.description_log_likelihoods([images[i] for i, _ in pairs], [canonical[c] for _, c in pairs])
+    picked = scores.reshape(len(scenes), len(scenes)).argmax(axis=1)
+    assert np.mean(picked == np.arange(len(scenes))) >= 0.8  # chance is 0.05
+
+
 def test_short_queries_are_scored_by_the_scenes_that_answer_them(builtin):
     scenes, _, _ = retrieval_dataset(100, seed=999)
     queries, answers = partial_queries(scenes, seed=999)

@@ -661,3 +661,22 @@ def test_the_models_guidance_cutoff_is_used_and_recorded(tiny_pipeline, monkeypa
     assert cut.parameters["guidance_cutoff"] == 0.0
     unguided = tiny_pipeline.generate("a red circle", **{**settings, "guidance_scale": 1.0})
     assert np.array_equal(np.asarray(cut.images[0]), np.asarray(unguided.images[0]))
+
+
+def test_description_log_likelihoods_score_each_pair(tiny_pipeline):
+    image = Image.new("RGB", (64, 64))
+    scores = tiny_pipeline.description_log_likelihoods([image, image],
+                                                       ["a red circle", "two blue squares and a green triangle"])
+    assert scores.shape == (2,) and np.all(np.isfinite(scores)) and np.all(scores < 0)
+    # the longer caption has more tokens to predict, each with probability below one
+    assert scores[1] < scores[0]
+    with pytest.raises(InvalidInputError, match="one caption per image"):
+        tiny_pipeline.description_log_likelihoods([image], ["a red circle", "a blue square"])
+
+
+def test_rerank_order_weighs_the_cosine_against_the_likelihood():
+    from omnibridge.rerank import rerank_order
+
+    # logits 5 - 10 = -5 against 4 - 1 = 3: the likelihood overturns a small cosine lead
+    assert rerank_order([0.5, 0.4], [-10.0, -1.0], logit_scale=10.0, weight=1.0) == [1, 0]
+    assert rerank_order([0.5, 0.4], [-10.0, -1.0], logit_scale=10.0, weight=0.0) == [0, 1]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gradio as gr
-
 import numpy as np
+from PIL import Image
 
 from ..gallery.latent_map import build_latent_map
 from ..gallery.store import SOURCES, GalleryError, GalleryItem
 from ..inputs import InvalidInputError, clean_text, load_image
+from ..rerank import RERANK_TOP, rerank_order
 from .common import MODEL_QUEUE, clamp_int, user_errors
 from .components import ImageInput
 from .context import AppContext
@@ -62,14 +63,34 @@ class GallerySearch:
         indexing = self.ctx.gallery_indexing()
         if indexing and self.ctx.gallery.needs_reindex():
             raise GalleryError(f"{indexing}; search again in a moment")
+        image = None
         if query_kind == "text":
             text = clean_text(query_text, what="search text")
             vector = self.ctx.pipeline.embed_texts([text])[0]
         else:
             if not query_image:
                 raise InvalidInputError("add a query image (or pick a result and press 'Search by this image')")
-            vector = self.ctx.pipeline.embed_images([load_image(query_image, self.ctx.settings.max_image_pixels)])[0]
-        return self.ctx.gallery.search(vector, target, clamp_int(top_k, 1, 100, 12), _source(source)), vector
+            image = load_image(query_image, self.ctx.settings.max_image_pixels)
+            vector = self.ctx.pipeline.embed_images([image])[0]
+        return self._search(vector, target, top_k, source, image), vector
+
+    def _search(self, vector, target: str, top_k, source, image: Image.Image | None) -> list[GalleryItem]:
+        """Nearest items by cosine; captions found for a query image are then re-ranked (rerank.py)."""
+        k = clamp_int(top_k, 1, 100, 12)
+        rerank = target == "captions" and image is not None
+        hits = self.ctx.gallery.search(vector, target, max(k, RERANK_TOP) if rerank else k, _source(source))
+        if rerank and hits:
+            hits = self._rerank_by_description(image, hits)
+        return hits[:k]
+
+    def _rerank_by_description(self, image: Image.Image, hits: list[GalleryItem]) -> list[GalleryItem]:
+        top, rest = hits[:RERANK_TOP], hits[RERANK_TOP:]
+        pipe = self.ctx.pipeline
+        log_likelihoods = pipe.description_log_likelihoods([image] * len(top), [hit.caption for hit in top])
+        for hit, value in zip(top, log_likelihoods):
+            hit.description_logp = round(float(value), 3)
+        order = rerank_order([hit.score for hit in top], log_likelihoods, pipe.retrieval_logit_scale)
+        return [top[i] for i in order] + rest
 
     def latent_map(self, limit, query_vector=None):
         query = np.asarray(query_vector, dtype=np.float32) if query_vector is not None else None
@@ -78,7 +99,8 @@ class GallerySearch:
     def similar_to(self, item_id: str, mode: str, top_k, source) -> list[GalleryItem]:
         _, target = SEARCH_MODES.get(mode, ("image", "images"))
         vector = self.ctx.gallery.vector_of(item_id)
-        return self.ctx.gallery.search(vector, target, clamp_int(top_k, 1, 100, 12), _source(source))
+        image = load_image(self.ctx.gallery.get(item_id).image_path) if target == "captions" else None
+        return self._search(vector, target, top_k, source, image)
 
     def browse(self, page, source) -> tuple[list[GalleryItem], int, int]:
         source = _source(source)
@@ -141,7 +163,9 @@ def build_gallery_tab(ctx: AppContext) -> dict:
                                     elem_id="gallery-query")
             query_image = ImageInput(label="…or search by image", sources=["upload", "clipboard"],
                                    height=160, elem_id="gallery-query-image")
-            mode = gr.Radio(list(SEARCH_MODES), value="Text → images", label="Search", elem_id="gallery-mode")
+            mode = gr.Radio(list(SEARCH_MODES), value="Text → images", label="Search", elem_id="gallery-mode",
+                            info="Image → captions re-ranks its top 10 by how readily the model would describe "
+                                 "the image with each caption.")
             with gr.Row():
                 top_k = gr.Slider(1, 48, value=12, step=1, label="Results")
                 source = gr.Dropdown(SOURCE_CHOICES, value="all", label="Source")
@@ -296,7 +320,8 @@ def _build_gallery_api(search: GallerySearch, ctx: AppContext) -> None:
 
     def as_records(items: list[GalleryItem]) -> list[dict]:
         return [{"id": i.id, "score": i.score, "caption": i.caption, "source": i.source,
-                 "created_at": i.created_at, "model_id": i.model_id} for i in items]
+                 "created_at": i.created_at, "model_id": i.model_id, "description_logp": i.description_logp}
+                for i in items]
 
     @user_errors
     def search_api(query_text, query_image, mode_name, k, source_name):

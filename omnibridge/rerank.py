@@ -1,0 +1,30 @@
+"""Re-ranking image -> caption search by the model's own description likelihood.
+
+A unified model can judge a match two ways: the retrieval heads' cosine (one vector per side, fast over a
+whole gallery), and the language model's likelihood of the caption as its answer to "Describe the image."
+(it reads the image's tokens and the caption's together, so it can check each object). The second is too
+slow for a whole gallery but cheap for a short list, so an image -> captions search takes its top
+`RERANK_TOP` by cosine and orders them by
+
+    logit_scale * cosine + DESCRIPTION_WEIGHT * log p(caption | image, "Describe the image.")
+
+Measured with the built-in model (scripts/rerank_study.py, docs/evaluation-notes.md): on 1,000 validation
+scenes image -> text R@1 rose from 0.869 to 0.929 at weight 1.0, where the weight was chosen. Text -> image
+is not re-ranked: there the likelihood compares one caption across images and it hurt (0.844 -> 0.622 at
+1.0; +0.008 at 0.1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RERANK_TOP = 10
+DESCRIPTION_WEIGHT = 1.0
+DESCRIBE_QUESTION = "Describe the image."
+
+
+def rerank_order(cosines, log_likelihoods, logit_scale: float, weight: float = DESCRIPTION_WEIGHT) -> list[int]:
+    """Indices of the candidates, best first, by the combined score; ties keep the cosine order."""
+    combined = logit_scale * np.asarray(cosines, dtype=np.float64) + weight * np.asarray(log_likelihoods,
+                                                                                        dtype=np.float64)
+    return sorted(range(len(combined)), key=lambda i: -combined[i])
