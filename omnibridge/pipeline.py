@@ -53,7 +53,6 @@ from .modeling.loading import (
     resolve_folder,
     save_our_layout,
 )
-from .rerank import DESCRIBE_QUESTION
 from .self_check import MAX_CANDIDATES, best_candidates, candidate_seeds
 
 MAX_SEED = 2**31 - 1
@@ -832,7 +831,7 @@ class OmniBridgePipeline:
         return math.exp(float(self.alignment.logit_scale))  # a Python float: no torch op off the model thread
 
     def description_log_likelihoods(self, images: list, captions: list[str], batch_size: int = 32) -> np.ndarray:
-        """For each (image, caption) pair, log p(caption, end of turn | image, "Describe the image."): how
+        """For each (image, caption) pair, log p(caption, end of turn | image, the describe prompt): how
         readily the model would describe the image with that caption (rerank.py)."""
         loaded = [load_image(image) for image in images]
         texts = [clean_text(caption, what="caption", allow_empty=True) for caption in captions]
@@ -845,8 +844,9 @@ class OmniBridgePipeline:
         scores = [np.zeros(0)]
         self._use("llm")
         for start in range(0, len(images), batch_size):
-            prompts = [self.format.encode([Message("user", [image, DESCRIBE_QUESTION])], answer=caption)
-                       for image, caption in zip(images[start:start + batch_size], captions[start:start + batch_size])]
+            chunk = zip(images[start:start + batch_size], captions[start:start + batch_size])
+            prompts = [self.format.encode([Message("user", [image, self.config.prompts.describe])], answer=caption)
+                       for image, caption in chunk]
             collated = self.format.collate(prompts, "right")
             inputs = self._to_device(collated["inputs"])
             with torch.inference_mode():

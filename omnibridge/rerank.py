@@ -6,12 +6,12 @@ whole gallery), and the language model's likelihood of the caption as its answer
 slow for a whole gallery but cheap for a short list, so an image -> captions search takes its top
 `RERANK_TOP` by cosine and orders them by
 
-    logit_scale * cosine + DESCRIPTION_WEIGHT * log p(caption | image, "Describe the image.")
+    logit_scale * cosine + weight * log p(caption | image, the model's describe prompt)
 
-Measured with the built-in model (scripts/rerank_study.py, docs/evaluation-notes.md): on 1,000 validation
-scenes image -> text R@1 rose from 0.869 to 0.929 at weight 1.0, where the weight was chosen. Text -> image
-is not re-ranked: there the likelihood compares one caption across images and it hurt (0.844 -> 0.622 at
-1.0; +0.008 at 0.1).
+where the weight is the model's `retrieval.caption_rerank_weight` (0: off). Measured with the built-in model
+(scripts/rerank_study.py, docs/evaluation-notes.md): on 1,000 validation scenes image -> text R@1 rose from
+0.869 to 0.929 at weight 1.0, where the weight was chosen, and held out from 0.865 to 0.912. Text -> image is
+not re-ranked: there the likelihood compares one caption across images, and it hurt (0.844 -> 0.622 at 1.0).
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 RERANK_TOP = 10
-DESCRIPTION_WEIGHT = 1.0
-DESCRIBE_QUESTION = "Describe the image."
 
 
-def rerank_order(cosines, log_likelihoods, logit_scale: float, weight: float = DESCRIPTION_WEIGHT) -> list[int]:
+def rerank_order(cosines, log_likelihoods, logit_scale: float, weight: float) -> list[int]:
     """Indices of the candidates, best first, by the combined score; ties keep the cosine order."""
     combined = logit_scale * np.asarray(cosines, dtype=np.float64) + weight * np.asarray(log_likelihoods,
                                                                                         dtype=np.float64)

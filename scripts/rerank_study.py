@@ -37,9 +37,9 @@ def rerank_hits(cos_logits: np.ndarray, likelihood: dict, top: np.ndarray, is_hi
     for query, candidates in enumerate(top):
         lik = np.array([likelihood[(query, int(c))] for c in candidates])
         if np.isinf(weight):  # the likelihood alone, the cosine breaking ties
-            best = rerank_order(cos_logits[query, candidates], lik, 1e-6, 1.0)[0]
+            best = rerank_order(cos_logits[query, candidates], lik, logit_scale=1e-6, weight=1.0)[0]
         else:
-            best = rerank_order(cos_logits[query, candidates], lik, 1.0, weight)[0]
+            best = rerank_order(cos_logits[query, candidates], lik, logit_scale=1.0, weight=weight)[0]
         hits.append(is_hit(query, int(candidates[best])))
     return float(np.mean(hits))
 

@@ -82,6 +82,17 @@ def test_search_every_direction(client, app_server):
     assert all(h["source"] == "seed" for h in seeded)
 
 
+def test_a_model_without_a_rerank_weight_keeps_the_cosine_order(client, app_server):
+    retrieval = app_server["context"].pipeline.config.retrieval
+    weight, retrieval.caption_rerank_weight = retrieval.caption_rerank_weight, 0.0  # as the official model
+    try:
+        hits = client.predict("", handle_file(EXAMPLE), "Image → captions", 5, "all", api_name="/search")
+    finally:
+        retrieval.caption_rerank_weight = weight
+    scores = [h["score"] for h in hits]
+    assert hits and scores == sorted(scores, reverse=True) and all(h["description_logp"] is None for h in hits)
+
+
 def test_add_count_browse_delete(client, tmp_path):
     paths = []
     for i, color in enumerate([(200, 30, 30), (30, 200, 30)]):

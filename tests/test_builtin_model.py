@@ -63,6 +63,7 @@ def test_its_description_likelihood_picks_the_true_caption(builtin):
     scores = builtin.description_log_likelihoods([images[i] for i, _ in pairs], [canonical[c] for _, c in pairs])
     picked = scores.reshape(len(scenes), len(scenes)).argmax(axis=1)
     assert np.mean(picked == np.arange(len(scenes))) >= 0.8  # chance is 0.05
+    assert builtin.config.retrieval.caption_rerank_weight == 1.0  # the weight chosen on validation scenes
 
 
 def test_short_queries_are_scored_by_the_scenes_that_answer_them(builtin):

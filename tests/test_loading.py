@@ -139,6 +139,7 @@ def test_official_release_layout_loads_every_key(official_folder, tiny_model):
     assert pipe.model.layout == "official"
     assert pipe.config.bilm.num_layers == 3 and pipe.config.bilm.cross_attention_layers == (0, 2)
     assert pipe.config.retrieval.num_image_queries == 5 and pipe.config.retrieval.embed_dim == 16
+    assert pipe.config.retrieval.caption_rerank_weight == 0.0  # measured for the built-in model only
     loaded_llm = pipe.llm.state_dict()
     for key, tensor in llm.state_dict().items():
         assert torch.equal(loaded_llm[key], tensor), key

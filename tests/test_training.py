@@ -437,6 +437,8 @@ def test_evaluate_cli_writes_a_report_and_card(trained, tmp_path):
     assert saved["understanding"]["missing_object"]["n_questions"] == 2  # as many as a type has, here
     assert "a relation about an absent object answered" in (root / "model" / "README.md").read_text()
     assert "t2i_R@1" in report["retrieval"] and report["speed"]["image_s"] > 0
+    assert 0.0 <= report["retrieval"]["i2t_R@1_reranked"] <= 1.0  # the quick preset re-ranks, as the shapes one
+    assert "i2t_R@1_reranked" in (root / "model" / "README.md").read_text()
     assert "## Evaluation" in (root / "model" / "README.md").read_text()
     card = (root / "model" / "README.md").read_text()
     assert "### Against the project's goals" in card and "goals met" in card

@@ -14,6 +14,7 @@ import random
 
 import numpy as np
 
+from ..rerank import RERANK_TOP, rerank_order
 from ..shapes.captions import describe, equivalent_captions, format_caption, partial_spec, query_holds
 from ..shapes.render import render
 from ..shapes.world import sample_scene
@@ -78,9 +79,28 @@ def precision_at_k(query_vectors: np.ndarray, image_vectors: np.ndarray, answers
 
 def evaluate_retrieval(pipe, n_scenes: int = 1000) -> dict:
     scenes, captions, owners = retrieval_dataset(n_scenes)
-    image_vectors = pipe.embed_images([render(s) for s in scenes])
+    images = [render(s) for s in scenes]
+    image_vectors = pipe.embed_images(images)
     text_vectors = pipe.embed_texts(captions)
     queries, answers = partial_queries(scenes)
     partial = precision_at_k(pipe.embed_texts(queries), image_vectors, answers)
-    return {**recall_at_k(image_vectors, text_vectors, owners), **partial,
-            "n_images": len(scenes), "n_texts": len(captions), "n_partial_queries": len(queries)}
+    report = {**recall_at_k(image_vectors, text_vectors, owners), **partial,
+              "n_images": len(scenes), "n_texts": len(captions), "n_partial_queries": len(queries)}
+    weight = pipe.config.retrieval.caption_rerank_weight
+    if weight > 0:  # what the gallery's image -> captions search returns; the heads' own rows stay above
+        report["i2t_R@1_reranked"] = reranked_i2t_recall(pipe, images, captions, owners,
+                                                         image_vectors @ text_vectors.T, weight)
+    return report
+
+
+def reranked_i2t_recall(pipe, images, captions: list[str], owners: np.ndarray, sims: np.ndarray,
+                        weight: float) -> float:
+    """Image -> text R@1 once each image's top RERANK_TOP captions by cosine are re-ranked as the gallery does
+    (rerank.py)."""
+    top = np.argsort(-sims, axis=1)[:, :RERANK_TOP]
+    likelihoods = pipe.description_log_likelihoods([images[i] for i, row in enumerate(top) for _ in row],
+                                                   [captions[c] for row in top for c in row],
+                                                   batch_size=64).reshape(top.shape)
+    scale = pipe.retrieval_logit_scale
+    firsts = [row[rerank_order(sims[i, row], likelihoods[i], scale, weight)[0]] for i, row in enumerate(top)]
+    return round(float(np.mean(owners[firsts] == np.arange(len(images)))), 4)

@@ -77,7 +77,8 @@ class GallerySearch:
     def _search(self, vector, target: str, top_k, source, image: Image.Image | None) -> list[GalleryItem]:
         """Nearest items by cosine; captions found for a query image are then re-ranked (rerank.py)."""
         k = clamp_int(top_k, 1, 100, 12)
-        rerank = target == "captions" and image is not None
+        weight = self.ctx.pipeline.config.retrieval.caption_rerank_weight
+        rerank = target == "captions" and image is not None and weight > 0
         hits = self.ctx.gallery.search(vector, target, max(k, RERANK_TOP) if rerank else k, _source(source))
         if rerank and hits:
             hits = self._rerank_by_description(image, hits)
@@ -89,7 +90,8 @@ class GallerySearch:
         log_likelihoods = pipe.description_log_likelihoods([image] * len(top), [hit.caption for hit in top])
         for hit, value in zip(top, log_likelihoods):
             hit.description_logp = round(float(value), 3)
-        order = rerank_order([hit.score for hit in top], log_likelihoods, pipe.retrieval_logit_scale)
+        order = rerank_order([hit.score for hit in top], log_likelihoods, pipe.retrieval_logit_scale,
+                             pipe.config.retrieval.caption_rerank_weight)
         return [top[i] for i in order] + rest
 
     def latent_map(self, limit, query_vector=None):
@@ -163,9 +165,10 @@ def build_gallery_tab(ctx: AppContext) -> dict:
                                     elem_id="gallery-query")
             query_image = ImageInput(label="…or search by image", sources=["upload", "clipboard"],
                                    height=160, elem_id="gallery-query-image")
+            reranks = ctx.pipeline.config.retrieval.caption_rerank_weight > 0
             mode = gr.Radio(list(SEARCH_MODES), value="Text → images", label="Search", elem_id="gallery-mode",
                             info="Image → captions re-ranks its top 10 by how readily the model would describe "
-                                 "the image with each caption.")
+                                 "the image with each caption." if reranks else None)
             with gr.Row():
                 top_k = gr.Slider(1, 48, value=12, step=1, label="Results")
                 source = gr.Dropdown(SOURCE_CHOICES, value="all", label="Source")
