@@ -54,7 +54,7 @@ class GalleryItem:
     image_path: Path
     thumb_path: Path
     score: float | None = None  # cosine similarity when the item is a search hit
-    # An image -> captions hit in the re-ranked top (rerank.py): log p(caption | query image, "Describe the image.")
+    # An image -> captions hit in the re-ranked top (rerank.py): log p(caption | query image, describe prompt)
     description_logp: float | None = None
 
 
