@@ -4,6 +4,7 @@ The app runs the micro model with random weights: these tests check the UI works
 """
 
 import os
+import re
 import shutil
 
 import pytest
@@ -122,6 +123,20 @@ def test_gallery_search_by_image(app_page, tmp_path):
     page.locator("#gallery-search").click()
     page.locator("#gallery-results img").first.wait_for()
     page.screenshot(path=str(tmp_path / "gallery-image.png"), full_page=True)
+
+
+def test_gallery_image_to_captions_shows_the_likelihood_that_reranked_them(app_page, tmp_path):
+    page = app_page
+    open_tab(page, "Gallery")
+    page.get_by_label("Image → captions").check()
+    page.locator("#gallery-query-image input[type=file]").set_input_files(EXAMPLE)
+    page.locator("#gallery-query-image img").first.wait_for()
+    page.locator("#gallery-search").click()
+    table = page.locator("#gallery-table")
+    expect(table).to_contain_text("describe log p")
+    # a log-likelihood (tens of nats below zero; a cosine never reaches -10) filled in, not left blank
+    expect(table).to_contain_text(re.compile(r"-\d{2,}\.\d"))
+    page.screenshot(path=str(tmp_path / "gallery-captions.png"), full_page=True)
 
 
 def test_a_liked_answer_appears_in_the_feedback_tab(app_page, tmp_path):

@@ -23,7 +23,9 @@ SEARCH_MODES = {
 }
 SOURCE_CHOICES = ["all", *SOURCES]
 PAGE_SIZE = 24
-TABLE_HEADERS = ["score", "caption", "source", "id"]
+# "describe log p": an Image -> captions hit's description likelihood, which re-ranked it (rerank.py); it says
+# why such a list is not sorted by its cosine score
+TABLE_HEADERS = ["score", "describe log p", "caption", "source", "id"]
 
 
 def _source(value: str | None) -> str | None:
@@ -35,7 +37,9 @@ def _source(value: str | None) -> str | None:
 
 
 def _rows(items: list[GalleryItem]) -> list[list]:
-    return [[item.score if item.score is not None else "", item.caption, item.source, item.id] for item in items]
+    return [[item.score if item.score is not None else "",
+             item.description_logp if item.description_logp is not None else "", item.caption, item.source, item.id]
+            for item in items]
 
 
 def _tiles(items: list[GalleryItem]) -> list[tuple[str, str]]:
