@@ -828,7 +828,8 @@ class OmniBridgePipeline:
     @property
     def retrieval_logit_scale(self) -> float:
         """The temperature the retrieval heads were trained with: cosines times this are their logits."""
-        return math.exp(float(self.alignment.logit_scale))  # a Python float: no torch op off the model thread
+        # a Python float read off the (trainable) parameter: no torch op off the model thread, no grad warning
+        return math.exp(float(self.alignment.logit_scale.detach()))
 
     def description_log_likelihoods(self, images: list, captions: list[str], batch_size: int = 32) -> np.ndarray:
         """For each (image, caption) pair, log p(caption, end of turn | image, the describe prompt): how

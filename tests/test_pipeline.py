@@ -674,6 +674,15 @@ def test_description_log_likelihoods_score_each_pair(tiny_pipeline):
         tiny_pipeline.description_log_likelihoods([image], ["a red circle", "a blue square"])
 
 
+def test_the_retrieval_logit_scale_is_read_without_a_warning(tiny_pipeline):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading a trainable parameter as a float warned in the app's log
+        scale = tiny_pipeline.retrieval_logit_scale
+    assert scale > 1.0
+
+
 def test_rerank_order_weighs_the_cosine_against_the_likelihood():
     from omnibridge.rerank import rerank_order
 
