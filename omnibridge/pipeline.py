@@ -850,12 +850,18 @@ class OmniBridgePipeline:
                        for image, caption in chunk]
             collated = self.format.collate(prompts, "right")
             inputs = self._to_device(collated["inputs"])
+            answers = [spans["answer"] for spans in collated["spans"]]
             with torch.inference_mode():
-                log_probs = torch.log_softmax(self.llm(**inputs).logits[:, :-1].float(), dim=-1)
-            # position t predicts token t + 1: the answer's tokens and the end of turn after them
-            token_scores = log_probs.gather(-1, inputs["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
-            scores.append(np.array([float(token_scores[row, spans["answer"][0] - 1:spans["answer"][1]].sum())
-                                    for row, spans in enumerate(collated["spans"])]))
+                states = self.llm.model(**inputs).last_hidden_state
+                # position t predicts token t + 1: only the answer's positions go through the LM head (a full
+                # model's vocabulary over every image token would take gigabytes), predicting the answer's tokens
+                # and the end of turn after them
+                predicting, mask = gather_spans(states, [(first - 1, last) for first, last in answers])
+                targets, _ = gather_spans(inputs["input_ids"].unsqueeze(-1),
+                                          [(first, last + 1) for first, last in answers])
+                log_probs = torch.log_softmax(self.llm.lm_head(predicting).float(), dim=-1)
+                token_scores = log_probs.gather(-1, targets).squeeze(-1) * mask
+            scores.append(token_scores.sum(dim=1).cpu().numpy())
         return np.concatenate(scores)
 
     @property

@@ -85,17 +85,16 @@ class GallerySearch:
         rerank = target == "captions" and image is not None and weight > 0
         hits = self.ctx.gallery.search(vector, target, max(k, RERANK_TOP) if rerank else k, _source(source))
         if rerank and hits:
-            hits = self._rerank_by_description(image, hits)
+            hits = self._rerank_by_description(image, hits, weight)
         return hits[:k]
 
-    def _rerank_by_description(self, image: Image.Image, hits: list[GalleryItem]) -> list[GalleryItem]:
+    def _rerank_by_description(self, image: Image.Image, hits: list[GalleryItem], weight: float) -> list[GalleryItem]:
         top, rest = hits[:RERANK_TOP], hits[RERANK_TOP:]
         pipe = self.ctx.pipeline
         log_likelihoods = pipe.description_log_likelihoods([image] * len(top), [hit.caption for hit in top])
         for hit, value in zip(top, log_likelihoods):
             hit.description_logp = round(float(value), 3)
-        order = rerank_order([hit.score for hit in top], log_likelihoods, pipe.retrieval_logit_scale,
-                             pipe.config.retrieval.caption_rerank_weight)
+        order = rerank_order([hit.score for hit in top], log_likelihoods, pipe.retrieval_logit_scale, weight)
         return [top[i] for i in order] + rest
 
     def latent_map(self, limit, query_vector=None):
