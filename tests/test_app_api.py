@@ -106,6 +106,8 @@ def test_add_count_browse_delete(client, tmp_path):
     assert again["count"] == before + 2
     page = client.predict(1, "upload", api_name="/browse_gallery")
     assert {item["id"] for item in page["items"]} >= set(report["added"])
+    uploads = client.predict("upload", api_name="/gallery_count")["count"]
+    assert page["total"] == uploads >= 2 and page["pages"] == -(-uploads // 24)
     deleted = client.predict(report["added"][0], api_name="/delete_from_gallery")
     assert deleted["count"] == before + 1
     with pytest.raises(AppError, match="no gallery item"):

@@ -518,3 +518,39 @@ def test_the_win_rate_chart_hides_until_there_is_a_vote():
     rows, chart, note = win_rate_tables([vote])
     assert len(rows) == 1 and chart.visible is True and note == ""
     assert [row[:3] for row in chart.value["data"]] == [["p", "A", 1.0], ["p", "B", 0.0]]
+
+
+def test_browsing_by_source_counts_from_memory_and_a_page_past_the_end_shows_the_last(tmp_path, monkeypatch):
+    """A filtered count read every matching id from Chroma, twice per page shown (once for the page count,
+    once for the status line); the search index already holds every item's source."""
+    import omnibridge.gallery.store as store_module
+    from omnibridge.ui.gallery import PAGE_SIZE, GallerySearch
+
+    stub = SimpleNamespace(embedding_model_id="stub", embedding_dim=4, model_id="stub")
+    store = GalleryStore(tmp_path, stub)
+    n, seeds = 60, 45  # every fourth item an upload
+    ids = [f"{i:032x}" for i in range(n)]
+    sources = ["upload" if i % 4 == 0 else "seed" for i in range(n)]
+    store.images.add(ids=ids, embeddings=np.random.default_rng(0).random((n, 4), dtype=np.float32),
+                     documents=[f"scene {i}" for i in range(n)],
+                     metadatas=[{"source": s, "created_at": float(i)} for i, s in enumerate(sources)])
+    from_chroma = {source: len(store_module.get_all(store.images, [], where={"source": source})["ids"])
+                   for source in ("seed", "upload", "generated")}
+    assert from_chroma == {"seed": seeds, "upload": n - seeds, "generated": 0}
+
+    def no_chroma_reads(*args, **kwargs):
+        raise AssertionError("read every record from Chroma")
+
+    monkeypatch.setattr(store_module, "get_all", no_chroma_reads)
+    assert {source: store.count(source) for source in from_chroma} == from_chroma and store.count() == n
+    items, total = store.browse_page(0, 10, source="upload")
+    assert total == n - seeds and [item.caption for item in items[:2]] == ["scene 56", "scene 52"]
+
+    search = GallerySearch(SimpleNamespace(gallery=store))
+    items, page, pages, total = search.browse(99, "seed")  # past the end: the last page
+    assert (page, pages, total) == (2, 2, seeds) and len(items) == seeds - PAGE_SIZE
+    assert items[-1].caption == "scene 1"
+
+    monkeypatch.undo()
+    store._exact = None  # as against a Chroma server: the same answers from Chroma
+    assert store.count("upload") == n - seeds and store.browse_page(0, 10, source="upload")[1] == n - seeds

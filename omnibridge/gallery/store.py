@@ -410,25 +410,38 @@ class GalleryStore:
             raise GalleryError(f"no gallery item with id {item_id}")
         return np.asarray(found["embeddings"][0], dtype=np.float32)
 
+    def _records_in_memory(self) -> ExactIndex | None:
+        """The image search index, when it holds (or will load) every item's metadata: reading it is then a
+        scan in memory, not a paged read of every record from Chroma (about 3 s at 100k items)."""
+        exact = self._exact["images"] if self._exact else None
+        return exact if exact is not None and self.images.count() <= EXACT_SEARCH_LIMIT else None
+
     def count(self, source: str | None = None) -> int:
-        if source:
-            return len(get_all(self.images, [], where={"source": source})["ids"])
-        return self.images.count()
+        if not source:
+            return self.images.count()
+        in_memory = self._records_in_memory()
+        if in_memory is not None:
+            return in_memory.count(source)
+        return len(get_all(self.images, [], where={"source": source})["ids"])
 
     def browse(self, offset: int = 0, limit: int = 24, source: str | None = None) -> list[GalleryItem]:
         """Items newest first."""
-        exact = self._exact["images"] if self._exact else None
-        if exact is not None and self.images.count() <= EXACT_SEARCH_LIMIT:
-            # the search index holds every item's metadata in memory: a page of 100k items is then a sort
-            # (0.07-0.3 s here), not a read of every record from Chroma (about 3 s)
-            ids, metadatas, documents = exact.records()
+        return self.browse_page(offset, limit, source)[0]
+
+    def browse_page(self, offset: int = 0, limit: int = 24,
+                    source: str | None = None) -> tuple[list[GalleryItem], int]:
+        """A page of items newest first, and how many items there are (of that source): one read for both."""
+        in_memory = self._records_in_memory()
+        if in_memory is not None:  # a page of 100k items is then a sort (0.07-0.3 s here)
+            ids, metadatas, documents = in_memory.records()
         else:
             found = get_all(self.images, ["metadatas", "documents"])
             ids, metadatas, documents = found["ids"], found["metadatas"], found["documents"]
         rows = [(-float(m.get("created_at", 0)), i, m, d) for i, m, d in zip(ids, metadatas, documents)
                 if source is None or m.get("source") == source]
         rows.sort(key=lambda row: row[:2])
-        return [self._item(i, m, d) for _, i, m, d in rows[max(0, offset): max(0, offset) + max(1, limit)]]
+        page = rows[max(0, offset): max(0, offset) + max(1, limit)]
+        return [self._item(i, m, d) for _, i, m, d in page], len(rows)
 
     def search(self, vector: np.ndarray, target: str = "images", k: int = 12,
                source: str | None = None) -> list[GalleryItem]:

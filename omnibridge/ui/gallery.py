@@ -107,12 +107,16 @@ class GallerySearch:
         image = load_image(self.ctx.gallery.get(item_id).image_path) if target == "captions" else None
         return self._search(vector, target, top_k, source, image)
 
-    def browse(self, page, source) -> tuple[list[GalleryItem], int, int]:
+    def browse(self, page, source) -> tuple[list[GalleryItem], int, int, int]:
+        """(items, page, pages, total items of that source)."""
         source = _source(source)
-        total = self.ctx.gallery.count(source)
+        page = clamp_int(page, 1, 10**9, 1)
+        items, total = self.ctx.gallery.browse_page((page - 1) * PAGE_SIZE, PAGE_SIZE, source)
         pages = max(1, -(-total // PAGE_SIZE))
-        page = clamp_int(page, 1, pages, 1)
-        return self.ctx.gallery.browse((page - 1) * PAGE_SIZE, PAGE_SIZE, source), page, pages
+        if page > pages:  # past the end (items were deleted since the page was shown): the last page
+            page = pages
+            items, total = self.ctx.gallery.browse_page((page - 1) * PAGE_SIZE, PAGE_SIZE, source)
+        return items, page, pages, total
 
     def add(self, files, captions_text) -> dict:
         paths = [f if isinstance(f, str) else getattr(f, "name", None) or f.get("path") for f in (files or [])]
@@ -259,8 +263,7 @@ def build_gallery_tab(ctx: AppContext) -> dict:
 
     @user_errors
     def run_browse(page_number, source_name):
-        items, page_number, pages = search.browse(page_number, source_name)
-        total = ctx.gallery.count(_source(source_name))
+        items, page_number, pages, total = search.browse(page_number, source_name)
         indexing = ctx.gallery_indexing()
         return _tiles(items), page_number, " · ".join(
             [f"{total} items", f"page {page_number} of {pages}"] + ([indexing] if indexing else []))
@@ -350,8 +353,8 @@ def _build_gallery_api(search: GallerySearch, ctx: AppContext) -> None:
 
     @user_errors
     def browse_api(page_number, source_name):
-        items, page_number, pages = search.browse(page_number, source_name)
-        return {"page": page_number, "pages": pages, "items": as_records(items)}
+        items, page_number, pages, total = search.browse(page_number, source_name)
+        return {"page": page_number, "pages": pages, "total": total, "items": as_records(items)}
 
     @user_errors
     def map_api(query_text, query_image, limit_value):
