@@ -94,7 +94,10 @@ def app_server(tiny_pipeline, tmp_path_factory):
     from omnibridge.ui.app import build_demo, launch
 
     data_dir = tmp_path_factory.mktemp("appdata")
-    settings = AppSettings(model="tiny", data_dir=data_dir, port=free_port(), seed_gallery=24, queue_size=64)
+    # PyTorch's DiT throughout: ONNX Runtime would take over the shared pipeline's DiT half-way through the session
+    # (test_onnx_dit.py tests it)
+    settings = AppSettings(model="tiny", data_dir=data_dir, port=free_port(), seed_gallery=24, queue_size=64,
+                           onnx_dit=False)
     demo = build_demo(tiny_pipeline, settings)
     assert demo.omnibridge_context.seeding.wait(timeout=120), "the built-in gallery was not indexed in 2 minutes"
     _, url, _ = launch(demo, settings, prevent_thread_lock=True, quiet=True)

@@ -367,7 +367,7 @@ def test_a_gallery_of_built_in_scenes_alone_is_re_indexed_for_a_new_checkpoint_u
     from omnibridge.config import AppSettings
     from omnibridge.ui.context import build_context
 
-    settings = AppSettings(model="tiny", data_dir=tmp_path, seed_gallery=12)
+    settings = AppSettings(model="tiny", data_dir=tmp_path, seed_gallery=12, onnx_dit=False)
     first = build_context(tiny_pipeline, settings)
     assert first.seeding.wait(timeout=120) and first.gallery.count(source="seed") == 12
     dates = {item.id: item.created_at for item in first.gallery.browse(0, 12)}

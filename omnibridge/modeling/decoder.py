@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, BertModel, PreTrainedModel, PreTrainedTo
 
 from .block_cache import MiddleBlockCache
 from .fingerprint import files_fingerprint
+from .onnx_dit import OnnxDiT
 
 # diffusers-style step callback: callback(decoder, step_index, timestep, {"latents": ...}) -> dict | None
 StepCallback = Callable[["HunyuanDecoder", int, int, dict], "dict | None"]
@@ -93,6 +94,7 @@ class HunyuanDecoder:
         self.execution_device: torch.device | None = None
         # what the negative-prompt encoding depends on; from_pretrained fills it from the folder's files
         self.text_side_fingerprint = ""
+        self.onnx_dit: OnnxDiT | None = None  # the DiT's forward under ONNX Runtime (use_onnxruntime)
 
     # ----------------------------------------------------------------------------------------- io
     @classmethod
@@ -270,26 +272,62 @@ class HunyuanDecoder:
         for block in blocks:
             block.forward = functools.partial(compiled, block)
 
-    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: CaptionEncoding, rotary=None) -> torch.Tensor:
-        """One transformer call: the model output (v, epsilon or x0, by the scheduler's prediction type)."""
+    def use_onnxruntime(self, height: int, width: int, cache_dir: str | Path | None = None) -> None:
+        """Run the DiT's forward under ONNX Runtime for images of this size (onnx_dit.py): about half the time
+        of PyTorch's eager mode on a CPU. The traced graphs are kept in `cache_dir`, keyed by the weights, so a
+        restart reads them back instead of tracing again. Raises OnnxUnavailable where it cannot be done (a
+        GPU, half precision, a DiT with style and size conditioning, a library missing): PyTorch then stays.
+        It traces a copy of the DiT, so it may run beside the model thread, which switches at its next step."""
+        from .onnx_dit import OnnxUnavailable
+
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            raise OnnxUnavailable("ONNX Runtime is used for a float32 DiT on the CPU only")
+        if self.transformer.config.use_style_cond_and_image_meta_size or is_compiled_module(self.transformer):
+            raise OnnxUnavailable("this DiT takes style and size conditioning, or is compiled")
+        self.onnx_dit = OnnxDiT.build(self.transformer, self.example_dit_inputs(height, width),
+                                      Path(cache_dir) if cache_dir else None)
+
+    def example_dit_inputs(self, height: int, width: int) -> dict[str, torch.Tensor]:
+        """One transformer call's inputs for an image of this size, by name (what a graph is traced on)."""
+        latent_height, latent_width = height // self.vae_scale_factor, width // self.vae_scale_factor
+        negative = self.negative_encoding()
+        cos, sin = self._rotary_embedding(latent_height, latent_width)
+        latents = self.initial_latents([0], height, width)
+        return {"latents": latents, "timesteps": torch.full((1,), 500.0), "embeds": negative.embeds.float(),
+                "mask": negative.mask, "embeds_2": negative.embeds_2.float(), "mask_2": negative.mask_2,
+                "rotary_cos": cos.float(), "rotary_sin": sin.float()}
+
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: CaptionEncoding, rotary=None,
+                block_cache: MiddleBlockCache | None = None) -> torch.Tensor:
+        """One transformer call: the model output (v, epsilon or x0, by the scheduler's prediction type).
+        `block_cache`: the denoising loop's, which the ONNX Runtime path follows (PyTorch's blocks read it
+        through their wrapped forwards)."""
         batch, _, height, width = latents.shape
         meta_size = style = None
         if self.transformer.config.use_style_cond_and_image_meta_size:
             side = [height * self.vae_scale_factor, width * self.vae_scale_factor]
             meta_size = torch.tensor([side + side + [0, 0]] * batch, device=self.device, dtype=latents.dtype)
             style = torch.zeros(batch, dtype=torch.long, device=self.device)
-        output = self.transformer(
-            latents,
-            timesteps.to(latents.dtype),
-            encoder_hidden_states=cond.embeds.to(latents.dtype),
-            text_embedding_mask=cond.mask,
-            encoder_hidden_states_t5=cond.embeds_2.to(latents.dtype),
-            text_embedding_mask_t5=cond.mask_2,
-            image_meta_size=meta_size,
-            style=style,
-            image_rotary_emb=rotary if rotary is not None else self._rotary_embedding(height, width),
-            return_dict=False,
-        )[0]
+        rotary = rotary if rotary is not None else self._rotary_embedding(height, width)
+        inputs = {"latents": latents, "timesteps": timesteps.to(latents.dtype), "embeds": cond.embeds.to(latents.dtype),
+                  "mask": cond.mask, "embeds_2": cond.embeds_2.to(latents.dtype), "mask_2": cond.mask_2,
+                  "rotary_cos": rotary[0], "rotary_sin": rotary[1]}
+        onnx_dit = self.onnx_dit  # read once: another thread may install it (use_onnxruntime)
+        if onnx_dit is not None and onnx_dit.accepts(self.transformer, inputs):
+            output = onnx_dit(inputs, block_cache)
+        else:
+            output = self.transformer(
+                latents,
+                inputs["timesteps"],
+                encoder_hidden_states=inputs["embeds"],
+                text_embedding_mask=cond.mask,
+                encoder_hidden_states_t5=inputs["embeds_2"],
+                text_embedding_mask_t5=cond.mask_2,
+                image_meta_size=meta_size,
+                style=style,
+                image_rotary_emb=rotary,
+                return_dict=False,
+            )[0]
         if output.shape[1] != latents.shape[1]:  # learn_sigma: the second half is the variance
             output = output[:, : latents.shape[1]]
         return output
@@ -354,7 +392,8 @@ class HunyuanDecoder:
                 model_input = scheduler.scale_model_input(model_input, timestep)
                 t = torch.full((model_input.shape[0],), float(timestep), device=self.device)
                 block_cache.prepare(step, guided_steps, cache_interval, model_input.shape[0])
-                prediction = self.predict(model_input, t, cond if guide_this_step else conditional_only, rotary)
+                prediction = self.predict(model_input, t, cond if guide_this_step else conditional_only, rotary,
+                                          block_cache)
                 if guide_this_step:
                     uncond, text = prediction.chunk(2)
                     prediction = uncond + guidance_scale * (text - uncond)

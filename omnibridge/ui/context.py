@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,20 @@ class AppContext:
         return str(path)
 
 
+def _run_dit_under_onnxruntime(pipelines: list, cache_dir: Path) -> None:
+    """Behind the running app, as the gallery's seeding: on a first start the DiT's graphs are traced (several
+    seconds on the model thread, so start-up does not wait for them), on a restart read back from the cache.
+    Images drawn before that run in PyTorch, with the same pixels."""
+    for pipeline in filter(None, pipelines):
+        try:
+            reason = pipeline.use_onnxruntime(cache_dir)
+        except Exception:  # the app keeps serving, in PyTorch
+            traceback.print_exc()
+            continue
+        print(f"{pipeline.model_id}: " + (f"the DiT stays in PyTorch: {reason}" if reason
+                                         else "the DiT runs under ONNX Runtime"), flush=True)
+
+
 def build_context(pipeline, settings: AppSettings) -> AppContext:
     """Open (or create) the stores under the data dir, repair and seed the gallery."""
     data_dir = Path(settings.data_dir)
@@ -80,4 +95,7 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
                                                  model_thread=pipeline.model_thread,
                                                  max_gpu_memory_gb=settings.max_gpu_memory,  # a budget of its own
                                                  quantization=settings.quantize)
+    if settings.onnx_dit and not settings.compile:
+        threading.Thread(target=_run_dit_under_onnxruntime, args=([pipeline, compare], data_dir / "cache" / "onnx"),
+                         name="onnx-dit", daemon=True).start()
     return AppContext(pipeline, settings, gallery, feedback, outputs, compare_pipeline=compare, seeding=seeding)

@@ -1,0 +1,226 @@
+"""The DiT's forward pass under ONNX Runtime: the same weights and the same block reuse, in about half the time
+on a CPU.
+
+Why: at batch 1 the built-in DiT's matrix products are small (64 tokens of width 320), and PyTorch's eager mode
+spends much of a call between them, dispatching every element-wise op, norm and reshape alone. ONNX Runtime
+runs the same graph with fused kernels: one call took x0.42-0.48 the time of eager PyTorch on this CPU, with a
+largest difference in the output of 2e-6 (docs/performance-notes.md, "The DiT under ONNX Runtime").
+onnxruntime is already installed with chromadb; exporting needs the `onnx` package.
+
+The graphs are traced from the model itself (`torch.onnx.export`), so nothing of diffusers' HunyuanDiT2DModel
+is re-implemented here. Two graphs follow the block cache's plan (block_cache.py): `full` runs every block and
+also returns the middle blocks' residual, `reuse` takes that residual and runs the first and last block only.
+(A DiT of two blocks has no middle ones: it gets `full` alone, without a residual.)
+Both are traced at batch 2 with the batch left free, and checked against PyTorch at batches 1 and 2 before use;
+inputs of another shape (another image size or text length) and everything a graph cannot take run in PyTorch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import logging
+import warnings
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .block_cache import MiddleBlockCache
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAMES = ("latents", "timesteps", "embeds", "mask", "embeds_2", "mask_2", "rotary_cos", "rotary_sin")
+BATCHED = INPUT_NAMES[:6]
+TRACE_BATCH = 2  # traced at 2 with the batch left free: a graph traced at 1 can bake the 1 in
+ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+MAX_DIFFERENCE = 1e-3  # relative to the output's scale; measured 1e-6
+
+
+class OnnxUnavailable(RuntimeError):
+    """ONNX Runtime cannot run this DiT here (a library missing, or a graph that does not match PyTorch)."""
+
+
+class _Traced(nn.Module):
+    """The transformer's call as the exporter sees it: plain tensors in, plain tensors out."""
+
+    def __init__(self, transformer: nn.Module, reuse: bool):
+        super().__init__()
+        self.transformer, self.reuse = transformer, reuse
+        self.returns_residual = not reuse and _has_middle_blocks(transformer)
+
+    def forward(self, latents, timesteps, embeds, mask, embeds_2, mask_2, rotary_cos, rotary_sin, residual=None):
+        with MiddleBlockCache(self.transformer) as cache:
+            cache.reuse, cache.residual = self.reuse, residual
+            output = self.transformer(latents, timesteps, encoder_hidden_states=embeds, text_embedding_mask=mask,
+                                      encoder_hidden_states_t5=embeds_2, text_embedding_mask_t5=mask_2,
+                                      image_rotary_emb=(rotary_cos, rotary_sin), return_dict=False)[0]
+            return (output, cache.residual) if self.returns_residual else output
+
+
+@dataclass(frozen=True)
+class _Shapes:
+    """What a graph was traced for, but the batch."""
+
+    latents: tuple[int, ...]
+    embeds: tuple[int, ...]
+    embeds_2: tuple[int, ...]
+
+    @classmethod
+    def of(cls, inputs: dict[str, torch.Tensor]) -> "_Shapes":
+        return cls(*(tuple(inputs[name].shape[1:]) for name in ("latents", "embeds", "embeds_2")))
+
+
+def _has_middle_blocks(transformer: nn.Module) -> bool:
+    return len(MiddleBlockCache(transformer).middle) > 0
+
+
+def _export(module: nn.Module, inputs: dict[str, torch.Tensor], reuse: bool) -> bytes:
+    traced = _Traced(module, reuse)
+    names = list(INPUT_NAMES) + (["residual"] if reuse else [])
+    outputs = ["output", "residual"] if traced.returns_residual else ["output"]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(traced, tuple(inputs[name] for name in names), buffer,
+                          input_names=names, output_names=outputs, opset_version=18, dynamo=False,
+                          dynamic_axes={name: {0: "batch"} for name in names + outputs if name in BATCHED
+                                        or name in ("residual", "output")})
+    return buffer.getvalue()
+
+
+def weights_digest(transformer: nn.Module) -> str:
+    """Changes with any weight, and with the libraries that trace and run the graph."""
+    import diffusers
+    import onnxruntime
+
+    digest = hashlib.sha256(f"{torch.__version__}:{diffusers.__version__}:{onnxruntime.__version__}".encode())
+    for name, tensor in transformer.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class OnnxDiT:
+    """Runs a HunyuanDiT2DModel's forward under ONNX Runtime, for inputs of the shapes it was traced for."""
+
+    def __init__(self, graphs: dict[str, bytes], shapes: _Shapes, threads: int, transformer: nn.Module):
+        import onnxruntime as ort
+
+        # The graphs hold a copy of these weights: a decoder that swaps its DiT (a student, a candidate) must not
+        # run the old one's graphs. A weak reference, so that a swapped-out DiT can be freed.
+        self._transformer = weakref.ref(transformer)
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Without spinning its threads give the cores back between calls, to PyTorch's between steps.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.sessions = {kind: ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+                         for kind, graph in graphs.items()}
+        self.shapes = shapes
+
+    @classmethod
+    def build(cls, transformer: nn.Module, example: dict[str, torch.Tensor], cache_dir: Path | None = None,
+              threads: int | None = None) -> "OnnxDiT":
+        """Trace (or read back from `cache_dir`) the two graphs for inputs shaped like `example`, and check
+        them against the transformer. Raises OnnxUnavailable when that cannot be done.
+
+        Tracing and checking work on a copy of the transformer (tracing swaps its blocks' forwards, as the block
+        cache does), so this may run on any thread while the model thread keeps serving with the original."""
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as error:
+            raise OnnxUnavailable("onnxruntime is not installed") from error
+        example = {name: tensor[:1].expand(TRACE_BATCH, *tensor.shape[1:]).contiguous()
+                   if name in BATCHED else tensor for name, tensor in example.items()}
+        shapes = _Shapes.of(example)
+        served, transformer = transformer, copy.deepcopy(transformer)
+        key = f"dit-{weights_digest(transformer)}-{'x'.join(map(str, shapes.latents))}"
+        kinds = ("full", "reuse") if _has_middle_blocks(transformer) else ("full",)
+        files = {kind: cache_dir / f"{key}-{kind}.onnx" for kind in kinds} if cache_dir else {}
+        threads = threads or torch.get_num_threads()
+        if files and all(path.exists() for path in files.values()):
+            try:
+                runner = cls({kind: path.read_bytes() for kind, path in files.items()}, shapes, threads, served)
+                runner.check(transformer, example)
+                return runner
+            except Exception as error:  # a damaged file, say: traced again below, and the files replaced
+                logger.warning("the cached DiT graphs in %s could not be used (%s); tracing them again",
+                               cache_dir, error)
+        graphs = cls._trace(transformer, example)
+        for kind, path in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            partial.write_bytes(graphs[kind])
+            partial.replace(path)  # a crash mid-write leaves no graph that looks whole
+        runner = cls(graphs, shapes, threads, served)
+        runner.check(transformer, example)
+        return runner
+
+    @staticmethod
+    def _trace(transformer: nn.Module, example: dict[str, torch.Tensor]) -> dict[str, bytes]:
+        try:
+            import onnx  # noqa: F401  (the exporter's serializer)
+        except ImportError as error:
+            raise OnnxUnavailable("exporting the DiT needs the `onnx` package") from error
+        with torch.inference_mode(False):  # the tracer cannot record inference tensors
+            inputs = {name: tensor.clone() for name, tensor in example.items()}
+            graphs = {"full": _export(transformer, inputs, reuse=False)}
+            if _has_middle_blocks(transformer):
+                with torch.no_grad(), MiddleBlockCache(transformer) as cache:
+                    _run_torch(transformer, inputs)
+                    inputs["residual"] = cache.residual.clone()
+                graphs["reuse"] = _export(transformer, inputs, reuse=True)
+            return graphs
+
+    def check(self, transformer: nn.Module, example: dict[str, torch.Tensor]) -> None:
+        """Both graphs against PyTorch at batches 1 and 2; a mismatch raises OnnxUnavailable."""
+        for batch in (1, TRACE_BATCH):
+            inputs = {name: tensor[:batch] if name in BATCHED else tensor for name, tensor in example.items()}
+            pairs = []  # (ONNX Runtime's, PyTorch's)
+            with torch.inference_mode(), MiddleBlockCache(transformer) as cache:
+                expected = _run_torch(transformer, inputs)
+                pairs.append((self._run("full", inputs), [expected] + ([cache.residual] if "reuse" in self.sessions
+                                                                        else [])))
+                if "reuse" in self.sessions:
+                    residual, cache.reuse = cache.residual, True
+                    pairs.append((self._run("reuse", {**inputs, "residual": residual}),
+                                  [_run_torch(transformer, inputs)]))
+            scale = float(expected.abs().max()) + 1e-6
+            worst = max(float((torch.from_numpy(a) - b).abs().max()) / scale
+                        for got, want in pairs for a, b in zip(got, want, strict=True))
+            if not np.isfinite(worst) or worst > MAX_DIFFERENCE:
+                raise OnnxUnavailable(f"the ONNX graph differs from PyTorch by {worst:.2e} at batch {batch}")
+
+    def accepts(self, transformer: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
+        """Whether these graphs can stand in for `transformer` on these inputs."""
+        return self._transformer() is transformer and inputs["latents"].device.type == "cpu" \
+            and inputs["latents"].dtype == torch.float32 and _Shapes.of(inputs) == self.shapes
+
+    def __call__(self, inputs: dict[str, torch.Tensor], cache: MiddleBlockCache | None) -> torch.Tensor:
+        """The transformer's output; follows the block cache's plan and stores its residual as PyTorch would."""
+        if cache is not None and cache.reuse:
+            (output,) = self._run("reuse", {**inputs, "residual": cache.residual})
+        else:
+            output, *residual = self._run("full", inputs)
+            if cache is not None and residual:
+                cache.residual = torch.from_numpy(residual[0])
+        return torch.from_numpy(output)
+
+    def _run(self, kind: str, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        session = self.sessions[kind]
+        feed = {item.name: inputs[item.name].detach().contiguous().numpy().astype(ONNX_TYPES[item.type], copy=False)
+                for item in session.get_inputs()}  # a caller's bool or int32 mask: the graph's int64
+        return session.run(None, feed)
+
+
+def _run_torch(transformer: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return transformer(inputs["latents"], inputs["timesteps"], encoder_hidden_states=inputs["embeds"],
+                       text_embedding_mask=inputs["mask"], encoder_hidden_states_t5=inputs["embeds_2"],
+                       text_embedding_mask_t5=inputs["mask_2"],
+                       image_rotary_emb=(inputs["rotary_cos"], inputs["rotary_sin"]), return_dict=False)[0]
