@@ -157,3 +157,24 @@ def test_a_damaged_cached_graph_is_traced_again(tiny_pipeline, decoder_with, tmp
     decoder.use_onnxruntime(64, 64, tmp_path)
     assert "tracing them again" in caplog.text and decoder.onnx_dit is not None
     assert graph.stat().st_size > 1000
+
+
+def test_the_evaluator_times_onnxruntime_against_pytorchs_dit_in_the_same_run(tiny_pipeline, decoder_with, tmp_path,
+                                                                             monkeypatch):
+    from omnibridge.evaluation.evaluate import measure_speed
+
+    decoder_with(tiny_pipeline.decoder.transformer)
+    tiny_pipeline.use_onnxruntime(tmp_path)
+    graphs = tiny_pipeline.decoder.onnx_dit
+    drawn_with = []
+    generate = tiny_pipeline.generate
+
+    def recording_generate(*args, **kwargs):
+        drawn_with.append(tiny_pipeline.decoder.onnx_dit)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipeline, "generate", recording_generate)
+    speed = measure_speed(tiny_pipeline, repeats=1, same_run_repeats=2)
+    assert speed["dit_runtime"] == "onnxruntime" and speed["pytorch_dit_image_s"] > 0
+    assert drawn_with[-6:] == [graphs, None] * 3  # a warm-up round and two timed ones, interleaved
+    assert tiny_pipeline.decoder.onnx_dit is graphs  # put back as it was

@@ -415,7 +415,8 @@ def test_a_fresh_seed_draws_new_prompts_and_edits_and_none_keeps_each_parts_own(
     monkeypatch.setattr(evaluate, "evaluate_editing", lambda *args: seeds.append(("editing", args[-1])) or {})
     generation = GenerationDefaults(guidance_cutoff=0.3)
     pipe = SimpleNamespace(model_id="m", model=SimpleNamespace(source="local"),
-                           decoder=SimpleNamespace(sampler_kind="unipc"), config=SimpleNamespace(generation=generation))
+                           decoder=SimpleNamespace(sampler_kind="unipc", onnx_dit=None),
+                           config=SimpleNamespace(generation=generation))
     standard = evaluate.run_evaluation(pipe, parts=("generation", "editing"))
     fresh = evaluate.run_evaluation(pipe, parts=("generation", "editing"), seed=9)
     assert seeds == [("generation", GENERATION_SEED), ("editing", EDITING_SEED), ("generation", 9), ("editing", 9)]
@@ -452,7 +453,8 @@ def test_the_evaluator_times_the_defaults_against_each_saving_turned_off_in_the_
     from omnibridge.evaluation.evaluate import measure_speed
 
     quick = tiny_pipeline.config.generation
-    assert set(measure_speed(tiny_pipeline, repeats=1)) == {"image_s", "short_answer_s", "threads", "machine"}
+    assert set(measure_speed(tiny_pipeline, repeats=1)) == {"image_s", "short_answer_s", "threads", "machine",
+                                                             "dit_runtime"}
     defaults = dataclasses.replace(quick, guidance_cutoff=0.3, cache_interval=3)
     monkeypatch.setattr(tiny_pipeline.config, "generation", defaults)
     drawn_with = []
@@ -496,6 +498,9 @@ def test_the_model_card_marks_each_goal_met_or_missed():
     measured = {goal: text for goal, text, _ in _goal_rows(report)}["one 64x64 image <= 0.5 s"]
     assert "x0.90 the time of guiding every step, in the same run" in measured
     assert "x0.90 the time of every block on every step, in the same run" in measured
+    report["speed"].update(pytorch_dit_image_s=0.675)
+    measured = {goal: text for goal, text, _ in _goal_rows(report)}["one 64x64 image <= 0.5 s"]
+    assert "; the DiT under ONNX Runtime: x0.67 the time of PyTorch's DiT, in the same run" in measured
 
 
 def test_the_model_card_tells_gpu_training_time_from_cpu_time():

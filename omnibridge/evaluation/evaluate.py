@@ -63,9 +63,9 @@ def evaluate_generation_paths(pipe, per_category: int, steps: int | None, guidan
 
 def measure_speed(pipe, repeats: int = 5, same_run_repeats: int = 12) -> dict:
     """Median seconds for one image at the defaults and for one short answer (after a warm-up). When the
-    defaults guide only the first steps or reuse DiT blocks, one image is also timed with each saving turned
-    off, interleaved with the defaults round after round in this process: on a shared machine a ratio from
-    one run says more than seconds from two (the model card shows it)."""
+    defaults guide only the first steps or reuse DiT blocks, or the DiT runs under ONNX Runtime, one image is
+    also timed with each saving turned off, interleaved with the defaults round after round in this process: on
+    a shared machine a ratio from one run says more than seconds from two (the model card shows it)."""
     from ..shapes.render import render
     from ..shapes.world import sample_scene
     import random
@@ -75,31 +75,38 @@ def measure_speed(pipe, repeats: int = 5, same_run_repeats: int = 12) -> dict:
     speed = {"image_s": round(Timing.of(lambda: pipe.generate("two red circles", seed=0), repeats).median_s, 4),
              "short_answer_s": round(Timing.of(lambda: pipe.chat(messages, images=[image], max_new_tokens=8),
                                                repeats).median_s, 4),
-             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
-    defaults = pipe.config.generation
+             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+             "dit_runtime": _dit_runtime(pipe)}
+    defaults, onnx_dit = pipe.config.generation, pipe.decoder.onnx_dit
     savings_off = {}
     if defaults.guidance_cutoff < 1.0:
-        savings_off["every_step_guided_image_s"] = dataclasses.replace(defaults, guidance_cutoff=1.0)
+        savings_off["every_step_guided_image_s"] = (dataclasses.replace(defaults, guidance_cutoff=1.0), onnx_dit)
     if defaults.cache_interval > 1:
-        savings_off["every_block_image_s"] = dataclasses.replace(defaults, cache_interval=1)
+        savings_off["every_block_image_s"] = (dataclasses.replace(defaults, cache_interval=1), onnx_dit)
+    if onnx_dit is not None:
+        savings_off["pytorch_dit_image_s"] = (defaults, None)
     if not savings_off:
         return speed
 
-    def one_image(generation):
+    def one_image(generation, dit_graphs):
         def call():
-            pipe.config.generation = generation
+            pipe.config.generation, pipe.decoder.onnx_dit = generation, dit_graphs
             pipe.generate("two red circles", seed=0)
         return call
 
-    runs = {"defaults_image_s_same_run": one_image(defaults),
-            **{key: one_image(generation) for key, generation in savings_off.items()}}
+    runs = {"defaults_image_s_same_run": one_image(defaults, onnx_dit),
+            **{key: one_image(*setting) for key, setting in savings_off.items()}}
     try:
         timings = Timing.interleaved(runs, repeats=same_run_repeats)
     finally:
-        pipe.config.generation = defaults
+        pipe.config.generation, pipe.decoder.onnx_dit = defaults, onnx_dit
     speed.update({key: round(timing.median_s, 4) for key, timing in timings.items()})
     speed["same_run_rounds"] = same_run_repeats
     return speed
+
+
+def _dit_runtime(pipe) -> str:
+    return "onnxruntime" if pipe.decoder.onnx_dit is not None else "pytorch"
 
 
 def _block_reuse(report: dict) -> str:
@@ -123,6 +130,7 @@ def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = QU
                     "guidance_cutoff": pipe.config.generation.guidance_cutoff,
                     "cache_interval": pipe.config.generation.cache_interval,
                     "edit_cache_interval": pipe.config.generation.edit_cache_interval,
+                    "dit_runtime": _dit_runtime(pipe),
                     "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     generation_seed, editing_seed = (GENERATION_SEED, EDITING_SEED) if seed is None else (seed, seed)
     if seed is not None:
@@ -174,7 +182,8 @@ def format_table(report: dict) -> str:
                                                   for k, v in values.items()))
     if "speed" in report:
         lines.append(f"speed         image {report['speed']['image_s']:.3f} s, "
-                     f"short answer {report['speed']['short_answer_s']:.3f} s")
+                     f"short answer {report['speed']['short_answer_s']:.3f} s"
+                     + (f", the DiT in {report['speed']['dit_runtime']}" if "dit_runtime" in report['speed'] else ""))
     return "\n".join(lines)
 
 
@@ -206,9 +215,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quantize", choices=QUANTIZATIONS,
                         help="load the language model's weights in 8-bit or 4-bit (bitsandbytes), to measure what "
                              "quantization costs")
+    parser.add_argument("--no-onnx-dit", dest="onnx_dit", action="store_false",
+                        help="keep the DiT in PyTorch (the app runs it under ONNX Runtime on a CPU: the same pixels)")
     parser.add_argument("--write-card", action="store_true", help="also write README.md into the model folder")
     args = parser.parse_args(argv)
     pipe = OmniBridgePipeline.from_pretrained(args.model, device=args.device, quantization=args.quantize)
+    if args.onnx_dit:  # as the app does: the speed part then measures what a user gets
+        unavailable = pipe.run_job(lambda: pipe.use_onnxruntime())
+        if unavailable:
+            print(f"the DiT stays in PyTorch: {unavailable}")
     if args.sampler:
         pipe.set_sampler(args.sampler)
     if args.guidance_cutoff is not None:
