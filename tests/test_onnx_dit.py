@@ -178,3 +178,12 @@ def test_the_evaluator_times_onnxruntime_against_pytorchs_dit_in_the_same_run(ti
     assert speed["dit_runtime"] == "onnxruntime" and speed["pytorch_dit_image_s"] > 0
     assert drawn_with[-6:] == [graphs, None] * 3  # a warm-up round and two timed ones, interleaved
     assert tiny_pipeline.decoder.onnx_dit is graphs  # put back as it was
+
+
+def test_a_dit_too_large_for_one_graph_is_neither_copied_nor_traced(tiny_pipeline, decoder_with, tmp_path,
+                                                                   monkeypatch):
+    decoder_with(tiny_pipeline.decoder.transformer)
+    monkeypatch.setattr(onnx_dit, "MAX_WEIGHT_BYTES", 1000)  # as the full-size HunyuanDiT's 6 GB against 2 GB
+    monkeypatch.setattr(onnx_dit.copy, "deepcopy", lambda *args: pytest.fail("copied"))
+    assert "pass the 2 GB a graph can hold" in tiny_pipeline.use_onnxruntime(tmp_path)
+    assert tiny_pipeline.decoder.onnx_dit is None and not any(tmp_path.iterdir())

@@ -38,6 +38,9 @@ INPUT_NAMES = ("latents", "timesteps", "embeds", "mask", "embeds_2", "mask_2", "
 BATCHED = INPUT_NAMES[:6]
 TRACE_BATCH = 2  # traced at 2 with the batch left free: a graph traced at 1 can bake the 1 in
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+# A graph is one protobuf, which cannot pass 2 GB: the full-size HunyuanDiT (1.5B parameters, 6 GB in float32)
+# stays in PyTorch, and is never copied for a trace that would fail.
+MAX_WEIGHT_BYTES = 1_500_000_000
 MAX_DIFFERENCE = 1e-3  # relative to the output's scale; measured 1e-6
 
 
@@ -136,6 +139,9 @@ class OnnxDiT:
             import onnxruntime  # noqa: F401
         except ImportError as error:
             raise OnnxUnavailable("onnxruntime is not installed") from error
+        weight_bytes = sum(p.numel() * p.element_size() for p in transformer.parameters())
+        if weight_bytes > MAX_WEIGHT_BYTES:
+            raise OnnxUnavailable(f"the DiT's {weight_bytes / 1e9:.1f} GB of weights pass the 2 GB a graph can hold")
         example = {name: tensor[:1].expand(TRACE_BATCH, *tensor.shape[1:]).contiguous()
                    if name in BATCHED else tensor for name, tensor in example.items()}
         shapes = _Shapes.of(example)
