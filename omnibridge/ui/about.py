@@ -27,12 +27,13 @@ All endpoints: `/info`, `/chat`, `/generate`, `/edit`, `/search`, `/add_to_galle
 def _versions() -> str:
     import chromadb
     import diffusers
+    import onnxruntime
     import torch
     import transformers
 
     return (f"Python {platform.python_version()} · torch {torch.__version__} · transformers "
             f"{transformers.__version__} · diffusers {diffusers.__version__} · gradio {gr.__version__} · "
-            f"chromadb {chromadb.__version__}")
+            f"chromadb {chromadb.__version__} · onnxruntime {onnxruntime.__version__}")
 
 
 def _model_card(source: str) -> str:
