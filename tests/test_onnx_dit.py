@@ -73,7 +73,7 @@ def test_the_pipeline_draws_the_same_image_and_reads_the_graphs_back_after_a_res
     after = np.asarray(tiny_pipeline.generate("a blue square", seed=5).images[0], dtype=int)
     assert np.abs(after - before).max() <= 1
     assert set(onnx_runs) == {"full"} and len(onnx_runs) == tiny_pipeline.config.generation.num_inference_steps
-    files = {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
+    files = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
     assert len(files) == 1
 
     def no_tracing(*args):
@@ -82,7 +82,7 @@ def test_the_pipeline_draws_the_same_image_and_reads_the_graphs_back_after_a_res
     monkeypatch.setattr(OnnxDiT, "_trace", staticmethod(no_tracing))
     tiny_pipeline.decoder.onnx_dit = None
     assert tiny_pipeline.use_onnxruntime(tmp_path) is None  # read back, not traced
-    assert {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()} == files
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == files
 
 
 def test_other_weights_get_other_graphs_and_a_mismatching_graph_is_refused(decoder_with, deeper_dit, tmp_path,
@@ -187,3 +187,18 @@ def test_a_dit_too_large_for_one_graph_is_neither_copied_nor_traced(tiny_pipelin
     monkeypatch.setattr(onnx_dit.copy, "deepcopy", lambda *args: pytest.fail("copied"))
     assert "pass the 2 GB a graph can hold" in tiny_pipeline.use_onnxruntime(tmp_path)
     assert tiny_pipeline.decoder.onnx_dit is None and not any(tmp_path.iterdir())
+
+
+def test_the_cache_keeps_the_graphs_of_the_most_recently_used_dits_only(tiny_pipeline, decoder_with, tmp_path,
+                                                                       monkeypatch):
+    import os
+
+    decoder = decoder_with(tiny_pipeline.decoder.transformer)
+    for age, key in enumerate(["dit-old-4x8x8", "dit-older-4x8x8"], start=1):  # two earlier checkpoints' graphs
+        stale = tmp_path / f"{key}-full.onnx"
+        stale.write_bytes(b"graph")
+        os.utime(stale, ns=(0, age * -10**9 + 10**12))
+    monkeypatch.setattr(onnx_dit, "CACHED_DITS", 2)
+    decoder.use_onnxruntime(64, 64, tmp_path)
+    kept = sorted(path.name.rsplit("-", 1)[0] for path in tmp_path.iterdir())
+    assert len(kept) == 2 and "dit-old-4x8x8" in kept and "dit-older-4x8x8" not in kept

@@ -42,6 +42,10 @@ ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bo
 # stays in PyTorch, and is never copied for a trace that would fail.
 MAX_WEIGHT_BYTES = 1_500_000_000
 MAX_DIFFERENCE = 1e-3  # relative to the output's scale; measured 1e-6
+# Graphs of this many DiTs stay in a cache folder, the most recently used (80 MB each for the built-in one): a
+# retrained checkpoint would otherwise leave its predecessor's behind on every upgrade. Two are in use at once
+# when the Compare tab loads a second checkpoint.
+CACHED_DITS = 4
 
 
 class OnnxUnavailable(RuntimeError):
@@ -154,6 +158,8 @@ class OnnxDiT:
             try:
                 runner = cls({kind: path.read_bytes() for kind, path in files.items()}, shapes, threads, served)
                 runner.check(transformer, example)
+                for path in files.values():
+                    path.touch()  # used: kept by _forget_old_graphs
                 return runner
             except Exception as error:  # a damaged file, say: traced again below, and the files replaced
                 logger.warning("the cached DiT graphs in %s could not be used (%s); tracing them again",
@@ -164,6 +170,8 @@ class OnnxDiT:
             partial = path.with_suffix(".partial")
             partial.write_bytes(graphs[kind])
             partial.replace(path)  # a crash mid-write leaves no graph that looks whole
+        if cache_dir:
+            _forget_old_graphs(cache_dir)
         runner = cls(graphs, shapes, threads, served)
         runner.check(transformer, example)
         return runner
@@ -222,6 +230,17 @@ class OnnxDiT:
         feed = {item.name: inputs[item.name].detach().contiguous().numpy().astype(ONNX_TYPES[item.type], copy=False)
                 for item in session.get_inputs()}  # a caller's bool or int32 mask: the graph's int64
         return session.run(None, feed)
+
+
+def _forget_old_graphs(cache_dir: Path) -> None:
+    """Delete the graphs of all but the CACHED_DITS most recently used DiTs in `cache_dir`."""
+    by_key: dict[str, list[Path]] = {}
+    for path in cache_dir.glob("dit-*.onnx"):
+        by_key.setdefault(path.name.rsplit("-", 1)[0], []).append(path)
+    newest_first = sorted(by_key.values(), key=lambda paths: -max(p.stat().st_mtime_ns for p in paths))
+    for paths in newest_first[CACHED_DITS:]:
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 def _run_torch(transformer: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
