@@ -41,7 +41,7 @@ class AppSettings:
     seed_gallery: int = 300  # built-in scenes indexed on first start
     compare_model: str | None = None  # a second checkpoint for the Compare tab
     compile: bool = False  # torch.compile the DiT's blocks (off by default; not on ZeroGPU)
-    onnx_dit: bool = True  # on a CPU, the DiT under ONNX Runtime (same pixels, about x0.65 an image)
+    onnx_dit: bool = True  # on a CPU, the DiT under ONNX Runtime (same pixels, about x0.7 an image)
     max_gpu_memory: float | None = None  # GiB of weights kept on the GPU (model offload); None: the whole model
     quantize: str | None = None  # "8bit" or "4bit": the LLM's weights in bitsandbytes formats
 

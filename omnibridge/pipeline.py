@@ -264,7 +264,7 @@ class OmniBridgePipeline:
 
     def use_onnxruntime(self, cache_dir: str | Path | None = None) -> str | None:
         """Run the DiT under ONNX Runtime for images of the model's default size (modeling/onnx_dit.py): an
-        image in about x0.65 the time on a CPU, the same pixels. The traced graphs are kept in `cache_dir`.
+        image in about x0.7 the time on a CPU, the same pixels. The traced graphs are kept in `cache_dir`.
         Returns None once in use, else why not (PyTorch then stays).
 
         Not a model-thread job, unlike every other torch op here: tracing takes seconds on a first start, and the

@@ -48,9 +48,9 @@ class AppContext:
 
 
 def _run_dit_under_onnxruntime(pipelines: list, cache_dir: Path) -> None:
-    """Behind the running app, as the gallery's seeding: on a first start the DiT's graphs are traced (several
-    seconds on the model thread, so start-up does not wait for them), on a restart read back from the cache.
-    Images drawn before that run in PyTorch, with the same pixels."""
+    """Behind the running app, as the gallery's seeding: on a first start the DiT's graphs are traced (about 9 s
+    on this thread, beside the model thread, so neither start-up nor a request waits for them), on a restart read
+    back from the cache. Images drawn before that run in PyTorch, with the same pixels."""
     for pipeline in filter(None, pipelines):
         try:
             reason = pipeline.use_onnxruntime(cache_dir)
