@@ -415,7 +415,7 @@ def test_a_fresh_seed_draws_new_prompts_and_edits_and_none_keeps_each_parts_own(
     monkeypatch.setattr(evaluate, "evaluate_editing", lambda *args: seeds.append(("editing", args[-1])) or {})
     generation = GenerationDefaults(guidance_cutoff=0.3)
     pipe = SimpleNamespace(model_id="m", model=SimpleNamespace(source="local"),
-                           decoder=SimpleNamespace(sampler_kind="unipc", onnx_dit=None),
+                           decoder=SimpleNamespace(sampler_kind="unipc", dit_runtime="pytorch"),
                            config=SimpleNamespace(generation=generation))
     standard = evaluate.run_evaluation(pipe, parts=("generation", "editing"))
     fresh = evaluate.run_evaluation(pipe, parts=("generation", "editing"), seed=9)

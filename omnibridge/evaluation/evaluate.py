@@ -76,7 +76,7 @@ def measure_speed(pipe, repeats: int = 5, same_run_repeats: int = 12) -> dict:
              "short_answer_s": round(Timing.of(lambda: pipe.chat(messages, images=[image], max_new_tokens=8),
                                                repeats).median_s, 4),
              "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-             "dit_runtime": _dit_runtime(pipe)}
+             "dit_runtime": pipe.decoder.dit_runtime}
     defaults, onnx_dit = pipe.config.generation, pipe.decoder.onnx_dit
     savings_off = {}
     if defaults.guidance_cutoff < 1.0:
@@ -105,10 +105,6 @@ def measure_speed(pipe, repeats: int = 5, same_run_repeats: int = 12) -> dict:
     return speed
 
 
-def _dit_runtime(pipe) -> str:
-    return "onnxruntime" if pipe.decoder.onnx_dit is not None else "pytorch"
-
-
 def _block_reuse(report: dict) -> str:
     """How often the unguided steps ran every DiT block (block_cache.py), when they did not always."""
     new_images, edits = report.get("cache_interval", 1), report.get("edit_cache_interval", 1)
@@ -130,7 +126,7 @@ def run_evaluation(pipe, parts=PARTS, per_category: int = 50, per_type: int = QU
                     "guidance_cutoff": pipe.config.generation.guidance_cutoff,
                     "cache_interval": pipe.config.generation.cache_interval,
                     "edit_cache_interval": pipe.config.generation.edit_cache_interval,
-                    "dit_runtime": _dit_runtime(pipe),
+                    "dit_runtime": pipe.decoder.dit_runtime,
                     "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     generation_seed, editing_seed = (GENERATION_SEED, EDITING_SEED) if seed is None else (seed, seed)
     if seed is not None:

@@ -123,10 +123,9 @@ class ExactIndex:
         snapshot = self._current()
         return snapshot.ids, snapshot.metadatas, snapshot.documents
 
-    def count(self, source: str | None = None) -> int:
-        """How many items the index holds, or hold this `source` metadata."""
-        snapshot = self._current()
-        return len(snapshot.ids) if source is None else int(np.count_nonzero(snapshot.sources == source))
+    def count(self, source: str) -> int:
+        """How many items hold this `source` metadata (all of them: `len`)."""
+        return int(np.count_nonzero(self._current().sources == source))
 
     def lookup(self, item_id: str) -> tuple[dict, str] | None:
         """An item's metadata and document, or None."""

@@ -28,7 +28,7 @@ from transformers import AutoTokenizer, BertModel, PreTrainedModel, PreTrainedTo
 
 from .block_cache import MiddleBlockCache
 from .fingerprint import files_fingerprint
-from .onnx_dit import OnnxDiT
+from .onnx_dit import OnnxDiT, transformer_forward
 
 # diffusers-style step callback: callback(decoder, step_index, timestep, {"latents": ...}) -> dict | None
 StepCallback = Callable[["HunyuanDecoder", int, int, dict], "dict | None"]
@@ -287,6 +287,12 @@ class HunyuanDecoder:
         self.onnx_dit = OnnxDiT.build(self.transformer, self.example_dit_inputs(height, width),
                                       Path(cache_dir) if cache_dir else None)
 
+    @property
+    def dit_runtime(self) -> str:
+        """What runs the DiT at the default image size: "onnxruntime" once `use_onnxruntime` is done, else
+        "pytorch"."""
+        return "onnxruntime" if self.onnx_dit is not None else "pytorch"
+
     def example_dit_inputs(self, height: int, width: int) -> dict[str, torch.Tensor]:
         """One transformer call's inputs for an image of this size, by name (what a graph is traced on)."""
         latent_height, latent_width = height // self.vae_scale_factor, width // self.vae_scale_factor
@@ -316,18 +322,7 @@ class HunyuanDecoder:
         if onnx_dit is not None and onnx_dit.accepts(self.transformer, inputs):
             output = onnx_dit(inputs, block_cache)
         else:
-            output = self.transformer(
-                latents,
-                inputs["timesteps"],
-                encoder_hidden_states=inputs["embeds"],
-                text_embedding_mask=cond.mask,
-                encoder_hidden_states_t5=inputs["embeds_2"],
-                text_embedding_mask_t5=cond.mask_2,
-                image_meta_size=meta_size,
-                style=style,
-                image_rotary_emb=rotary,
-                return_dict=False,
-            )[0]
+            output = transformer_forward(self.transformer, inputs, image_meta_size=meta_size, style=style)
         if output.shape[1] != latents.shape[1]:  # learn_sigma: the second half is the variance
             output = output[:, : latents.shape[1]]
         return output

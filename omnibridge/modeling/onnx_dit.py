@@ -63,9 +63,8 @@ class _Traced(nn.Module):
     def forward(self, latents, timesteps, embeds, mask, embeds_2, mask_2, rotary_cos, rotary_sin, residual=None):
         with MiddleBlockCache(self.transformer) as cache:
             cache.reuse, cache.residual = self.reuse, residual
-            output = self.transformer(latents, timesteps, encoder_hidden_states=embeds, text_embedding_mask=mask,
-                                      encoder_hidden_states_t5=embeds_2, text_embedding_mask_t5=mask_2,
-                                      image_rotary_emb=(rotary_cos, rotary_sin), return_dict=False)[0]
+            output = transformer_forward(self.transformer, dict(zip(INPUT_NAMES, (
+                latents, timesteps, embeds, mask, embeds_2, mask_2, rotary_cos, rotary_sin))))
             return (output, cache.residual) if self.returns_residual else output
 
 
@@ -187,7 +186,7 @@ class OnnxDiT:
             graphs = {"full": _export(transformer, inputs, reuse=False)}
             if _has_middle_blocks(transformer):
                 with torch.no_grad(), MiddleBlockCache(transformer) as cache:
-                    _run_torch(transformer, inputs)
+                    transformer_forward(transformer, inputs)
                     inputs["residual"] = cache.residual.clone()
                 graphs["reuse"] = _export(transformer, inputs, reuse=True)
             return graphs
@@ -197,13 +196,13 @@ class OnnxDiT:
         for batch in (1, TRACE_BATCH):
             inputs = {name: tensor[:batch] if name in BATCHED else tensor for name, tensor in example.items()}
             with torch.inference_mode(), MiddleBlockCache(transformer) as cache:
-                expected = _run_torch(transformer, inputs)
+                expected = transformer_forward(transformer, inputs)
                 expected_full = [expected, cache.residual] if "reuse" in self.sessions else [expected]
                 pairs = [(self._run("full", inputs), expected_full)]  # (ONNX Runtime's, PyTorch's)
                 if "reuse" in self.sessions:
                     residual, cache.reuse = cache.residual, True
                     pairs.append((self._run("reuse", {**inputs, "residual": residual}),
-                                  [_run_torch(transformer, inputs)]))
+                                  [transformer_forward(transformer, inputs)]))
             scale = float(expected.abs().max()) + 1e-6
             worst = max(float((torch.from_numpy(a) - b).abs().max()) / scale
                         for got, want in pairs for a, b in zip(got, want, strict=True))
@@ -243,8 +242,11 @@ def _forget_old_graphs(cache_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _run_torch(transformer: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def transformer_forward(transformer: nn.Module, inputs: dict[str, torch.Tensor], image_meta_size=None,
+                        style=None) -> torch.Tensor:
+    """A HunyuanDiT2DModel call in PyTorch on inputs named as INPUT_NAMES (the decoder's `predict`, the traced
+    graphs and their check all call it, so the three read the inputs alike)."""
     return transformer(inputs["latents"], inputs["timesteps"], encoder_hidden_states=inputs["embeds"],
                        text_embedding_mask=inputs["mask"], encoder_hidden_states_t5=inputs["embeds_2"],
-                       text_embedding_mask_t5=inputs["mask_2"],
+                       text_embedding_mask_t5=inputs["mask_2"], image_meta_size=image_meta_size, style=style,
                        image_rotary_emb=(inputs["rotary_cos"], inputs["rotary_sin"]), return_dict=False)[0]
