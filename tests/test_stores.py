@@ -554,3 +554,16 @@ def test_browsing_by_source_counts_from_memory_and_a_page_past_the_end_shows_the
     monkeypatch.undo()
     store._exact = None  # as against a Chroma server: the same answers from Chroma
     assert store.count("upload") == n - seeds and store.browse_page(0, 10, source="upload")[1] == n - seeds
+
+
+def test_an_items_date_reads_back_the_same_before_and_after_a_reindex(tiny_pipeline, tmp_path, monkeypatch):
+    import omnibridge.gallery.store as store_module
+
+    # a float of 17 significant digits: Chroma hands back one of 16 for about one time stamp in seven
+    monkeypatch.setattr(store_module.time, "time", lambda: 1796327439.0024173)
+    gallery = GalleryStore(tmp_path, tiny_pipeline)
+    ids = gallery.add(_images(2), ["a red circle", "a square"])
+    dates = {i: gallery.get(i).created_at for i in ids}
+    reopened = GalleryStore(tmp_path, _another_model(tiny_pipeline))
+    assert reopened.reindex() == 2
+    assert {i: reopened.get(i).created_at for i in ids} == dates == {i: 1796327439.002 for i in ids}

@@ -329,7 +329,9 @@ class GalleryStore:
         image_vectors = self.pipeline.embed_images([fresh[i][0] for i in fresh_ids])
         captioned = [i for i in fresh_ids if fresh[i][1]]
         caption_vectors = self.pipeline.embed_texts([fresh[i][1] for i in captioned]) if captioned else None
-        now = time.time()
+        # to the millisecond: Chroma reads back some 17-digit floats with 16 digits, so an unrounded date could
+        # change when a re-index copies it
+        now = round(time.time(), 3)
         metadata = [{"source": source, "created_at": now, "model_id": self.pipeline.model_id,
                      "width": fresh[i][0].width, "height": fresh[i][0].height} for i in fresh_ids]
         documents = [fresh[i][1] for i in fresh_ids]
