@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from omnibridge.timing import Timing  # noqa: F401  (the benchmarks import it from here)
+from omnibridge.timing import Timing, cpu_name  # noqa: F401  (the benchmarks import Timing from here)
 
 
 class RequestThreads:
@@ -44,7 +43,7 @@ class Result:
 
 
 def machine_info() -> dict:
-    info = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    info = {"cpu": cpu_name(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -6,9 +6,11 @@ benchmarks (`benchmarks/harness.py`) use the same class.
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 
@@ -52,3 +54,23 @@ class Timing:
     def from_samples(cls, samples: list[float]) -> "Timing":
         return cls(round(statistics.median(samples), 6), round(min(samples), 6), round(max(samples), 6),
                    len(samples))
+
+
+# The vector units that decide which kernels torch and ONNX Runtime pick: the same code ran an image x0.67 under
+# ONNX Runtime on an AMD EPYC without AVX-512 and x0.95 on a Xeon with it (docs/performance-notes.md).
+VECTOR_FLAGS = {"avx512f": "AVX-512", "avx512_vnni": "VNNI", "amx_tile": "AMX"}
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's model and its wide vector units, e.g. "Intel(R) Xeon(R) Processor (AVX-512, VNNI, AMX)":
+    timings from different sessions are comparable only on the same kind of CPU."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:  # not Linux
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    units = [name for flag, name in VECTOR_FLAGS.items() if flag in flags]
+    return f"{model} ({', '.join(units) if units else 'no AVX-512'})"

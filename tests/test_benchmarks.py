@@ -203,3 +203,16 @@ def test_the_runner_passes_its_rounds_on(monkeypatch, tmp_path):
     for flags in (["--repeats", "9"], ["--quick"], []):
         run.main(["--only", "generate", "--out", out, *flags])
     assert asked == [9, 2, 5]
+
+
+def test_results_name_the_cpu_model_and_its_vector_units(tmp_path):
+    from omnibridge.timing import cpu_name
+
+    intel = tmp_path / "intel"
+    intel.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f "
+                     "avx512_vnni amx_tile\n\nprocessor\t: 1\nmodel name\t: ignored\n")
+    amd = tmp_path / "amd"
+    amd.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13 64-Core Processor\nflags\t\t: fpu avx2 fma\n")
+    assert cpu_name(intel) == "Intel(R) Xeon(R) Processor (AVX-512, VNNI, AMX)"
+    assert cpu_name(amd) == "AMD EPYC 7B13 64-Core Processor (no AVX-512)"
+    assert cpu_name(tmp_path / "missing")  # not Linux: the platform's name, never an error

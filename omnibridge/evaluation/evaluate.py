@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from ..modeling.decoder import SAMPLERS
 from ..modeling.devices import QUANTIZATIONS
 from ..shapes.detect import MISMATCHES
-from ..timing import Timing
+from ..timing import Timing, cpu_name
 from .editing import EVAL_SEED as EDITING_SEED
 from .editing import evaluate_editing
 from .generation import EVAL_SEED as GENERATION_SEED
@@ -75,7 +74,7 @@ def measure_speed(pipe, repeats: int = 5, same_run_repeats: int = 12) -> dict:
     speed = {"image_s": round(Timing.of(lambda: pipe.generate("two red circles", seed=0), repeats).median_s, 4),
              "short_answer_s": round(Timing.of(lambda: pipe.chat(messages, images=[image], max_new_tokens=8),
                                                repeats).median_s, 4),
-             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+             "threads": torch.get_num_threads(), "machine": cpu_name(),
              "dit_runtime": pipe.decoder.dit_runtime}
     defaults, onnx_dit = pipe.config.generation, pipe.decoder.onnx_dit
     savings_off = {}
