@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 
 from benchmarks.bench_generate import PROMPT
 from benchmarks.harness import RequestThreads, Timing, machine_info, ratio
 from omnibridge.evaluation.editing import evaluate_editing
-from omnibridge.evaluation.generation import (EVAL_SEED, VALIDATION_SEED, draw_cases, generation_cases,
-                                              judge_images, score_judged)
+from omnibridge.evaluation.generation import EVAL_SEED, VALIDATION_SEED, generation_cases, paired_generation_row
 from omnibridge.pipeline import OmniBridgePipeline
 
 
@@ -64,15 +62,8 @@ def main() -> None:
     rows, reference = {}, None
     for text, overrides in settings.items():
         use(overrides)
-        start = time.perf_counter()
-        verdicts = judge_images(cases, draw_cases(lambda prompts, seeds: pipe.generate_batch(prompts, seeds)[0], cases))
-        passed = [verdict is None for verdict in verdicts]
-        row = {"generation": score_judged(cases, verdicts), "generation_minutes": round((time.perf_counter() - start) / 60, 1)}
-        if reference is None:
-            reference = passed
-        else:
-            row["prompts_won"] = sum(p and not r for p, r in zip(passed, reference))
-            row["prompts_lost"] = sum(r and not p for p, r in zip(passed, reference))
+        row, passed = paired_generation_row(pipe, cases, reference)
+        reference = reference or passed
         if args.edits_per_type:
             row["editing"] = evaluate_editing(pipe, per_type=args.edits_per_type, **edit_seed)["overall"]
         rows[text] = row

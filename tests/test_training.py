@@ -402,6 +402,19 @@ def test_generation_scores_count_failures_by_the_first_thing_wrong():
     assert every_block.splitlines()[-1].endswith("first 30% of the steps")  # older reports, and no reuse
 
 
+def test_a_study_pairs_each_settings_verdicts_with_the_reference_setting(tiny_pipeline, monkeypatch):
+    from omnibridge.evaluation import generation
+
+    cases = generation.generation_cases(1)
+    monkeypatch.setattr(generation, "judge_images",  # the first, third and fifth pass
+                        lambda cases, images: [None if i % 2 == 0 else "count" for i in range(len(cases))])
+    first, reference = generation.paired_generation_row(tiny_pipeline, cases, None)
+    assert reference == [True, False, True, False, True, False] and "prompts_won" not in first
+    assert first["generation"]["overall"] == 0.5
+    row, passed = generation.paired_generation_row(tiny_pipeline, cases, [False, False, True, True, True, True])
+    assert passed == reference and (row["prompts_won"], row["prompts_lost"]) == (1, 2)
+
+
 def test_a_fresh_seed_draws_new_prompts_and_edits_and_none_keeps_each_parts_own(monkeypatch):
     from types import SimpleNamespace
 
@@ -501,6 +514,9 @@ def test_the_model_card_marks_each_goal_met_or_missed():
     report["speed"].update(pytorch_dit_image_s=0.675)
     measured = {goal: text for goal, text, _ in _goal_rows(report)}["one 64x64 image <= 0.5 s"]
     assert "; the DiT under ONNX Runtime: x0.67 the time of PyTorch's DiT, in the same run" in measured
+    report["speed"].update(dit_runtime="onnxruntime-int8")
+    measured = {goal: text for goal, text, _ in _goal_rows(report)}["one 64x64 image <= 0.5 s"]
+    assert "; the DiT under ONNX Runtime in int8: x0.67 the time of PyTorch's DiT" in measured
 
 
 def test_the_model_card_tells_gpu_training_time_from_cpu_time():

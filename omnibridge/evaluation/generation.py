@@ -7,6 +7,7 @@ asks for (count, colour, shape, and the relation by the contract's rule).
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -105,3 +106,17 @@ def evaluate_generation(
 ) -> dict:
     return score_images(cases, draw_cases(generate, cases, batch))
 
+
+
+def paired_generation_row(pipe, cases: list[GenerationCase], reference: list[bool] | None) -> tuple[dict, list[bool]]:
+    """A study's row for one setting: the full path's score on `cases`, the minutes it took, and, against the
+    reference setting's per-case passes (same prompts, same seeds), the prompts won and lost. Returns the row
+    and this setting's passes (the reference's, when it is the first)."""
+    start = time.perf_counter()
+    verdicts = judge_images(cases, draw_cases(lambda prompts, seeds: pipe.generate_batch(prompts, seeds)[0], cases))
+    passed = [verdict is None for verdict in verdicts]
+    row = {"generation": score_judged(cases, verdicts), "generation_minutes": round((time.perf_counter() - start) / 60, 1)}
+    if reference is not None:
+        row["prompts_won"] = sum(p and not r for p, r in zip(passed, reference))
+        row["prompts_lost"] = sum(r and not p for p, r in zip(passed, reference))
+    return row, passed
