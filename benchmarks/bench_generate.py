@@ -1,5 +1,5 @@
 """Generation: seconds per image through the pipeline vs a bare diffusers denoising loop, and with the DiT under
-ONNX Runtime (the app's default on a CPU) vs in PyTorch."""
+ONNX Runtime in int8 (the app's default on a CPU) vs in float32 and in PyTorch."""
 
 from __future__ import annotations
 
@@ -67,13 +67,16 @@ def run(pipe, repeats: int = 5) -> Result:
     cutoff, interval = defaults.guidance_cutoff, defaults.cache_interval
     with tempfile.TemporaryDirectory() as cache_dir:
         # as the app does (None when in use), but on the model thread: a second OpenMP team would skew the timings
-        onnx_unavailable = pipe.run_job(lambda: pipe.use_onnxruntime(cache_dir))
+        float32_unavailable = pipe.run_job(lambda: pipe.use_onnxruntime(cache_dir))
+        float32_graphs = pipe.decoder.onnx_dit
+        onnx_unavailable = pipe.run_job(lambda: pipe.use_onnxruntime(cache_dir, int8=True))
+    runtime = pipe.decoder.dit_runtime
     onnx_dit = pipe.decoder.onnx_dit
     requests = RequestThreads()  # the pipeline is asked from request threads, as in the app
 
-    def in_pytorch(call):
+    def with_dit(graphs, call):
         def timed():
-            pipe.decoder.onnx_dit = None
+            pipe.decoder.onnx_dit = graphs
             try:
                 return call()
             finally:
@@ -81,19 +84,23 @@ def run(pipe, repeats: int = 5) -> Result:
         return timed
 
     try:
-        timings = _timings(pipe, requests, in_pytorch, steps, guidance, size, cutoff, interval, repeats)
+        timings = _timings(pipe, requests, with_dit, float32_graphs, steps, guidance, size, cutoff, interval, repeats)
     finally:
         pipe.decoder.onnx_dit = None  # the other benchmarks time the pipeline as loaded
-    return _result(timings, defaults, onnx_unavailable)
+    return _result(timings, defaults, runtime if onnx_unavailable is None else f"pytorch ({onnx_unavailable})",
+                   float32_unavailable)
 
 
-def _timings(pipe, requests, in_pytorch, steps, guidance, size, cutoff, interval, repeats) -> dict[str, Timing]:
+def _timings(pipe, requests, with_dit, float32_graphs, steps, guidance, size, cutoff, interval,
+             repeats) -> dict[str, Timing]:
     return Timing.interleaved({
         "full": requests(lambda: pipe.generate(PROMPT, seed=0)),
         # the same with the DiT in PyTorch: the baseline of ONNX Runtime's speed-up, and the pipeline's side of
         # the overhead against the bare loop (which runs PyTorch's DiT)
-        "full_pytorch": requests(in_pytorch(lambda: pipe.generate(PROMPT, seed=0))),
-        "no_rewrite_pytorch": requests(in_pytorch(lambda: pipe.generate(PROMPT, rewrite=False, seed=0))),
+        "full_pytorch": requests(with_dit(None, lambda: pipe.generate(PROMPT, seed=0))),
+        # ONNX Runtime in float32: what int8 buys, against PyTorch's pixels at ONNX Runtime's speed
+        "full_float32": requests(with_dit(float32_graphs, lambda: pipe.generate(PROMPT, seed=0))),
+        "no_rewrite_pytorch": requests(with_dit(None, lambda: pipe.generate(PROMPT, rewrite=False, seed=0))),
         "no_rewrite": requests(lambda: pipe.generate(PROMPT, rewrite=False, seed=0)),
         # on the pipeline's model thread, where its own jobs run (the same OpenMP team)
         "bare": lambda: pipe.run_job(lambda: bare_loop(pipe.decoder, PROMPT, steps, guidance, size,
@@ -110,18 +117,22 @@ def _timings(pipe, requests, in_pytorch, steps, guidance, size, cutoff, interval
     }, repeats)
 
 
-def _result(timings: dict[str, Timing], defaults, onnx_unavailable: str | None) -> Result:
+def _result(timings: dict[str, Timing], defaults, runtime: str, float32_unavailable: str | None) -> Result:
     full, no_rewrite, bare, four, checked, every_step, every_block, full_pytorch, no_rewrite_pytorch = (
         timings[k] for k in ("full", "no_rewrite", "bare", "four", "self_check_4", "bare_every_step_guided",
                              "bare_every_block", "full_pytorch", "no_rewrite_pytorch"))
+    full_float32 = timings["full_float32"]
     figures = {
         "steps": defaults.num_inference_steps, "guidance": defaults.guidance_scale,
         "guidance_cutoff": defaults.guidance_cutoff, "cache_interval": defaults.cache_interval,
         "size": defaults.height, "sampler": defaults.sampler,
-        "dit_runtime": "onnxruntime" if onnx_unavailable is None else f"pytorch ({onnx_unavailable})",
+        "dit_runtime": runtime,
         "image_s": full.median_s, "image_no_rewrite_s": no_rewrite.median_s, "bare_loop_s": bare.median_s,
         "image_pytorch_s": full_pytorch.median_s, "image_no_rewrite_pytorch_s": no_rewrite_pytorch.median_s,
         "onnxruntime_vs_pytorch": ratio(full.median_s, full_pytorch.median_s),
+        "image_float32_s": full_float32.median_s if float32_unavailable is None else None,
+        "int8_vs_float32": ratio(full.median_s, full_float32.median_s) if float32_unavailable is None else None,
+        "float32_vs_pytorch": ratio(full_float32.median_s, full_pytorch.median_s),
         "bare_loop_every_step_guided_s": every_step.median_s, "bare_loop_every_block_s": every_block.median_s,
         "guidance_cutoff_vs_every_step_guided": ratio(every_block.median_s, every_step.median_s),
         "cache_interval_vs_every_block": ratio(bare.median_s, every_block.median_s),
@@ -133,7 +144,7 @@ def _result(timings: dict[str, Timing], defaults, onnx_unavailable: str | None) 
         "spread_s": [full.min_s, full.max_s],
     }
     summary = (f"generate: {full.median_s:.3f} s/image with rewrite ({no_rewrite.median_s:.3f} s without), DiT in "
-               f"{figures['dit_runtime']}; x{figures['onnxruntime_vs_pytorch']} the {full_pytorch.median_s:.3f} s "
-               f"with PyTorch's DiT; PyTorch pipeline vs bare diffusers loop {bare.median_s:.3f} s -> overhead "
+               f"{figures['dit_runtime']}; x{figures['int8_vs_float32']} the {full_float32.median_s:.3f} s in "
+               f"float32 and x{figures['onnxruntime_vs_pytorch']} the {full_pytorch.median_s:.3f} s with PyTorch's DiT; PyTorch pipeline vs bare diffusers loop {bare.median_s:.3f} s -> overhead "
                f"x{figures['overhead_vs_bare']}")
     return Result("generate", figures, summary, goal="overhead <= 1.10x; <= 0.3 s per 64x64 image")

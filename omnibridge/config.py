@@ -41,7 +41,8 @@ class AppSettings:
     seed_gallery: int = 300  # built-in scenes indexed on first start
     compare_model: str | None = None  # a second checkpoint for the Compare tab
     compile: bool = False  # torch.compile the DiT's blocks (off by default; not on ZeroGPU)
-    onnx_dit: bool = True  # on a CPU, the DiT under ONNX Runtime (same pixels, about x0.7 an image)
+    onnx_dit: bool = True  # on a CPU, the DiT under ONNX Runtime
+    dit_int8: bool = True  # ... its matrix products in int8 (x0.69 an image; float32 gives PyTorch's pixels)
     max_gpu_memory: float | None = None  # GiB of weights kept on the GPU (model offload); None: the whole model
     quantize: str | None = None  # "8bit" or "4bit": the LLM's weights in bitsandbytes formats
 
@@ -66,6 +67,7 @@ class AppSettings:
             compare_model=os.environ.get("OMNIBRIDGE_COMPARE_MODEL") or None,
             compile=_env_bool("OMNIBRIDGE_COMPILE"),
             onnx_dit=_env_bool("OMNIBRIDGE_ONNX_DIT", default=True),
+            dit_int8=_env_bool("OMNIBRIDGE_DIT_INT8", default=True),
             max_gpu_memory=_env_float("OMNIBRIDGE_MAX_GPU_MEMORY"),
             quantize=os.environ.get("OMNIBRIDGE_QUANTIZE") or None,
         )
@@ -88,6 +90,9 @@ class AppSettings:
                             help="torch.compile the DiT's blocks (the first image waits for the compiler, then faster images)")
         parser.add_argument("--no-onnx-dit", dest="onnx_dit", action="store_false", default=settings.onnx_dit,
                             help="on a CPU, keep the DiT in PyTorch instead of ONNX Runtime (OMNIBRIDGE_ONNX_DIT=0)")
+        parser.add_argument("--float32-dit", dest="dit_int8", action="store_false", default=settings.dit_int8,
+                            help="under ONNX Runtime, keep the DiT's matrix products in float32 instead of int8: "
+                                 "PyTorch's pixels, about 1.45x the time (OMNIBRIDGE_DIT_INT8=0)")
         parser.add_argument("--max-gpu-memory", type=float, default=settings.max_gpu_memory, metavar="GB",
                             help="for a GPU smaller than the model: keep at most GB GiB of weights on it, moving "
                                  "each part there as it runs (OMNIBRIDGE_MAX_GPU_MEMORY)")
@@ -99,5 +104,5 @@ class AppSettings:
         settings.host, settings.port, settings.share = args.host, args.port, args.share
         settings.data_dir, settings.seed_gallery = Path(args.data_dir), args.seed_gallery
         settings.compare_model, settings.compile, settings.onnx_dit = args.compare_model, args.compile, args.onnx_dit
-        settings.max_gpu_memory, settings.quantize = args.max_gpu_memory, args.quantize
+        settings.max_gpu_memory, settings.quantize, settings.dit_int8 = args.max_gpu_memory, args.quantize, args.dit_int8
         return settings

@@ -20,7 +20,8 @@ def test_chat_generate_and_embed_benchmarks_report_ratios(tiny_pipeline):
     assert chat.figures["first_token_overhead"] > 0 and chat.figures["tokens_per_s"] > 0
     generate = bench_generate.run(tiny_pipeline, repeats=1)
     assert generate.figures["overhead_vs_bare"] > 0 and generate.figures["size"] == 64
-    assert generate.figures["dit_runtime"] == "onnxruntime" and generate.figures["onnxruntime_vs_pytorch"] > 0
+    assert generate.figures["dit_runtime"] == "onnxruntime-int8" and generate.figures["onnxruntime_vs_pytorch"] > 0
+    assert generate.figures["int8_vs_float32"] > 0 and generate.figures["float32_vs_pytorch"] > 0
     assert tiny_pipeline.decoder.onnx_dit is None  # the other benchmarks time the pipeline as loaded
     assert generate.figures["self_check_4_vs_four_images"] > 0
     embed = bench_embed.run(tiny_pipeline, n=8, single=4, repeats=1)

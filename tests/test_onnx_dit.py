@@ -129,13 +129,13 @@ def test_the_app_moves_the_dit_behind_it_and_a_failure_leaves_it_serving(tiny_pi
     class Broken:  # a Compare checkpoint whose graphs fail in a way nobody foresaw
         model_id = "broken"
 
-        def use_onnxruntime(self, cache_dir):
+        def use_onnxruntime(self, cache_dir, int8):
             raise RuntimeError("boom")
 
-    _run_dit_under_onnxruntime([Broken(), tiny_pipeline, None], tmp_path)
+    _run_dit_under_onnxruntime([Broken(), tiny_pipeline, None], tmp_path, int8=True)
     printed = capsys.readouterr()
     assert "RuntimeError: boom" in printed.err
-    assert f"{tiny_pipeline.model_id}: the DiT runs under ONNX Runtime" in printed.out
+    assert f"{tiny_pipeline.model_id}: the DiT runs under ONNX Runtime, in int8" in printed.out
     assert tiny_pipeline.decoder.onnx_dit is not None
 
 
@@ -202,3 +202,44 @@ def test_the_cache_keeps_the_graphs_of_the_most_recently_used_dits_only(tiny_pip
     decoder.use_onnxruntime(64, 64, tmp_path)
     kept = sorted(path.name.rsplit("-", 1)[0] for path in tmp_path.iterdir())
     assert len(kept) == 2 and "dit-old-4x8x8" in kept and "dit-older-4x8x8" not in kept
+
+
+def test_int8_graphs_follow_the_block_cache_and_stay_close_to_pytorch(decoder_with, deeper_dit, tmp_path, onnx_runs,
+                                                                      monkeypatch, caplog):
+    decoder = decoder_with(deeper_dit)
+    expected = _denoise(decoder)
+    decoder.use_onnxruntime(64, 64, tmp_path, int8=True)
+    assert decoder.dit_runtime == "onnxruntime-int8" and decoder.onnx_dit.precision == "int8"
+    assert sorted(path.name.rsplit("-", 1)[1] for path in tmp_path.iterdir()) == [
+        "full.onnx", "full_int8.onnx", "reuse.onnx", "reuse_int8.onnx"]  # float32 kept: int8 is made from it
+    assert "pre-processing" not in caplog.text  # the quantizer's advice, which these graphs do not need
+    onnx_runs.clear()
+    got = _denoise(decoder)
+    assert onnx_runs == ["full", "full", "full", "reuse", "reuse", "full", "reuse", "reuse"]
+    assert not torch.equal(got, expected)  # int8 ran: not PyTorch's float32 numbers ...
+    torch.testing.assert_close(got, expected, rtol=0.1, atol=0.1 * float(expected.abs().max()))  # ... but near
+
+    # a restart reads the int8 graphs back: neither traced nor quantized again
+    monkeypatch.setattr(OnnxDiT, "_trace", lambda *args: pytest.fail("traced"))
+    monkeypatch.setattr(onnx_dit, "_quantized", lambda graph: pytest.fail("quantized"))
+    decoder.onnx_dit = None
+    decoder.use_onnxruntime(64, 64, tmp_path, int8=True)
+    assert decoder.dit_runtime == "onnxruntime-int8"
+
+
+def test_int8_graphs_that_fail_their_check_leave_float32_serving(decoder_with, tiny_pipeline, tmp_path, monkeypatch,
+                                                                 caplog):
+    decoder = decoder_with(tiny_pipeline.decoder.transformer)
+    monkeypatch.setitem(onnx_dit.MAX_DIFFERENCE, "int8", 0.0)  # as a quantization gone wrong
+    decoder.use_onnxruntime(64, 64, tmp_path, int8=True)
+    assert decoder.dit_runtime == "onnxruntime"
+    assert "int8 graphs cannot be used" in caplog.text and "differs from PyTorch" in caplog.text
+
+
+def test_the_app_runs_the_dit_in_int8_unless_told_float32(monkeypatch):
+    from omnibridge.config import AppSettings
+
+    monkeypatch.delenv("OMNIBRIDGE_DIT_INT8", raising=False)
+    assert AppSettings.from_args([]).dit_int8 and not AppSettings.from_args(["--float32-dit"]).dit_int8
+    monkeypatch.setenv("OMNIBRIDGE_DIT_INT8", "0")
+    assert not AppSettings.from_args([]).dit_int8

@@ -211,12 +211,14 @@ def main(argv: list[str] | None = None) -> dict:
                         help="load the language model's weights in 8-bit or 4-bit (bitsandbytes), to measure what "
                              "quantization costs")
     parser.add_argument("--no-onnx-dit", dest="onnx_dit", action="store_false",
-                        help="keep the DiT in PyTorch (the app runs it under ONNX Runtime on a CPU: the same pixels)")
+                        help="keep the DiT in PyTorch (the app runs it under ONNX Runtime on a CPU)")
+    parser.add_argument("--float32-dit", dest="dit_int8", action="store_false",
+                        help="under ONNX Runtime, keep the DiT in float32 (the app runs its matrix products in int8)")
     parser.add_argument("--write-card", action="store_true", help="also write README.md into the model folder")
     args = parser.parse_args(argv)
     pipe = OmniBridgePipeline.from_pretrained(args.model, device=args.device, quantization=args.quantize)
     if args.onnx_dit:  # as the app does: the speed part then measures what a user gets
-        unavailable = pipe.run_job(lambda: pipe.use_onnxruntime())
+        unavailable = pipe.run_job(lambda: pipe.use_onnxruntime(int8=args.dit_int8))
         if unavailable:
             print(f"the DiT stays in PyTorch: {unavailable}")
     if args.sampler:

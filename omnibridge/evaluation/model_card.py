@@ -93,7 +93,8 @@ def _goal_rows(report: dict) -> list[tuple[str, str, bool]]:
             measured += ")"
         if speed.get("pytorch_dit_image_s"):
             ratio = _defaults_same_run(speed, "onnx_dit") / speed["pytorch_dit_image_s"]
-            measured += f"; the DiT under ONNX Runtime: x{ratio:.2f} the time of PyTorch's DiT, in the same run"
+            int8 = " in int8" if speed.get("dit_runtime") == "onnxruntime-int8" else ""
+            measured += f"; the DiT under ONNX Runtime{int8}: x{ratio:.2f} the time of PyTorch's DiT, in the same run"
         if speed.get("runs_image_s"):  # the machine is shared: say how much the same measurement moved
             measured += "; runs in a row: " + ", ".join(f"{s:.3f} s" for s in speed["runs_image_s"])
         rows.append(("one 64x64 image <= 0.5 s", measured, speed["image_s"] <= 0.5))

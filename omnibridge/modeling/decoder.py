@@ -272,9 +272,10 @@ class HunyuanDecoder:
         for block in blocks:
             block.forward = functools.partial(compiled, block)
 
-    def use_onnxruntime(self, height: int, width: int, cache_dir: str | Path | None = None) -> None:
-        """Run the DiT's forward under ONNX Runtime for images of this size (onnx_dit.py): about half the time
-        of PyTorch's eager mode on a CPU. The traced graphs are kept in `cache_dir`, keyed by the weights, so a
+    def use_onnxruntime(self, height: int, width: int, cache_dir: str | Path | None = None,
+                        int8: bool = False) -> None:
+        """Run the DiT's forward under ONNX Runtime for images of this size (onnx_dit.py), its matrix products
+        in int8 with `int8`. The traced graphs are kept in `cache_dir`, keyed by the weights, so a
         restart reads them back instead of tracing again. Raises OnnxUnavailable where it cannot be done (a
         GPU, half precision, a DiT with style and size conditioning, a library missing): PyTorch then stays.
         It traces a copy of the DiT, so it may run beside the model thread, which switches at its next step."""
@@ -285,13 +286,15 @@ class HunyuanDecoder:
         if self.transformer.config.use_style_cond_and_image_meta_size or is_compiled_module(self.transformer):
             raise OnnxUnavailable("this DiT takes style and size conditioning, or is compiled")
         self.onnx_dit = OnnxDiT.build(self.transformer, self.example_dit_inputs(height, width),
-                                      Path(cache_dir) if cache_dir else None)
+                                      Path(cache_dir) if cache_dir else None, int8=int8)
 
     @property
     def dit_runtime(self) -> str:
-        """What runs the DiT at the default image size: "onnxruntime" once `use_onnxruntime` is done, else
-        "pytorch"."""
-        return "onnxruntime" if self.onnx_dit is not None else "pytorch"
+        """What runs the DiT at the default image size: "onnxruntime" (float32) or "onnxruntime-int8" once
+        `use_onnxruntime` is done, else "pytorch"."""
+        if self.onnx_dit is None:
+            return "pytorch"
+        return "onnxruntime" if self.onnx_dit.precision == "float32" else f"onnxruntime-{self.onnx_dit.precision}"
 
     def example_dit_inputs(self, height: int, width: int) -> dict[str, torch.Tensor]:
         """One transformer call's inputs for an image of this size, by name (what a graph is traced on)."""

@@ -1,10 +1,10 @@
-"""The DiT's forward pass under ONNX Runtime: the same weights and the same block reuse, in about half the time
-on a CPU.
+"""The DiT's forward pass under ONNX Runtime on a CPU: the same weights and the same block reuse, faster.
 
 Why: at batch 1 the built-in DiT's matrix products are small (64 tokens of width 320), and PyTorch's eager mode
 spends much of a call between them, dispatching every element-wise op, norm and reshape alone. ONNX Runtime
-runs the same graph with fused kernels: one call took x0.42-0.48 the time of eager PyTorch on this CPU, with a
-largest difference in the output of 2e-6 (docs/performance-notes.md, "The DiT under ONNX Runtime").
+runs the same graph with fused kernels: one call took x0.42-0.48 the time of eager PyTorch on an AMD EPYC
+without AVX-512, with a largest difference in the output of 2e-6; on a Xeon with AVX-512, whose PyTorch kernels
+are quicker, x0.99 an image (docs/performance-notes.md, "The DiT under ONNX Runtime", "The DiT in int8").
 onnxruntime is already installed with chromadb; exporting needs the `onnx` package.
 
 The graphs are traced from the model itself (`torch.onnx.export`), so nothing of diffusers' HunyuanDiT2DModel
@@ -13,6 +13,12 @@ also returns the middle blocks' residual, `reuse` takes that residual and runs t
 (A DiT of two blocks has no middle ones: it gets `full` alone, without a residual.)
 Both are traced at batch 2 with the batch left free, and checked against PyTorch at batches 1 and 2 before use;
 inputs of another shape (another image size or text length) and everything a graph cannot take run in PyTorch.
+
+With `int8=True` the graphs' matrix products take int8 weights and quantize their inputs per call (ONNX Runtime's
+dynamic quantization): the float32 DiT is bound by those products, and int8 runs them on the CPU's integer units.
+An image then takes about x0.69 the time, and its pixels are no longer PyTorch's (each prediction about 1.7% off);
+the built-in model's accuracy held on 300 validation and 300 held-out prompts and 100 edits each
+(scripts/int8_dit_study.py). The app uses int8; the library's default stays float32, the same pixels.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import copy
 import hashlib
 import io
 import logging
+import tempfile
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -41,7 +48,9 @@ ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bo
 # A graph is one protobuf, which cannot pass 2 GB: the full-size HunyuanDiT (1.5B parameters, 6 GB in float32)
 # stays in PyTorch, and is never copied for a trace that would fail.
 MAX_WEIGHT_BYTES = 1_500_000_000
-MAX_DIFFERENCE = 1e-3  # relative to the output's scale; measured 1e-6
+# Largest difference from PyTorch a graph may show, relative to the output's scale: float32 measured 1e-6, int8
+# 1.7e-2 on the built-in DiT. The check catches a broken graph; the int8 accuracy is the study's to judge.
+MAX_DIFFERENCE = {"float32": 1e-3, "int8": 5e-2}
 # Graphs of this many DiTs stay in a cache folder, the most recently used (80 MB each for the built-in one): a
 # retrained checkpoint would otherwise leave its predecessor's behind on every upgrade. Two are in use at once
 # when the Compare tab loads a second checkpoint.
@@ -114,7 +123,8 @@ def weights_digest(transformer: nn.Module) -> str:
 class OnnxDiT:
     """Runs a HunyuanDiT2DModel's forward under ONNX Runtime, for inputs of the shapes it was traced for."""
 
-    def __init__(self, graphs: dict[str, bytes], shapes: _Shapes, threads: int, transformer: nn.Module):
+    def __init__(self, graphs: dict[str, bytes], shapes: _Shapes, threads: int, transformer: nn.Module,
+                 precision: str = "float32"):
         import onnxruntime as ort
 
         # The graphs hold a copy of these weights: a decoder that swaps its DiT (a student, a candidate) must not
@@ -128,13 +138,14 @@ class OnnxDiT:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {kind: ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
                          for kind, graph in graphs.items()}
-        self.shapes = shapes
+        self.shapes, self.precision = shapes, precision
 
     @classmethod
     def build(cls, transformer: nn.Module, example: dict[str, torch.Tensor], cache_dir: Path | None = None,
-              threads: int | None = None) -> "OnnxDiT":
+              threads: int | None = None, int8: bool = False) -> "OnnxDiT":
         """Trace (or read back from `cache_dir`) the two graphs for inputs shaped like `example`, and check
-        them against the transformer. Raises OnnxUnavailable when that cannot be done.
+        them against the transformer. With `int8`, quantize them too (falling back to float32, with a
+        warning, should the int8 graphs fail their check). Raises OnnxUnavailable when none can be used.
 
         Tracing and checking work on a copy of the transformer (tracing swaps its blocks' forwards, as the block
         cache does), so this may run on any thread while the model thread keeps serving with the original."""
@@ -149,31 +160,41 @@ class OnnxDiT:
                    if name in BATCHED else tensor for name, tensor in example.items()}
         shapes = _Shapes.of(example)
         served, transformer = transformer, copy.deepcopy(transformer)
-        key = f"dit-{weights_digest(transformer)}-{'x'.join(map(str, shapes.latents))}"
-        kinds = ("full", "reuse") if _has_middle_blocks(transformer) else ("full",)
-        files = {kind: cache_dir / f"{key}-{kind}.onnx" for kind in kinds} if cache_dir else {}
+        cache = _GraphCache(cache_dir, f"dit-{weights_digest(transformer)}-{'x'.join(map(str, shapes.latents))}",
+                            ("full", "reuse") if _has_middle_blocks(transformer) else ("full",))
         threads = threads or torch.get_num_threads()
-        if files and all(path.exists() for path in files.values()):
+
+        def checked(precision: str, make_graphs) -> "OnnxDiT":
+            """The cached graphs of this precision if they pass the check, else new ones from `make_graphs`."""
+            cached = cache.read(precision)
+            if cached is not None:
+                try:
+                    runner = cls(cached, shapes, threads, served, precision)
+                    runner.check(transformer, example)
+                    cache.touch(precision)  # used: kept by _forget_old_graphs
+                    return runner
+                except Exception as error:  # a damaged file, say: made again below, and the files replaced
+                    logger.warning("the cached DiT graphs in %s could not be used (%s); tracing them again",
+                                   cache_dir, error)
+            graphs = make_graphs()
+            runner = cls(graphs, shapes, threads, served, precision)
+            runner.check(transformer, example)
+            cache.write(precision, graphs)  # checked first: the cache holds no graph that would fail
+            return runner
+
+        def float_graphs() -> dict[str, bytes]:  # what int8 quantizes: kept, so a restart need not trace
+            graphs = cache.read("float32")
+            if graphs is None:
+                graphs = cls._trace(transformer, example)
+                cache.write("float32", graphs)
+            return graphs
+
+        if int8:
             try:
-                runner = cls({kind: path.read_bytes() for kind, path in files.items()}, shapes, threads, served)
-                runner.check(transformer, example)
-                for path in files.values():
-                    path.touch()  # used: kept by _forget_old_graphs
-                return runner
-            except Exception as error:  # a damaged file, say: traced again below, and the files replaced
-                logger.warning("the cached DiT graphs in %s could not be used (%s); tracing them again",
-                               cache_dir, error)
-        graphs = cls._trace(transformer, example)
-        for kind, path in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
-            partial.write_bytes(graphs[kind])
-            partial.replace(path)  # a crash mid-write leaves no graph that looks whole
-        if cache_dir:
-            _forget_old_graphs(cache_dir)
-        runner = cls(graphs, shapes, threads, served)
-        runner.check(transformer, example)
-        return runner
+                return checked("int8", lambda: {kind: _quantized(graph) for kind, graph in float_graphs().items()})
+            except Exception as error:  # the float32 graphs still serve
+                logger.warning("the DiT's int8 graphs cannot be used (%s); running them in float32", error)
+        return checked("float32", lambda: cls._trace(transformer, example))
 
     @staticmethod
     def _trace(transformer: nn.Module, example: dict[str, torch.Tensor]) -> dict[str, bytes]:
@@ -203,11 +224,11 @@ class OnnxDiT:
                     residual, cache.reuse = cache.residual, True
                     pairs.append((self._run("reuse", {**inputs, "residual": residual}),
                                   [transformer_forward(transformer, inputs)]))
-            scale = float(expected.abs().max()) + 1e-6
-            worst = max(float((torch.from_numpy(a) - b).abs().max()) / scale
+            worst = max(float((torch.from_numpy(a) - b).abs().max()) / (float(b.abs().max()) + 1e-6)
                         for got, want in pairs for a, b in zip(got, want, strict=True))
-            if not np.isfinite(worst) or worst > MAX_DIFFERENCE:
-                raise OnnxUnavailable(f"the ONNX graph differs from PyTorch by {worst:.2e} at batch {batch}")
+            if not np.isfinite(worst) or worst > MAX_DIFFERENCE[self.precision]:
+                raise OnnxUnavailable(f"the {self.precision} ONNX graph differs from PyTorch by {worst:.2e} at "
+                                      f"batch {batch}")
 
     def accepts(self, transformer: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
         """Whether these graphs can stand in for `transformer` on these inputs."""
@@ -229,6 +250,63 @@ class OnnxDiT:
         feed = {item.name: inputs[item.name].detach().contiguous().numpy().astype(ONNX_TYPES[item.type], copy=False)
                 for item in session.get_inputs()}  # a caller's bool or int32 mask: the graph's int64
         return session.run(None, feed)
+
+
+class _GraphCache:
+    """One DiT's graphs in a cache folder: `{key}-{kind}.onnx` in float32, `{key}-{kind}_int8.onnx` in int8 (the
+    key first, so that _forget_old_graphs counts both precisions as one DiT)."""
+
+    def __init__(self, folder: Path | None, key: str, kinds: tuple[str, ...]):
+        self.folder, self.key, self.kinds = folder, key, kinds
+
+    def _paths(self, precision: str) -> dict[str, Path]:
+        suffix = "" if precision == "float32" else f"_{precision}"
+        return {kind: self.folder / f"{self.key}-{kind}{suffix}.onnx" for kind in self.kinds} if self.folder else {}
+
+    def read(self, precision: str) -> dict[str, bytes] | None:
+        paths = self._paths(precision)
+        if not paths or not all(path.exists() for path in paths.values()):
+            return None
+        return {kind: path.read_bytes() for kind, path in paths.items()}
+
+    def touch(self, precision: str) -> None:
+        for path in self._paths(precision).values():
+            path.touch()
+
+    def write(self, precision: str, graphs: dict[str, bytes]) -> None:
+        if not self.folder:
+            return
+        for kind, path in self._paths(precision).items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            partial.write_bytes(graphs[kind])
+            partial.replace(path)  # a crash mid-write leaves no graph that looks whole
+        _forget_old_graphs(self.folder)
+
+
+class _QuantizerAdvice(logging.Filter):
+    """The quantizer advises, on the root logger, a pre-processing pass that these small graphs do not need."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
+def _quantized(graph: bytes) -> bytes:
+    """The graph with int8 weights in its MatMul and Gemm nodes, their inputs quantized at each call (per tensor:
+    per channel was no more accurate on the built-in DiT, and slower)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    advice, root = _QuantizerAdvice(), logging.getLogger()
+    root.addFilter(advice)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            source, target = Path(folder) / "float32.onnx", Path(folder) / "int8.onnx"
+            source.write_bytes(graph)
+            quantize_dynamic(source, target, op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
+                             weight_type=QuantType.QInt8)
+            return target.read_bytes()
+    finally:
+        root.removeFilter(advice)
 
 
 def _forget_old_graphs(cache_dir: Path) -> None:

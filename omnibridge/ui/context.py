@@ -47,18 +47,19 @@ class AppContext:
         return str(path)
 
 
-def _run_dit_under_onnxruntime(pipelines: list, cache_dir: Path) -> None:
-    """Behind the running app, as the gallery's seeding: on a first start the DiT's graphs are traced (about 9 s
-    on this thread, beside the model thread, so neither start-up nor a request waits for them), on a restart read
-    back from the cache. Images drawn before that run in PyTorch, with the same pixels."""
+def _run_dit_under_onnxruntime(pipelines: list, cache_dir: Path, int8: bool) -> None:
+    """Behind the running app, as the gallery's seeding: on a first start the DiT's graphs are traced and
+    quantized (about 10 s on this thread, beside the model thread, so neither start-up nor a request waits for
+    them), on a restart read back from the cache. Images drawn before that run in PyTorch."""
     for pipeline in filter(None, pipelines):
         try:
-            reason = pipeline.use_onnxruntime(cache_dir)
+            reason = pipeline.use_onnxruntime(cache_dir, int8=int8)
         except Exception:  # the app keeps serving, in PyTorch
             traceback.print_exc()
             continue
-        print(f"{pipeline.model_id}: " + (f"the DiT stays in PyTorch: {reason}" if reason
-                                         else "the DiT runs under ONNX Runtime"), flush=True)
+        print(f"{pipeline.model_id}: " + (f"the DiT stays in PyTorch: {reason}" if reason else
+                                         f"the DiT runs under ONNX Runtime, in {pipeline.decoder.onnx_dit.precision}"),
+              flush=True)
 
 
 def build_context(pipeline, settings: AppSettings) -> AppContext:
@@ -96,6 +97,6 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
                                                  max_gpu_memory_gb=settings.max_gpu_memory,  # a budget of its own
                                                  quantization=settings.quantize)
     if settings.onnx_dit and not settings.compile:
-        threading.Thread(target=_run_dit_under_onnxruntime, args=([pipeline, compare], data_dir / "cache" / "onnx"),
+        threading.Thread(target=_run_dit_under_onnxruntime, args=([pipeline, compare], data_dir / "cache" / "onnx", settings.dit_int8),
                          name="onnx-dit", daemon=True).start()
     return AppContext(pipeline, settings, gallery, feedback, outputs, compare_pipeline=compare, seeding=seeding)
