@@ -145,6 +145,7 @@ def _result(timings: dict[str, Timing], defaults, runtime: str, float32_unavaila
     }
     summary = (f"generate: {full.median_s:.3f} s/image with rewrite ({no_rewrite.median_s:.3f} s without), DiT in "
                f"{figures['dit_runtime']}; x{figures['int8_vs_float32']} the {full_float32.median_s:.3f} s in "
-               f"float32 and x{figures['onnxruntime_vs_pytorch']} the {full_pytorch.median_s:.3f} s with PyTorch's DiT; PyTorch pipeline vs bare diffusers loop {bare.median_s:.3f} s -> overhead "
+               f"float32 and x{figures['onnxruntime_vs_pytorch']} the {full_pytorch.median_s:.3f} s with PyTorch's "
+               f"DiT; PyTorch pipeline vs bare diffusers loop {bare.median_s:.3f} s -> overhead "
                f"x{figures['overhead_vs_bare']}")
     return Result("generate", figures, summary, goal="overhead <= 1.10x; <= 0.3 s per 64x64 image")

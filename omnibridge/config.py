@@ -104,5 +104,6 @@ class AppSettings:
         settings.host, settings.port, settings.share = args.host, args.port, args.share
         settings.data_dir, settings.seed_gallery = Path(args.data_dir), args.seed_gallery
         settings.compare_model, settings.compile, settings.onnx_dit = args.compare_model, args.compile, args.onnx_dit
-        settings.max_gpu_memory, settings.quantize, settings.dit_int8 = args.max_gpu_memory, args.quantize, args.dit_int8
+        settings.max_gpu_memory, settings.quantize = args.max_gpu_memory, args.quantize
+        settings.dit_int8 = args.dit_int8
         return settings

@@ -976,7 +976,7 @@ class OmniBridgePipeline:
             "dtype": {"llm": str(self.placement.llm_dtype).replace("torch.", ""),
                       "decoder": str(self.placement.decoder_dtype).replace("torch.", "")},
             "quantization": {"llm": self.placement.llm_quantization},
-            "dit_runtime": self.decoder.dit_runtime,  # "onnxruntime" once the app's background build is done
+            "dit_runtime": self.decoder.dit_runtime,  # "onnxruntime-int8" once the app's background build is done
             "parameters": {"llm": llm_parameters, "alignment": count(self.alignment), **decoder_parts,
                            "total": llm_parameters + count(self.alignment) + sum(decoder_parts.values())},
             "memory": memory,

@@ -107,7 +107,6 @@ def evaluate_generation(
     return score_images(cases, draw_cases(generate, cases, batch))
 
 
-
 def paired_generation_row(pipe, cases: list[GenerationCase], reference: list[bool] | None) -> tuple[dict, list[bool]]:
     """A study's row for one setting: the full path's score on `cases`, the minutes it took, and, against the
     reference setting's per-case passes (same prompts, same seeds), the prompts won and lost. Returns the row
@@ -115,7 +114,8 @@ def paired_generation_row(pipe, cases: list[GenerationCase], reference: list[boo
     start = time.perf_counter()
     verdicts = judge_images(cases, draw_cases(lambda prompts, seeds: pipe.generate_batch(prompts, seeds)[0], cases))
     passed = [verdict is None for verdict in verdicts]
-    row = {"generation": score_judged(cases, verdicts), "generation_minutes": round((time.perf_counter() - start) / 60, 1)}
+    row = {"generation": score_judged(cases, verdicts),
+           "generation_minutes": round((time.perf_counter() - start) / 60, 1)}
     if reference is not None:
         row["prompts_won"] = sum(p and not r for p, r in zip(passed, reference))
         row["prompts_lost"] = sum(r and not p for p, r in zip(passed, reference))

@@ -179,10 +179,12 @@ class OnnxDiT:
             graphs = make_graphs()
             runner = cls(graphs, shapes, threads, served, precision)
             runner.check(transformer, example)
-            cache.write(precision, graphs)  # checked first: the cache holds no graph that would fail
+            cache.write(precision, graphs)  # after the check: a graph that fails is not kept to be read back
             return runner
 
-        def float_graphs() -> dict[str, bytes]:  # what int8 quantizes: kept, so a restart need not trace
+        # What int8 quantizes, kept so that a fallback or another precision need not trace again; unchecked here,
+        # as `checked` checks whatever it serves.
+        def float_graphs() -> dict[str, bytes]:
             graphs = cache.read("float32")
             if graphs is None:
                 graphs = cls._trace(transformer, example)

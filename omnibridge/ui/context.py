@@ -97,6 +97,7 @@ def build_context(pipeline, settings: AppSettings) -> AppContext:
                                                  max_gpu_memory_gb=settings.max_gpu_memory,  # a budget of its own
                                                  quantization=settings.quantize)
     if settings.onnx_dit and not settings.compile:
-        threading.Thread(target=_run_dit_under_onnxruntime, args=([pipeline, compare], data_dir / "cache" / "onnx", settings.dit_int8),
+        threading.Thread(target=_run_dit_under_onnxruntime,
+                         args=([pipeline, compare], data_dir / "cache" / "onnx", settings.dit_int8),
                          name="onnx-dit", daemon=True).start()
     return AppContext(pipeline, settings, gallery, feedback, outputs, compare_pipeline=compare, seeding=seeding)
